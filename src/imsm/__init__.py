@@ -1,0 +1,14 @@
+"""imsm: Interweaving Memories of a Siamese Large Language Model (Song et al., AAAI 2025).
+
+One set of pre-trained weights runs as the frozen model and as the same model with any peft
+adapter; a query-aware low-rank gate mixes their last hidden states before the output head.
+"""
+
+from imsm.config import FUSION_MODES, IMSMConfig
+from imsm.errors import IMSMError
+from imsm.model.build import get_imsm_model
+from imsm.model.siamese import IMSMModel, IMSMOutput
+
+__version__ = "0.1.0"
+
+__all__ = ["FUSION_MODES", "IMSMConfig", "IMSMError", "IMSMModel", "IMSMOutput", "__version__", "get_imsm_model"]

@@ -1,0 +1,1 @@
+"""The siamese model: gate, branch fusion, decoding, saving and loading, base-model loading."""

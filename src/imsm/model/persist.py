@@ -1,0 +1,157 @@
+"""Saving and loading adapter directories: peft's own files plus the gate, safetensors only.
+
+    DIR/adapter_config.json, adapter_model.safetensors   the tuned branch, in peft's format
+    DIR/imsm_config.json                                 IMSMConfig, base model facts, versions
+    DIR/imsm_gate.safetensors                            W_A [4d, r] (or [2d, r]) and W_B [r, d]
+
+Files are written under a temporary name and renamed into place, so a crash never leaves a
+half-written file. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+
+from imsm.config import IMSMConfig
+from imsm.errors import IMSMError
+
+if TYPE_CHECKING:
+    from imsm.model.siamese import IMSMModel
+
+CONFIG_FILE = "imsm_config.json"
+GATE_FILE = "imsm_gate.safetensors"
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_WEIGHT_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+
+def base_model_facts(model: torch.nn.Module) -> dict[str, Any]:
+    """What identifies a base model well enough to refuse an adapter made for another one."""
+    config = model.config
+    head = model.get_output_embeddings()
+    return {
+        "name_or_path": getattr(config, "_name_or_path", None) or None,
+        "model_type": getattr(config, "model_type", None),
+        "architectures": list(getattr(config, "architectures", None) or [type(model).__name__]),
+        "hidden_size": int(head.get_base_layer().weight.shape[-1] if hasattr(head, "get_base_layer") else head.weight.shape[-1]),
+        "vocab_size": int(getattr(config, "vocab_size", 0) or 0),
+    }
+
+
+def save_imsm(model: IMSMModel, directory: str | os.PathLike) -> None:
+    from imsm import __version__
+
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    try:
+        model.peft_model.save_pretrained(str(staging), safe_serialization=True)
+        if model.gate is not None:
+            tensors = {"W_A": model.gate.W_A.detach().cpu().contiguous(), "W_B": model.gate.W_B.detach().cpu().contiguous()}
+            save_file(tensors, str(staging / GATE_FILE), metadata={"format": "pt", "fusion": model.fusion})
+        payload = {
+            "imsm_version": __version__,
+            "imsm": model.imsm_config.to_dict(),
+            "base_model": base_model_facts(model.peft_model.get_base_model()),
+            "peft_type": str(model.peft_model.peft_config[model.peft_model.active_adapter].peft_type.value),
+        }
+        (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        target.mkdir(exist_ok=True)
+        if model.gate is None and (target / GATE_FILE).exists():
+            (target / GATE_FILE).unlink()  # a stale gate would contradict the new config
+        for item in staging.iterdir():
+            destination = target / item.name
+            if item.is_dir():  # peft puts non-default adapters in sub-directories
+                if destination.exists():
+                    shutil.rmtree(destination)
+            os.replace(item, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_imsm_config(directory: Path) -> dict[str, Any] | None:
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise IMSMError(f"{path} is not valid JSON ({error}); re-save the adapter with save_pretrained") from None
+
+
+def check_adapter_directory(directory: str | os.PathLike) -> Path:
+    """Refuse, with the fix, a directory that is missing or holds only pickle weights."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise IMSMError(f"adapter directory {str(path)!r} does not exist; pass a directory written by save_pretrained")
+    if not (path / PEFT_CONFIG_FILE).exists():
+        raise IMSMError(f"{str(path)!r} has no {PEFT_CONFIG_FILE}; pass a directory written by save_pretrained")
+    if not (path / PEFT_WEIGHTS_FILE).exists():
+        pickles = [name for name in PICKLE_WEIGHT_FILES if (path / name).exists()]
+        if pickles:
+            raise IMSMError(
+                f"{str(path)!r} holds only pickle weights ({pickles[0]}), which imsm never loads because "
+                "unpickling can run arbitrary code; convert them to adapter_model.safetensors "
+                "(load them yourself with torch.load(weights_only=True) and save with safetensors)"
+            )
+        raise IMSMError(f"{str(path)!r} has no {PEFT_WEIGHTS_FILE}; pass a directory written by save_pretrained")
+    return path
+
+
+def check_same_base_model(saved: dict[str, Any], model: torch.nn.Module, directory: Path) -> None:
+    actual = base_model_facts(model)
+    mismatches = [
+        f"{key} {saved[key]!r} vs {actual[key]!r}"
+        for key in ("model_type", "hidden_size", "architectures")
+        if saved.get(key) is not None and saved[key] != actual[key]
+    ]
+    if mismatches:
+        made_for = saved.get("name_or_path") or saved.get("model_type")
+        raise IMSMError(
+            f"adapter {str(directory)!r} was made for another base model ({made_for!r}): "
+            f"{'; '.join(mismatches)} (saved vs given); load it on the base model it was trained on"
+        )
+
+
+def load_imsm(cls: type[IMSMModel], base_model: torch.nn.Module, directory: str | os.PathLike, is_trainable: bool = False) -> IMSMModel:
+    path = check_adapter_directory(directory)
+    saved = read_imsm_config(path)
+    if saved is None:
+        imsm_config = IMSMConfig(fusion="none")  # a plain peft adapter: vanilla PEFT
+    else:
+        check_same_base_model(saved.get("base_model", {}), base_model, path)
+        imsm_config = IMSMConfig.from_dict(saved.get("imsm", {}))
+    if isinstance(base_model, PeftModel):
+        raise IMSMError("from_pretrained takes the plain base model, not a PeftModel; pass model.get_base_model()")
+    try:
+        peft_model = PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise IMSMError(f"could not load the peft adapter in {str(path)!r} onto this base model: {first_line}") from None
+    model = cls(peft_model, imsm_config)
+    if model.gate is not None:
+        gate_path = path / GATE_FILE
+        if not gate_path.exists():
+            raise IMSMError(f"{str(path)!r} has no {GATE_FILE} although its fusion is {imsm_config.fusion!r}; re-save the model")
+        tensors = load_file(str(gate_path))
+        for name in ("W_A", "W_B"):
+            expected = tuple(getattr(model.gate, name).shape)
+            if name not in tensors or tuple(tensors[name].shape) != expected:
+                found = tuple(tensors[name].shape) if name in tensors else "missing"
+                raise IMSMError(f"{gate_path}: {name} has shape {found}, expected {expected}; the gate does not fit this model")
+        with torch.no_grad():
+            model.gate.W_A.copy_(tensors["W_A"])
+            model.gate.W_B.copy_(tensors["W_B"])
+        model.gate.requires_grad_(is_trainable)
+    if not is_trainable:
+        model.eval()
+    return model

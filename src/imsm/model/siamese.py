@@ -1,0 +1,240 @@
+"""`IMSMModel`: one peft model seen two ways, frozen (M) and tuned (M'), fused by a gate.
+
+Equations (paper §3): h_M, h_M' are the last-layer states after the final norm (eq. 2); the
+query memories q_M, q_M' are their means over the prompt tokens (eq. 3); the gate g mixes them
+per position and feature (eq. 4); h_N = g * h_M + (1 - g) * h_M' feeds the frozen model's
+output head (eq. 5-6); training minimises cross-entropy on the response tokens (eq. 7).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from imsm.config import IMSMConfig
+from imsm.model.gate import FusionGate, fuse, masked_mean
+from imsm.peft_methods.branch_split import BranchRouter, install_router
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class IMSMOutput:
+    """What `IMSMModel.forward` returns.
+
+    Attributes:
+        loss: Mean cross-entropy over label tokens, when labels were given.
+        logits: Fused logits [B, T, V], unless `return_logits=False`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore padding, so a left-padded row sees the same positions as unpadded."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def resolve_query_mask(
+    attention_mask: torch.Tensor, query_mask: torch.Tensor | None, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """Which tokens are the prompt (query), padding excluded.
+
+    Given explicitly, or else the attended tokens without a label, or else every attended token.
+    """
+    attended = attention_mask.bool()
+    if query_mask is not None:
+        return query_mask.bool() & attended
+    if labels is not None:
+        return (labels == IGNORE_INDEX) & attended
+    return attended
+
+
+class IMSMModel(nn.Module):
+    """The siamese model: a peft model whose frozen and tuned views are fused before the head.
+
+    Build it with `get_imsm_model` or `IMSMModel.from_pretrained`. Trainable parameters are the
+    peft parameters and the gate's `W_A`, `W_B`; the base weights exist once and stay frozen.
+    """
+
+    def __init__(self, peft_model: PeftModel, imsm_config: IMSMConfig):
+        super().__init__()
+        self.peft_model = peft_model
+        self.imsm_config = imsm_config
+        self.router: BranchRouter = install_router(peft_model)
+        model = peft_model.get_base_model()
+        backbone = model.base_model  # the decoder stack, ending in the final norm
+        head = model.get_output_embeddings()
+        if backbone is model or head is None:
+            raise TypeError(f"{type(model).__name__} has no separate backbone and output head")
+        # Plain attributes, not submodules: they are already inside peft_model, and registering
+        # them twice would duplicate every base weight in state_dict().
+        object.__setattr__(self, "backbone", backbone)
+        object.__setattr__(self, "head", head)
+        # Eq. 6 uses the frozen model's head; it differs from the tuned one only if the peft
+        # method adapts the head itself.
+        object.__setattr__(self, "frozen_head", head.get_base_layer() if isinstance(head, BaseTunerLayer) else head)
+        self.hidden_size = self.frozen_head.weight.shape[-1]
+        parameters = inspect.signature(self.backbone.forward).parameters
+        self._takes_position_ids = "position_ids" in parameters
+        # transformers renamed `past_key_values` to `cache` in 5.x; accept either.
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.gate: FusionGate | None = None
+        if imsm_config.has_gate:
+            self.gate = FusionGate(
+                self.hidden_size,
+                imsm_config.gate_rank,
+                query_aware=imsm_config.fusion == "imsm",
+                dropout=imsm_config.gate_dropout,
+            ).to(self.frozen_head.weight.device)
+
+    # ----------------------------------------------------------------------------------------
+    # Properties that mirror transformers/peft so the model drops into existing code.
+
+    @property
+    def config(self):
+        return self.peft_model.get_base_model().config
+
+    @property
+    def device(self) -> torch.device:
+        return self.frozen_head.weight.device
+
+    @property
+    def fusion(self) -> str:
+        return self.imsm_config.fusion
+
+    def parameter_group(self, name: str) -> str:
+        """"gate", "peft" or "base", decided by the parameter's name alone (as peft's `lora_`
+        prefix does), so optimiser groups, saving and the frozen-base check agree."""
+        if name.startswith("gate."):
+            return "gate"
+        tuner_prefix = getattr(self.peft_model.base_model, "prefix", None)
+        if (tuner_prefix and tuner_prefix in name) or "modules_to_save" in name:
+            return "peft"
+        return "base"
+
+    def trainable_parameter_count(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts; the base weights are counted once."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.trainable_parameter_count()
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    # ----------------------------------------------------------------------------------------
+    # The two branches.
+
+    def branch_hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        branch: str,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        use_cache: bool = False,
+    ):
+        """Run the backbone as one branch ("frozen", "tuned", or "split" for a doubled batch).
+
+        Returns the backbone's output: `last_hidden_state` [rows, T, d] after the final norm
+        (what the head reads) and, with `use_cache`, the cache.
+        """
+        route = {"frozen": self.router.frozen, "tuned": self.router.tuned, "split": self.router.split}[branch]
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+        if self._takes_position_ids:
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
+        if cache is not None:
+            kwargs[self.cache_argument] = cache
+        with route():
+            return self.backbone(**kwargs)
+
+    def output_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from fused states: the frozen head, or the tuned one for fusion "none"."""
+        if self.fusion == "none":
+            with self.router.tuned():
+                return self.head(hidden)
+        return self.frozen_head(hidden)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_logits: bool = True,
+    ) -> IMSMOutput:
+        """Fused logits for every position, and the loss on labelled tokens.
+
+        Args:
+            input_ids: [B, T], left or right padded.
+            attention_mask: [B, T], 1 for real tokens; all ones if omitted.
+            query_mask: [B, T], true on prompt tokens. Defaults: the attended tokens whose label
+                is -100 when labels are given, else every attended token.
+            labels: [B, T], aligned with `input_ids` (shifted inside, as in transformers), -100
+                where no loss is taken.
+            return_logits: Set False when only the loss is needed: the gate and the head then
+                run only at labelled positions, never building [B, T, V] logits.
+        """
+        self.router.check_unmerged()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        query_mask = resolve_query_mask(attention_mask, query_mask, labels)
+        hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state  # [B, T, d]
+        hidden_frozen = query_term = None
+        if self.imsm_config.is_siamese:
+            # The frozen branch has nothing to train: no graph, no stored activations.
+            with torch.no_grad():
+                hidden_frozen = self.branch_hidden_states(input_ids, attention_mask, "frozen").last_hidden_state
+            if self.gate is not None:
+                query_frozen = masked_mean(hidden_frozen, query_mask)  # [B, d]
+                query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
+                query_term = self.gate.query_term(query_frozen, query_tuned)  # [B, r] or None
+
+        loss = logits = None
+        if return_logits:
+            per_sequence_query = None if query_term is None else query_term[:, None, :]  # [B, 1, r]
+            fused = fuse(self.fusion, self.gate, hidden_frozen, hidden_tuned, per_sequence_query)  # [B, T, d]
+            logits = self.output_head(fused)  # [B, T, V]
+        if labels is not None:
+            targets = labels[:, 1:]  # position t predicts token t + 1
+            rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # [N], [N]
+            if logits is not None:
+                selected_logits = logits[rows, cols]  # [N, V]
+            else:
+                selected_frozen = None if hidden_frozen is None else hidden_frozen[rows, cols]  # [N, d]
+                selected_query = None if query_term is None else query_term[rows]  # [N, r]
+                fused = fuse(self.fusion, self.gate, selected_frozen, hidden_tuned[rows, cols], selected_query)
+                selected_logits = self.output_head(fused)  # [N, V]
+            loss = F.cross_entropy(selected_logits.float(), targets[rows, cols])
+        return IMSMOutput(loss=loss, logits=logits)
+
+    # ----------------------------------------------------------------------------------------
+    # Decoding, saving and loading live in their own modules; these are the public entry points.
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Greedy decoding with one KV cache for both branches; see `imsm.model.decode.generate`."""
+        from imsm.model.decode import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write peft's adapter files plus `imsm_config.json` and `imsm_gate.safetensors`."""
+        from imsm.model.persist import save_imsm
+
+        save_imsm(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, directory: str, is_trainable: bool = False) -> IMSMModel:
+        """Load a directory written by `save_pretrained` (or a plain peft adapter, as fusion "none")."""
+        from imsm.model.persist import load_imsm
+
+        return load_imsm(cls, base_model, directory, is_trainable=is_trainable)
