@@ -28,7 +28,7 @@ def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
 
 def _eos_ids(model: IMSMModel, eos_token_id: int | Sequence[int] | None) -> list[int]:
     if eos_token_id is None:
-        generation_config = getattr(model.peft_model.get_base_model(), "generation_config", None)
+        generation_config = getattr(model.causal_lm, "generation_config", None)
         eos_token_id = getattr(generation_config, "eos_token_id", None)
         if eos_token_id is None:
             eos_token_id = model.config.eos_token_id

@@ -8,6 +8,7 @@ Only safetensors weights are ever loaded.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -98,8 +99,12 @@ def converted_embedded_model(name: str) -> Path:
     print(f"imsm: converting {entry.description} to {target} (first use only)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=entry.gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=entry.gguf_file, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained; an identical model built from its config does not.
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; an identical model built from its config,
+    # without the GGUF quantisation entry, does not (and reloads as a plain model).
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     model.config._name_or_path = name
@@ -175,6 +180,8 @@ def load_model_and_tokenizer(
             f"({', '.join(EMBEDDED_MODELS.names())}), a local directory with safetensors weights, "
             "or a Hugging Face id that is downloaded or reachable"
         ) from None
+    if name_or_path in EMBEDDED_MODELS:
+        model.config._name_or_path = name_or_path  # what adapter configs record as their base model
     model.to(device).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -50,6 +50,8 @@ def base_model_facts(model: torch.nn.Module) -> dict[str, Any]:
 def save_imsm(model: IMSMModel, directory: str | os.PathLike) -> None:
     from imsm import __version__
 
+    if not model.has_adapter:
+        raise IMSMError("this model has no peft adapter, so there is nothing to save; save the base model itself")
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))

@@ -64,12 +64,16 @@ class IMSMModel(nn.Module):
     peft parameters and the gate's `W_A`, `W_B`; the base weights exist once and stay frozen.
     """
 
-    def __init__(self, peft_model: PeftModel, imsm_config: IMSMConfig):
+    def __init__(self, peft_model: PeftModel | nn.Module, imsm_config: IMSMConfig):
         super().__init__()
+        if not isinstance(peft_model, PeftModel) and imsm_config.is_siamese:
+            raise ValueError("a model without a peft adapter has no tuned branch; use IMSMConfig(fusion='none')")
+        # The peft model, or the bare causal LM for fusion "none" without an adapter (the
+        # "Original" baseline run through the same code).
         self.peft_model = peft_model
         self.imsm_config = imsm_config
         self.router: BranchRouter = install_router(peft_model)
-        model = peft_model.get_base_model()
+        model = self.causal_lm
         backbone = model.base_model  # the decoder stack, ending in the final norm
         head = model.get_output_embeddings()
         if backbone is model or head is None:
@@ -99,8 +103,17 @@ class IMSMModel(nn.Module):
     # Properties that mirror transformers/peft so the model drops into existing code.
 
     @property
+    def causal_lm(self) -> nn.Module:
+        """The transformers model (adapted in place by peft when there is an adapter)."""
+        return self.peft_model.get_base_model() if isinstance(self.peft_model, PeftModel) else self.peft_model
+
+    @property
+    def has_adapter(self) -> bool:
+        return isinstance(self.peft_model, PeftModel)
+
+    @property
     def config(self):
-        return self.peft_model.get_base_model().config
+        return self.causal_lm.config
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +128,7 @@ class IMSMModel(nn.Module):
         prefix does), so optimiser groups, saving and the frozen-base check agree."""
         if name.startswith("gate."):
             return "gate"
-        tuner_prefix = getattr(self.peft_model.base_model, "prefix", None)
+        tuner_prefix = getattr(self.peft_model.base_model, "prefix", None) if self.has_adapter else None
         if (tuner_prefix and tuner_prefix in name) or "modules_to_save" in name:
             return "peft"
         return "base"

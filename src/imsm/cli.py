@@ -1,0 +1,139 @@
+"""The `imsm` command line: one function per subcommand, every flag also settable from YAML.
+
+Bad input ends in one line on stderr that names the problem and the fix, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from imsm.errors import IMSMError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="embedded model name (smollm2-135m), local directory, or Hugging Face id")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16 or fp32")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N]; CUDA if available")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let transformers run code shipped with the model (off unless asked)")
+    parser.add_argument("--config", type=Path, help="YAML file setting any of these flags (the command line wins)")
+
+
+def _load_model(args: argparse.Namespace):
+    """The base model, with the adapter directory of --adapter on it if given."""
+    from imsm.model.load import load_model_and_tokenizer
+    from imsm.model.persist import check_adapter_directory
+    from imsm.model.siamese import IMSMModel
+
+    adapter = getattr(args, "adapter", None)
+    if adapter is not None:
+        check_adapter_directory(adapter)  # fail before the slow model load
+    base, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.device, args.trust_remote_code)
+    if adapter is None:
+        from imsm.config import IMSMConfig
+
+        model = IMSMModel(base, IMSMConfig(fusion="none"))  # the base model alone, same decoding code
+    else:
+        model = IMSMModel.from_pretrained(base, adapter)
+    return model.eval(), tokenizer
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from imsm.generate import generate_text
+
+    if not args.prompt:
+        raise IMSMError("no prompt given; pass --prompt TEXT (repeat it for several prompts)")
+    model, tokenizer = _load_model(args)
+    answers = generate_text(
+        model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+        chat_template=args.chat_template, system=args.system, batch_size=args.batch_size,
+    )
+    for index, answer in enumerate(answers):
+        if len(answers) > 1:
+            print(f"[{index + 1}] {args.prompt[index]}")
+        print(answer)
+        if len(answers) > 1 and index + 1 < len(answers):
+            print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imsm import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="imsm",
+        description="IMSM: fine-tune with any peft method while a query-aware gate keeps the frozen model's knowledge.",
+    )
+    parser.add_argument("--version", action="version", version=f"imsm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    generate = commands.add_parser("generate", help="greedy answers from a model, with or without an adapter",
+                                   description="Greedy answers from a model, with or without an adapter.")
+    _add_model_arguments(generate)
+    generate.add_argument("--adapter", help="adapter directory (IMSM or plain peft) to load on the model")
+    generate.add_argument("--prompt", action="append", default=[], help="the prompt; repeat for several")
+    generate.add_argument("--max-new-tokens", type=_positive_int, default=128, help="cap on generated tokens (128)")
+    generate.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto",
+                          help="wrap prompts in the model's chat template (auto: when it has one)")
+    generate.add_argument("--system", help="system message for the chat template (the template's default if omitted)")
+    generate.add_argument("--batch-size", type=_positive_int, default=8, help="prompts decoded together (8)")
+    generate.set_defaults(handler=cmd_generate)
+    return parser
+
+
+def _apply_yaml_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> argparse.Namespace:
+    """Re-parse with the YAML file's values as defaults, so explicit flags still win."""
+    import yaml
+
+    path: Path = args.config
+    if not path.is_file():
+        raise IMSMError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise IMSMError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise IMSMError(f"config file {str(path)!r} must hold a mapping of flag names to values")
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    known = {action.dest for action in subparser._actions if action.dest not in ("help", "config")}
+    defaults = {str(key).replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise IMSMError(f"config file {str(path)!r} sets unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+    subparser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        if getattr(args, "config", None) is not None:
+            args = _apply_yaml_config(parser, argv, args)
+        return handler(args)
+    except IMSMError as error:
+        print(f"imsm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imsm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
