@@ -64,6 +64,6 @@ def get_imsm_model(
         check_target_modules(base_model, peft_config)
         try:
             peft_model = get_peft_model(base_model, peft_config)
-        except ValueError as error:
+        except (TypeError, ValueError) as error:
             raise IMSMError(f"peft could not apply {peft_config.peft_type.value}: {str(error).splitlines()[0]}") from None
     return IMSMModel(peft_model, imsm_config)

@@ -1,0 +1,93 @@
+"""Cached doubled-batch decoding gives exactly the tokens of naive recomputation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import peft_config, perturb_adapter, random_batch, tiny_model
+
+from imsm import FUSION_MODES, IMSMConfig, get_imsm_model
+from imsm.model.decode import naive_generate
+
+
+def build(architecture: str, method: str, fusion: str = "imsm"):
+    model = get_imsm_model(tiny_model(architecture), peft_config(method, architecture), IMSMConfig(fusion=fusion))
+    perturb_adapter(model)
+    if model.gate is not None:
+        torch.nn.init.normal_(model.gate.W_B, std=2.0)  # a decisive gate, so fusion matters
+    return model.eval()
+
+
+def test_cached_decoding_equals_naive_recomputation(architecture, method):
+    model = build(architecture, method)
+    input_ids, attention_mask = random_batch()
+    cached = model.generate(input_ids, attention_mask, max_new_tokens=10, eos_token_id=[])
+    naive = naive_generate(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=[])
+    assert cached.shape == (3, input_ids.shape[1] + 10)
+    assert torch.equal(cached, naive)
+
+
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_every_fusion_mode_decodes_like_naive_recomputation(fusion):
+    model = build("llama", "lora", fusion)
+    input_ids, attention_mask = random_batch()
+    cached = model.generate(input_ids, attention_mask, max_new_tokens=10, eos_token_id=[])
+    assert torch.equal(cached, naive_generate(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=[]))
+
+
+def test_fusion_none_decodes_like_peft_generate():
+    model = build("llama", "lora", "none")
+    input_ids, attention_mask = random_batch()
+    ours = model.generate(input_ids, attention_mask, max_new_tokens=8, eos_token_id=[])
+    model.peft_model.get_base_model().generation_config.eos_token_id = None
+    theirs = model.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=8,
+                                       do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+def test_a_prompt_decodes_the_same_alone_and_in_a_padded_batch(architecture, method):
+    model = build(architecture, method)
+    input_ids, attention_mask = random_batch()
+    batched = model.generate(input_ids, attention_mask, max_new_tokens=8, eos_token_id=[])
+    T = input_ids.shape[1]
+    for row in range(input_ids.shape[0]):
+        prompt = input_ids[row][attention_mask[row].bool()][None]
+        alone = model.generate(prompt, max_new_tokens=8, eos_token_id=[])
+        assert torch.equal(alone[0, prompt.shape[1] :], batched[row, T:])
+
+
+def test_right_padded_prompts_decode_like_left_padded_ones():
+    model = build("qwen2", "lora")
+    input_ids, attention_mask = random_batch(padding="right")
+    right = model.generate(input_ids, attention_mask, max_new_tokens=6, eos_token_id=[])
+    T = input_ids.shape[1]
+    for row in range(input_ids.shape[0]):
+        prompt = input_ids[row][attention_mask[row].bool()][None]
+        assert torch.equal(model.generate(prompt, max_new_tokens=6, eos_token_id=[])[0, -6:], right[row, T:])
+
+
+def test_rows_stop_at_eos_and_are_padded_after_it():
+    model = build("llama", "dora")
+    input_ids, attention_mask = random_batch()
+    free = model.generate(input_ids, attention_mask, max_new_tokens=10, eos_token_id=[])
+    T = input_ids.shape[1]
+    eos = int(free[0, T + 2])  # a token row 0 emits at its third step
+    cached = model.generate(input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
+    naive = naive_generate(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(cached, naive)
+    first_eos = (cached[0, T:] == eos).nonzero()[0].item()
+    assert first_eos <= 2 and bool((cached[0, T + first_eos + 1 :] == 0).all())
+
+
+def test_decoding_stops_early_when_every_row_has_finished():
+    model = build("llama", "lora")
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    first = int(model.generate(prompt, max_new_tokens=1, eos_token_id=[])[0, -1])
+    assert model.generate(prompt, max_new_tokens=20, eos_token_id=first).shape == (1, 5)
+
+
+def test_decoding_leaves_the_model_in_tuned_mode():
+    model = build("gpt2", "ia3")
+    input_ids, attention_mask = random_batch()
+    model.generate(input_ids, attention_mask, max_new_tokens=3, eos_token_id=[])
+    assert model.router.mode == "tuned"
