@@ -19,12 +19,26 @@ def tiny_model(architecture: str, seed: int = 0, hidden_size: int = 32):
     torch.manual_seed(seed)
     common = {"vocab_size": VOCAB, "eos_token_id": EOS, "bos_token_id": 1, "pad_token_id": 0, "initializer_range": 0.1}
     if architecture == "llama":
-        config = LlamaConfig(hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=128, **common)
+        config = LlamaConfig(
+            hidden_size=hidden_size,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            **common,
+        )
         model = LlamaForCausalLM(config)
     elif architecture == "qwen2":
-        config = Qwen2Config(hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=128, **common)
+        config = Qwen2Config(
+            hidden_size=hidden_size,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            **common,
+        )
         model = Qwen2ForCausalLM(config)
     elif architecture == "gpt2":
         config = GPT2Config(n_embd=hidden_size, n_layer=2, n_head=4, n_positions=128, **common)
@@ -50,7 +64,9 @@ def peft_config(method: str, architecture: str):
     if method == "dora":
         return LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0, use_dora=True)
     if method == "adalora":
-        return AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8, target_modules=targets, total_step=20, lora_dropout=0.0)
+        return AdaLoraConfig(
+            init_r=4, target_r=2, lora_alpha=8, target_modules=targets, total_step=20, lora_dropout=0.0
+        )
     if method == "ia3":
         return IA3Config(target_modules=targets, feedforward_modules=[_MLP_OUT[architecture]])
     if method == "vera":  # no fast path: exercises the generic branch split
@@ -102,8 +118,9 @@ def tiny_tokenizer():
     vocab = {"<pad>": 0, "<s>": 1, "</s>": EOS, **{f"w{i}": i for i in range(3, VOCAB)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<pad>"
+    )
 
 
 def save_tiny_model(directory, architecture: str = "llama", seed: int = 0):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import peft_config, perturb_adapter, random_batch, tiny_model
 
+from conftest import peft_config, perturb_adapter, random_batch, tiny_model
 from imsm import FUSION_MODES, IMSMConfig, get_imsm_model
 from imsm.model.decode import naive_generate
 
@@ -40,8 +40,14 @@ def test_fusion_none_decodes_like_peft_generate():
     input_ids, attention_mask = random_batch()
     ours = model.generate(input_ids, attention_mask, max_new_tokens=8, eos_token_id=[])
     model.peft_model.get_base_model().generation_config.eos_token_id = None
-    theirs = model.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=8,
-                                       do_sample=False, eos_token_id=None, pad_token_id=0)
+    theirs = model.peft_model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     assert torch.equal(ours, theirs)
 
 

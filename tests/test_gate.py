@@ -33,7 +33,9 @@ def test_no_query_gate_reads_only_the_two_states():
     gate = FusionGate(hidden_size=4, rank=2, query_aware=False)
     h_frozen, h_tuned = torch.randn(3, 4), torch.randn(3, 4)
     assert gate.W_A.shape == (8, 2) and gate.query_term(h_frozen, h_tuned) is None
-    torch.testing.assert_close(gate(h_frozen, h_tuned, None), torch.sigmoid(torch.cat([h_frozen, h_tuned], -1) @ gate.W_A @ gate.W_B))
+    torch.testing.assert_close(
+        gate(h_frozen, h_tuned, None), torch.sigmoid(torch.cat([h_frozen, h_tuned], -1) @ gate.W_A @ gate.W_B)
+    )
 
 
 def test_fusion_is_a_convex_combination_weighted_towards_the_frozen_branch():

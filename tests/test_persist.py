@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import peft_config, perturb_adapter, random_batch, tiny_model
 from peft import PeftModel
 
+from conftest import peft_config, perturb_adapter, random_batch, tiny_model
 from imsm import IMSMConfig, IMSMError, IMSMModel, get_imsm_model
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, PEFT_METHODS, peft_config, perturb_adapter, random_batch, tiny_model
 from safetensors.torch import load_file
 
+from conftest import ARCHITECTURES, PEFT_METHODS, peft_config, perturb_adapter, random_batch, tiny_model
 from imsm import FUSION_MODES, IMSMConfig, get_imsm_model
 
 ATOL = 2e-5
@@ -45,8 +45,11 @@ def test_fresh_adapter_gives_the_frozen_models_logits(architecture, method):
     input_ids, attention_mask = random_batch()
     base_model = tiny_model(architecture)  # same seed: the untouched base weights
     with torch.no_grad():
-        expected = base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
+        expected = base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        ).logits
         fused = model(input_ids, attention_mask=attention_mask).logits
     real = attention_mask.bool()
     torch.testing.assert_close(fused[real], expected[real], atol=ATOL, rtol=0)
@@ -55,7 +58,9 @@ def test_fresh_adapter_gives_the_frozen_models_logits(architecture, method):
 @pytest.mark.parametrize("forced, branch", [(1.0, "frozen"), (0.0, "tuned")])
 def test_forced_gate_selects_one_branch(architecture, method, forced, branch):
     model = build(architecture, method)
-    model.gate.forward = lambda hidden_frozen, hidden_tuned, query: torch.full_like(hidden_frozen, forced, dtype=torch.float32)
+    model.gate.forward = lambda hidden_frozen, hidden_tuned, query: torch.full_like(
+        hidden_frozen, forced, dtype=torch.float32
+    )
     input_ids, attention_mask = unpadded_batch()
     _, _, frozen_logits, tuned_logits = peft_states(model, input_ids, attention_mask)
     with torch.no_grad():
@@ -177,7 +182,9 @@ def test_training_step_moves_only_peft_and_gate_parameters(architecture, method)
         elif parameter.requires_grad:
             assert parameter.grad is not None, name
     assert model.gate.W_A.grad.abs().sum() > 0 and model.gate.W_B.grad.abs().sum() > 0
-    assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if groups[n] == "peft" and p.grad is not None)
+    assert any(
+        p.grad.abs().sum() > 0 for n, p in model.named_parameters() if groups[n] == "peft" and p.grad is not None
+    )
     assert all(groups[n] != "base" for n, p in model.named_parameters() if p.requires_grad)
     optimizer.step()
     for name, parameter in model.named_parameters():
@@ -203,8 +210,9 @@ def test_adapted_output_head_is_bypassed_by_the_fusion():
     from peft import LoraConfig
 
     for fusion in ("mean", "none"):
-        model = get_imsm_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]),
-                               IMSMConfig(fusion=fusion))
+        model = get_imsm_model(
+            tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]), IMSMConfig(fusion=fusion)
+        )
         perturb_adapter(model)
         model.eval()
         input_ids, attention_mask = unpadded_batch()
@@ -226,7 +234,9 @@ def test_generic_path_serves_other_peft_tuners(method):
     model.eval()
     input_ids, attention_mask = random_batch()
     cached = model.generate(input_ids, attention_mask, max_new_tokens=6, eos_token_id=[])
-    torch.testing.assert_close(cached, naive_generate(model, input_ids, attention_mask, max_new_tokens=6, eos_token_id=[]))
+    torch.testing.assert_close(
+        cached, naive_generate(model, input_ids, attention_mask, max_new_tokens=6, eos_token_id=[])
+    )
 
 
 def test_grid_is_what_the_issue_asks_for():

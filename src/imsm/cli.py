@@ -24,12 +24,18 @@ def _positive_int(text: str) -> int:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="embedded model name (smollm2-135m), local directory, or Hugging Face id")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="embedded model name (smollm2-135m), local directory, or Hugging Face id",
+    )
     parser.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16 or fp32")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N]; CUDA if available")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let transformers run code shipped with the model (off unless asked)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let transformers run code shipped with the model (off unless asked)",
+    )
     parser.add_argument("--config", type=Path, help="YAML file setting any of these flags (the command line wins)")
 
 
@@ -59,8 +65,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise IMSMError("no prompt given; pass --prompt TEXT (repeat it for several prompts)")
     model, tokenizer = _load_model(args)
     answers = generate_text(
-        model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-        chat_template=args.chat_template, system=args.system, batch_size=args.batch_size,
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        chat_template=args.chat_template,
+        system=args.system,
+        batch_size=args.batch_size,
     )
     for index, answer in enumerate(answers):
         if len(answers) > 1:
@@ -81,21 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imsm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    generate = commands.add_parser("generate", help="greedy answers from a model, with or without an adapter",
-                                   description="Greedy answers from a model, with or without an adapter.")
+    generate = commands.add_parser(
+        "generate",
+        help="greedy answers from a model, with or without an adapter",
+        description="Greedy answers from a model, with or without an adapter.",
+    )
     _add_model_arguments(generate)
     generate.add_argument("--adapter", help="adapter directory (IMSM or plain peft) to load on the model")
     generate.add_argument("--prompt", action="append", default=[], help="the prompt; repeat for several")
     generate.add_argument("--max-new-tokens", type=_positive_int, default=128, help="cap on generated tokens (128)")
-    generate.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto",
-                          help="wrap prompts in the model's chat template (auto: when it has one)")
+    generate.add_argument(
+        "--chat-template",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="wrap prompts in the model's chat template (auto: when it has one)",
+    )
     generate.add_argument("--system", help="system message for the chat template (the template's default if omitted)")
     generate.add_argument("--batch-size", type=_positive_int, default=8, help="prompts decoded together (8)")
     generate.set_defaults(handler=cmd_generate)
     return parser
 
 
-def _apply_yaml_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> argparse.Namespace:
+def _apply_yaml_config(
+    parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace
+) -> argparse.Namespace:
     """Re-parse with the YAML file's values as defaults, so explicit flags still win."""
     import yaml
 
@@ -113,7 +133,9 @@ def _apply_yaml_config(parser: argparse.ArgumentParser, argv: Sequence[str], arg
     defaults = {str(key).replace("-", "_"): value for key, value in values.items()}
     unknown = sorted(set(defaults) - known)
     if unknown:
-        raise IMSMError(f"config file {str(path)!r} sets unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+        raise IMSMError(
+            f"config file {str(path)!r} sets unknown option(s) {unknown}; known: {', '.join(sorted(known))}"
+        )
     subparser.set_defaults(**defaults)
     return parser.parse_args(argv)
 

@@ -18,7 +18,7 @@ def format_prompt(tokenizer, prompt: str, use_chat_template: bool, system: str |
 
 
 def wants_chat_template(tokenizer, choice: str) -> bool:
-    """"auto" uses the template when the tokenizer has one; "on" / "off" force it."""
+    """ "auto" uses the template when the tokenizer has one; "on" / "off" force it."""
     if choice == "off":
         return False
     return bool(getattr(tokenizer, "chat_template", None)) or choice == "on"

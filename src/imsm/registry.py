@@ -12,13 +12,13 @@ T = TypeVar("T")
 
 
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
-    """`unknown task 'gsm8': did you mean 'gsm8k'? available: cola, gsm8k, ...`."""
+    """`unknown task 'gsm8': did you mean 'gsm8k'? (available: cola, gsm8k, ...)`."""
     message = f"unknown {kind} {name!r}"
     close = difflib.get_close_matches(name.lower(), [a.lower() for a in available], n=1, cutoff=0.6)
     if close:
         suggestion = next(a for a in available if a.lower() == close[0])
         message += f": did you mean {suggestion!r}?"
-    return message + f" available: {', '.join(sorted(available))}"
+    return message + f" (available: {', '.join(sorted(available))})"
 
 
 class Registry(Generic[T]):

@@ -20,7 +20,11 @@ def check_target_modules(model: nn.Module, peft_config: PeftConfig) -> None:
     if missing:
         leaf_types = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
         available = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, leaf_types) or type(m).__name__ == "Conv1D"}
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, leaf_types) or type(m).__name__ == "Conv1D"
+            }
         )
         raise IMSMError(
             f"target module(s) {missing} not found in {type(model).__name__}; "
@@ -60,10 +64,14 @@ def get_imsm_model(
         )
     if not isinstance(base_model, PeftModel):
         if getattr(base_model, "get_output_embeddings", lambda: None)() is None:
-            raise IMSMError(f"{type(base_model).__name__} has no output head; IMSM needs a causal LM (AutoModelForCausalLM)")
+            raise IMSMError(
+                f"{type(base_model).__name__} has no output head; IMSM needs a causal LM (AutoModelForCausalLM)"
+            )
         check_target_modules(base_model, peft_config)
         try:
             peft_model = get_peft_model(base_model, peft_config)
         except (TypeError, ValueError) as error:
-            raise IMSMError(f"peft could not apply {peft_config.peft_type.value}: {str(error).splitlines()[0]}") from None
+            raise IMSMError(
+                f"peft could not apply {peft_config.peft_type.value}: {str(error).splitlines()[0]}"
+            ) from None
     return IMSMModel(peft_model, imsm_config)

@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,14 @@ import torch
 from imsm.errors import IMSMError
 from imsm.registry import Registry, unknown_name_message
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,44 @@ def _check_local_directory(path: Path) -> None:
         raise IMSMError(f"model directory {str(path)!r} has no .safetensors weights")
 
 
+def _looks_like_a_path(name: str) -> bool:
+    # Hub ids are "org/name"; anything rooted, relative or deeper is meant as a directory.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """Where transformers should load `name_or_path` from, checked before anything slow runs."""
+    if name_or_path in EMBEDDED_MODELS:
+        return str(converted_embedded_model(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        _check_local_directory(path)
+        return str(path)
+    if _looks_like_a_path(name_or_path):
+        raise IMSMError(f"model directory {name_or_path!r} does not exist; pass an existing model directory")
+    if name_or_path.count("/") == 0:
+        message = unknown_name_message("model", name_or_path, EMBEDDED_MODELS.names())
+        raise IMSMError(f"{message}; or pass a local model directory or a Hugging Face id (org/name)")
+    # A hub id: use the local cache when it has the model, so offline machines never wait on
+    # the network; otherwise let transformers download it.
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return name_or_path
+    if constants.HF_HUB_OFFLINE:
+        raise IMSMError(
+            f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download it first or pass a local directory"
+        )
+    print(
+        f"imsm: {name_or_path!r} is not in the local Hugging Face cache; downloading it "
+        "(set HF_HUB_OFFLINE=1 to fail at once when offline)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return name_or_path
+
+
 def load_model_and_tokenizer(
     name_or_path: str,
     dtype: str | torch.dtype | None = "auto",
@@ -154,20 +199,11 @@ def load_model_and_tokenizer(
     Returns:
         (model, tokenizer), the model in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = resolve_dtype(dtype, device)
-    if name_or_path in EMBEDDED_MODELS:
-        source = str(converted_embedded_model(name_or_path))
-    elif Path(name_or_path).expanduser().is_dir():
-        source = str(Path(name_or_path).expanduser())
-        _check_local_directory(Path(source))
-    elif name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
-        source = name_or_path  # a hub id: transformers finds it in the cache or online
-    else:
-        message = unknown_name_message("model", name_or_path, EMBEDDED_MODELS.names())
-        raise IMSMError(f"{message}; or pass a local model directory or a Hugging Face id (org/name)")
+    source = resolve_model_source(name_or_path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(

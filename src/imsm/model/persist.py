@@ -42,7 +42,9 @@ def base_model_facts(model: torch.nn.Module) -> dict[str, Any]:
         "name_or_path": getattr(config, "_name_or_path", None) or None,
         "model_type": getattr(config, "model_type", None),
         "architectures": list(getattr(config, "architectures", None) or [type(model).__name__]),
-        "hidden_size": int(head.get_base_layer().weight.shape[-1] if hasattr(head, "get_base_layer") else head.weight.shape[-1]),
+        "hidden_size": int(
+            head.get_base_layer().weight.shape[-1] if hasattr(head, "get_base_layer") else head.weight.shape[-1]
+        ),
         "vocab_size": int(getattr(config, "vocab_size", 0) or 0),
     }
 
@@ -58,7 +60,10 @@ def save_imsm(model: IMSMModel, directory: str | os.PathLike) -> None:
     try:
         model.peft_model.save_pretrained(str(staging), safe_serialization=True)
         if model.gate is not None:
-            tensors = {"W_A": model.gate.W_A.detach().cpu().contiguous(), "W_B": model.gate.W_B.detach().cpu().contiguous()}
+            tensors = {
+                "W_A": model.gate.W_A.detach().cpu().contiguous(),
+                "W_B": model.gate.W_B.detach().cpu().contiguous(),
+            }
             save_file(tensors, str(staging / GATE_FILE), metadata={"format": "pt", "fusion": model.fusion})
         payload = {
             "imsm_version": __version__,
@@ -124,7 +129,9 @@ def check_same_base_model(saved: dict[str, Any], model: torch.nn.Module, directo
         )
 
 
-def load_imsm(cls: type[IMSMModel], base_model: torch.nn.Module, directory: str | os.PathLike, is_trainable: bool = False) -> IMSMModel:
+def load_imsm(
+    cls: type[IMSMModel], base_model: torch.nn.Module, directory: str | os.PathLike, is_trainable: bool = False
+) -> IMSMModel:
     path = check_adapter_directory(directory)
     saved = read_imsm_config(path)
     if saved is None:
@@ -138,18 +145,24 @@ def load_imsm(cls: type[IMSMModel], base_model: torch.nn.Module, directory: str 
         peft_model = PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise IMSMError(f"could not load the peft adapter in {str(path)!r} onto this base model: {first_line}") from None
+        raise IMSMError(
+            f"could not load the peft adapter in {str(path)!r} onto this base model: {first_line}"
+        ) from None
     model = cls(peft_model, imsm_config)
     if model.gate is not None:
         gate_path = path / GATE_FILE
         if not gate_path.exists():
-            raise IMSMError(f"{str(path)!r} has no {GATE_FILE} although its fusion is {imsm_config.fusion!r}; re-save the model")
+            raise IMSMError(
+                f"{str(path)!r} has no {GATE_FILE} although its fusion is {imsm_config.fusion!r}; re-save the model"
+            )
         tensors = load_file(str(gate_path))
         for name in ("W_A", "W_B"):
             expected = tuple(getattr(model.gate, name).shape)
             if name not in tensors or tuple(tensors[name].shape) != expected:
                 found = tuple(tensors[name].shape) if name in tensors else "missing"
-                raise IMSMError(f"{gate_path}: {name} has shape {found}, expected {expected}; the gate does not fit this model")
+                raise IMSMError(
+                    f"{gate_path}: {name} has shape {found}, expected {expected}; the gate does not fit this model"
+                )
         with torch.no_grad():
             model.gate.W_A.copy_(tensors["W_A"])
             model.gate.W_B.copy_(tensors["W_B"])

@@ -124,7 +124,7 @@ class IMSMModel(nn.Module):
         return self.imsm_config.fusion
 
     def parameter_group(self, name: str) -> str:
-        """"gate", "peft" or "base", decided by the parameter's name alone (as peft's `lora_`
+        """ "gate", "peft" or "base", decided by the parameter's name alone (as peft's `lora_`
         prefix does), so optimiser groups, saving and the frozen-base check agree."""
         if name.startswith("gate."):
             return "gate"

@@ -20,8 +20,17 @@ from imsm.errors import IMSMError
 from imsm.registry import Registry
 
 # Not layer tuners (or not causal-LM adapters): nothing in the model to split into two branches.
-_NOT_LAYER_TUNERS = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "ADAPTION_PROMPT", "MULTITASK_PROMPT_TUNING",
-                     "CPT", "CARTRIDGE", "XLORA", "POLY"}
+_NOT_LAYER_TUNERS = {
+    "PREFIX_TUNING",
+    "PROMPT_TUNING",
+    "P_TUNING",
+    "ADAPTION_PROMPT",
+    "MULTITASK_PROMPT_TUNING",
+    "CPT",
+    "CARTRIDGE",
+    "XLORA",
+    "POLY",
+}
 
 # Feed-forward output projections across common architectures ((IA)3 scales their input).
 _FEEDFORWARD_OUTPUTS = ("down_proj", "fc2", "c_proj", "mlp.c_proj", "w2", "dense_4h_to_h")
@@ -56,7 +65,10 @@ PEFT_METHODS.register(
 )
 # AdaLoRA: peft ignores `r` and starts from init_r (12 by default, the rank behind the paper's
 # parameter counts), pruning towards target_r over total_step steps.
-PEFT_METHODS.register("adalora", PeftMethod("adalora", AdaLoraConfig, {"init_r": 12, "target_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}, 2e-3))
+PEFT_METHODS.register(
+    "adalora",
+    PeftMethod("adalora", AdaLoraConfig, {"init_r": 12, "target_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}, 2e-3),
+)
 PEFT_METHODS.register("ia3", PeftMethod("ia3", IA3Config, {}, 3e-3, optimizer="adafactor", batch_size=8))
 for _peft_type, _config_class in PEFT_TYPE_TO_CONFIG_MAPPING.items():
     _name = str(getattr(_peft_type, "value", _peft_type))
@@ -93,7 +105,11 @@ def build_peft_config(
         if total_step is None or total_step < 1:
             raise IMSMError("adalora needs total_step >= 1 (the run's optimizer steps) to schedule its rank budget")
         values["total_step"] = total_step
-    if entry.config_class is IA3Config and isinstance(target_modules, (list, tuple)) and "feedforward_modules" not in overrides:
+    if (
+        entry.config_class is IA3Config
+        and isinstance(target_modules, (list, tuple))
+        and "feedforward_modules" not in overrides
+    ):
         # peft requires feedforward_modules to be a subset of target_modules: keep the
         # feed-forward output projections among the chosen ones.
         values["feedforward_modules"] = [m for m in target_modules if m in _FEEDFORWARD_OUTPUTS]
@@ -105,4 +121,3 @@ def build_peft_config(
 
 def peft_method_names() -> list[str]:
     return PEFT_METHODS.names()
-

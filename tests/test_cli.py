@@ -1,0 +1,148 @@
+"""The command line: real runs on a tiny local model, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import peft_config, perturb_adapter, save_tiny_model, tiny_model
+from imsm import IMSMConfig, get_imsm_model
+from imsm.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    model = get_imsm_model(tiny_model("llama"), peft_config("lora", "llama"), IMSMConfig())
+    perturb_adapter(model)
+    directory = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(directory)
+    return directory
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_prints_one_answer_per_prompt(capsys, model_dir, adapter_dir):
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--model",
+        str(model_dir),
+        "--adapter",
+        str(adapter_dir),
+        "--dtype",
+        "fp32",
+        "--prompt",
+        "w3 w4 w5",
+        "--prompt",
+        "w9 w8",
+        "--max-new-tokens",
+        "4",
+        "--chat-template",
+        "off",
+    )
+    assert code == 0
+    assert out.startswith("[1] w3 w4 w5\n") and "[2] w9 w8\n" in out
+    answers = [line for line in out.splitlines() if line and not line.startswith("[")]
+    assert len(answers) == 2 and all(word.startswith("w") for a in answers for word in a.split())
+
+
+def test_generate_matches_the_python_api(capsys, model_dir, adapter_dir):
+    from imsm import IMSMModel
+
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--model",
+        str(model_dir),
+        "--adapter",
+        str(adapter_dir),
+        "--dtype",
+        "fp32",
+        "--prompt",
+        "w3 w4 w5",
+        "--max-new-tokens",
+        "5",
+        "--chat-template",
+        "off",
+    )
+    model = IMSMModel.from_pretrained(tiny_model("llama"), adapter_dir)
+    ids = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=5)[0, 3:]
+    expected = " ".join(f"w{int(i)}" for i in ids if int(i) > 2)
+    assert code == 0 and out.strip() == expected
+
+
+def test_yaml_config_sets_flags_and_the_command_line_wins(capsys, model_dir, tmp_path):
+    config = tmp_path / "generate.yaml"
+    config.write_text(f"model: {model_dir}\nmax-new-tokens: 2\nchat_template: 'off'\ndtype: fp32\nprompt: ['w3 w4']\n")
+    code, out, _ = run(capsys, "generate", "--config", str(config))
+    assert code == 0 and len(out.split()) == 2
+    code, out, _ = run(capsys, "generate", "--config", str(config), "--max-new-tokens", "3")
+    assert code == 0 and len(out.split()) == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "smollm2-13m"], "did you mean 'smollm2-135m'"),
+        (["--model", "./no/such/dir"], "does not exist"),
+        (["--adapter", "/no/such/adapter"], "adapter directory '/no/such/adapter' does not exist"),
+        (["--dtype", "fp64"], "unknown dtype 'fp64'"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_code_2(capsys, argv, message):
+    code, out, err = run(capsys, "generate", "--prompt", "hi", *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("imsm: error: ") and message in err
+
+
+def test_hub_id_not_cached_while_offline_fails_at_once(capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code, _, err = run(capsys, "generate", "--model", "someone/missing-model", "--prompt", "hi")
+    assert code == 2 and "not in the local Hugging Face cache" in err
+
+
+def test_pickle_only_model_directory_is_refused(capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path), "--prompt", "hi")
+    assert code == 2 and "only pickle weights" in err
+
+
+def test_adapter_for_another_base_model_is_refused(capsys, adapter_dir, tmp_path):
+    other = save_tiny_model(tmp_path / "qwen", architecture="qwen2")
+    code, out, err = run(capsys, "generate", "--model", str(other), "--adapter", str(adapter_dir), "--prompt", "w3")
+    assert code == 2 and "made for another base model" in err and out == ""
+
+
+def test_yaml_config_errors(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_new_token: 3\n")
+    code, _, err = run(capsys, "generate", "--config", str(bad))
+    assert code == 2 and "unknown option(s) ['max_new_token']" in err
+    code, _, err = run(capsys, "generate", "--config", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_the_installed_command_prints_no_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "imsm", "generate", "--model", "nope", "--prompt", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines() == [result.stderr.strip()]

