@@ -27,12 +27,13 @@ def test_directory_without_config_is_refused(tmp_path):
         load_model_and_tokenizer(str(tmp_path))
 
 
-def test_auto_dtype_is_bf16_on_cpus_with_vector_units(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+def test_auto_dtype_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch):
+    monkeypatch.setattr(load, "cpu_has_native_bf16", lambda: True)
     assert default_dtype(torch.device("cpu")) == torch.bfloat16
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    monkeypatch.setattr(load, "cpu_has_native_bf16", lambda: False)
     assert default_dtype(torch.device("cpu")) == torch.float32
     assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(IMSMError, match="unknown dtype"):
         resolve_dtype("float64", torch.device("cpu"))
 
@@ -45,14 +46,17 @@ needs_embedded = pytest.mark.skipif(
 
 @needs_embedded
 def test_embedded_default_answers_a_plain_question_and_is_cached(monkeypatch):
-    from imsm.generate import generate_text
+    from imsm.generate import generate_answers
+    from imsm.prompting import PromptFormatter
 
     model, tokenizer = load_model_and_tokenizer("smollm2-135m", device="cpu")
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.hidden_size == 576
     assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152
     assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
-    answer = generate_text(
-        IMSMModel(model, IMSMConfig(fusion="none")), tokenizer, ["What is the capital of France?"], max_new_tokens=16
+    formatter = PromptFormatter.for_tokenizer(tokenizer)
+    assert formatter.use_chat_template
+    answer = generate_answers(
+        IMSMModel(model, IMSMConfig(fusion="none")), formatter, ["What is the capital of France?"], max_new_tokens=16
     )[0]
     assert "Paris" in answer
 

@@ -6,11 +6,19 @@ Bad input ends in one line on stderr that names the problem and the fix, and exi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imsm.errors import IMSMError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the problem and where help is), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"imsm: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -59,20 +67,14 @@ def _load_model(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from imsm.generate import generate_text
+    from imsm.generate import generate_answers
+    from imsm.prompting import PromptFormatter
 
     if not args.prompt:
         raise IMSMError("no prompt given; pass --prompt TEXT (repeat it for several prompts)")
     model, tokenizer = _load_model(args)
-    answers = generate_text(
-        model,
-        tokenizer,
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        chat_template=args.chat_template,
-        system=args.system,
-        batch_size=args.batch_size,
-    )
+    formatter = PromptFormatter.for_tokenizer(tokenizer, args.chat_template, args.system)
+    answers = generate_answers(model, formatter, args.prompt, args.max_new_tokens, args.batch_size)
     for index, answer in enumerate(answers):
         if len(answers) > 1:
             print(f"[{index + 1}] {args.prompt[index]}")
@@ -82,10 +84,72 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import datetime
+    import platform
+
+    from imsm import __version__
+    from imsm.data import load_examples, resolve_data_dir
+    from imsm.evaluate import evaluate_task, format_table, write_results
+    from imsm.prompting import PromptFormatter
+    from imsm.tasks import parse_task_list
+
+    output = Path(args.output)
+    if output.suffix != ".json":
+        raise IMSMError(f"--output must name a .json file, got {str(output)!r}")
+    # Everything the run needs is read and checked before the (slow) model load.
+    tasks = parse_task_list(args.task)
+    if not tasks:
+        raise IMSMError("--task is empty; name one or more tasks, e.g. --task mrpc,webq")
+    data_dir = resolve_data_dir(args.data_dir)
+    data = {task.name: load_examples(task, args.split, data_dir, args.limit) for task in tasks}
+    model, tokenizer = _load_model(args)
+    formatter = PromptFormatter.for_tokenizer(tokenizer, args.chat_template, args.system)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "imsm_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": args.model,
+        "adapter": args.adapter,
+        "fusion": model.fusion,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "chat_template": formatter.use_chat_template,
+        "data_dir": str(data_dir) if data_dir else None,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "likelihood": not args.no_likelihood,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch_version()}",
+    }
+    results = []
+    for task in tasks:
+        split = args.split or task.eval_split
+        result = evaluate_task(
+            model,
+            formatter,
+            task,
+            data[task.name],
+            split,
+            args.batch_size,
+            args.max_new_tokens,
+            likelihood=not args.no_likelihood,
+        )
+        results.append(result)
+        write_results(output, header, results)  # after every task, so finished tasks are kept
+    print(format_table(results))
+    print(f"metrics: {output}")
+    return 0
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from imsm import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="imsm",
         description="IMSM: fine-tune with any peft method while a query-aware gate keeps the frozen model's knowledge.",
     )
@@ -110,6 +174,40 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--system", help="system message for the chat template (the template's default if omitted)")
     generate.add_argument("--batch-size", type=_positive_int, default=8, help="prompts decoded together (8)")
     generate.set_defaults(handler=cmd_generate)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="score a model (base, peft or IMSM adapter) on tasks",
+        description="Score a model on tasks: greedy generation, the paper's metrics, "
+        "and length-independent likelihood scores.",
+    )
+    _add_model_arguments(evaluate)
+    evaluate.add_argument("--adapter", help="adapter directory (IMSM or plain peft); the base model alone if omitted")
+    evaluate.add_argument(
+        "--task",
+        required=True,
+        help="task name(s), comma-separated (mrpc, cola, ropes, gsm8k, webq, freebaseqa, multirc), "
+        "or a task spec file (.yaml/.json)",
+    )
+    evaluate.add_argument("--output", required=True, help="metrics JSON; per-example JSONL files go beside it")
+    evaluate.add_argument("--split", help="split to evaluate (default: each task's evaluation split, as in the paper)")
+    evaluate.add_argument("--limit", type=_positive_int, help="evaluate the first N examples only")
+    evaluate.add_argument(
+        "--data-dir", help="directory laid out like shared/data (default: $IMSM_DATA_DIR, else the hub)"
+    )
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="examples decoded together (8)")
+    evaluate.add_argument("--max-new-tokens", type=_positive_int, help="override each task's generation cap")
+    evaluate.add_argument(
+        "--chat-template",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="wrap prompts in the model's chat template (auto: when it has one)",
+    )
+    evaluate.add_argument("--system", help="system message for the chat template")
+    evaluate.add_argument(
+        "--no-likelihood", action="store_true", help="skip the teacher-forced pass (gold NLL, yes/no margin and AUC)"
+    )
+    evaluate.set_defaults(handler=cmd_eval)
     return parser
 
 

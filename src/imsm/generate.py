@@ -1,58 +1,51 @@
-"""Text in, text out: prompts through the chat template, greedy decoding, answers decoded."""
+"""Text in, text out: batched greedy answers for a list of prompts."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from imsm.model.siamese import IMSMModel
-
-
-def format_prompt(tokenizer, prompt: str, use_chat_template: bool, system: str | None = None) -> str:
-    """The prompt as the model expects it: inside its chat template when asked and available."""
-    if not use_chat_template:
-        return prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def wants_chat_template(tokenizer, choice: str) -> bool:
-    """ "auto" uses the template when the tokenizer has one; "on" / "off" force it."""
-    if choice == "off":
-        return False
-    return bool(getattr(tokenizer, "chat_template", None)) or choice == "on"
+from imsm.prompting import PromptFormatter
 
 
 @torch.no_grad()
-def generate_text(
+def generate_answers(
     model: IMSMModel,
-    tokenizer,
+    formatter: PromptFormatter,
     prompts: Sequence[str],
     max_new_tokens: int = 128,
-    chat_template: str = "auto",
-    system: str | None = None,
     batch_size: int = 8,
+    on_batch_done: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy answers to `prompts`, decoded without special tokens, in input order."""
-    use_template = wants_chat_template(tokenizer, chat_template)
-    texts = [format_prompt(tokenizer, p, use_template, system) for p in prompts]
-    tokenizer.padding_side = "left"
-    answers: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            # The chat template already holds the special tokens it needs.
-            add_special_tokens=not use_template,
-        ).to(model.device)
+    """Greedy answers to `prompts`, decoded without special tokens, in input order.
+
+    Prompts are batched by length (longest first) so little padding is decoded.
+    """
+    tokenizer = formatter.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [formatter.prompt_ids(p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, index in enumerate(rows):  # left padding
+            ids = encoded[index]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
         output = model.generate(
-            batch["input_ids"],
-            attention_mask=batch["attention_mask"],
+            input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad_id,
         )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        for index, text in zip(rows, texts, strict=True):
+            answers[index] = text.strip()
+        if on_batch_done is not None:
+            on_batch_done(len(rows))
     return answers

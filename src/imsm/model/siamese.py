@@ -176,6 +176,28 @@ class IMSMModel(nn.Module):
                 return self.head(hidden)
         return self.frozen_head(hidden)
 
+    def _branches(self, input_ids, attention_mask, query_mask):
+        """h_M' (with grad), h_M (without) and the gate's query term for a batch."""
+        hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state  # [B, T, d]
+        hidden_frozen = query_term = None
+        if self.imsm_config.is_siamese:
+            # The frozen branch has nothing to train: no graph, no stored activations.
+            with torch.no_grad():
+                hidden_frozen = self.branch_hidden_states(input_ids, attention_mask, "frozen").last_hidden_state
+            if self.gate is not None:
+                query_frozen = masked_mean(hidden_frozen, query_mask)  # [B, d]
+                query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
+                query_term = self.gate.query_term(query_frozen, query_tuned)  # [B, r] or None
+        return hidden_frozen, hidden_tuned, query_term
+
+    def _fused_logits_at(self, branches, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Gate, fusion and head at the positions (rows[i], cols[i]) only -> [N, V]."""
+        hidden_frozen, hidden_tuned, query_term = branches
+        selected_frozen = None if hidden_frozen is None else hidden_frozen[rows, cols]  # [N, d]
+        selected_query = None if query_term is None else query_term[rows]  # [N, r]
+        fused = fuse(self.fusion, self.gate, selected_frozen, hidden_tuned[rows, cols], selected_query)  # [N, d]
+        return self.output_head(fused)  # [N, V]
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -199,35 +221,32 @@ class IMSMModel(nn.Module):
         self.router.check_unmerged()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        query_mask = resolve_query_mask(attention_mask, query_mask, labels)
-        hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state  # [B, T, d]
-        hidden_frozen = query_term = None
-        if self.imsm_config.is_siamese:
-            # The frozen branch has nothing to train: no graph, no stored activations.
-            with torch.no_grad():
-                hidden_frozen = self.branch_hidden_states(input_ids, attention_mask, "frozen").last_hidden_state
-            if self.gate is not None:
-                query_frozen = masked_mean(hidden_frozen, query_mask)  # [B, d]
-                query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
-                query_term = self.gate.query_term(query_frozen, query_tuned)  # [B, r] or None
-
+        branches = self._branches(input_ids, attention_mask, resolve_query_mask(attention_mask, query_mask, labels))
         loss = logits = None
         if return_logits:
+            hidden_frozen, hidden_tuned, query_term = branches
             per_sequence_query = None if query_term is None else query_term[:, None, :]  # [B, 1, r]
             fused = fuse(self.fusion, self.gate, hidden_frozen, hidden_tuned, per_sequence_query)  # [B, T, d]
             logits = self.output_head(fused)  # [B, T, V]
         if labels is not None:
             targets = labels[:, 1:]  # position t predicts token t + 1
             rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # [N], [N]
-            if logits is not None:
-                selected_logits = logits[rows, cols]  # [N, V]
-            else:
-                selected_frozen = None if hidden_frozen is None else hidden_frozen[rows, cols]  # [N, d]
-                selected_query = None if query_term is None else query_term[rows]  # [N, r]
-                fused = fuse(self.fusion, self.gate, selected_frozen, hidden_tuned[rows, cols], selected_query)
-                selected_logits = self.output_head(fused)  # [N, V]
-            loss = F.cross_entropy(selected_logits.float(), targets[rows, cols])
+            selected = logits[rows, cols] if logits is not None else self._fused_logits_at(branches, rows, cols)
+            loss = F.cross_entropy(selected.float(), targets[rows, cols])
         return IMSMOutput(loss=loss, logits=logits)
+
+    def logits_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor, select: torch.Tensor
+    ) -> torch.Tensor:
+        """Fused logits only where `select` [B, T] is true -> [N, V], in row-major order.
+
+        What scoring a given answer needs (its likelihood, the first token's distribution)
+        without building [B, T, V] logits.
+        """
+        self.router.check_unmerged()
+        branches = self._branches(input_ids, attention_mask, query_mask.bool() & attention_mask.bool())
+        rows, cols = select.nonzero(as_tuple=True)
+        return self._fused_logits_at(branches, rows, cols)
 
     # ----------------------------------------------------------------------------------------
     # Decoding, saving and loading live in their own modules; these are the public entry points.

@@ -1,0 +1,226 @@
+"""Evaluating a model on tasks: greedy generation scored by the task's metrics, plus scores
+that do not depend on answer length.
+
+For every example the model generates an answer (batched, KV-cached, greedy), which the task's
+metrics score. A second, teacher-forced pass reads the likelihood of the task's target answer:
+its mean negative log-likelihood per token (no generation involved), and for yes/no tasks the
+first-token margin log p(yes) - log p(no), whose AUC over the corpus ignores any global yes/no
+bias. Both passes run the same model (base, peft or IMSM) through `IMSMModel`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from imsm.generate import generate_answers
+from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
+from imsm.model.siamese import IGNORE_INDEX, IMSMModel
+from imsm.prompting import PromptFormatter
+from imsm.tasks.base import Record, Task
+
+YES_WORDS = ("yes", "Yes", "YES")
+NO_WORDS = ("no", "No", "NO")
+
+
+@dataclass
+class TaskResult:
+    """One task's outcome: corpus metrics and the per-example rows behind them."""
+
+    task: Task
+    split: str
+    metrics: dict[str, float]
+    examples: list[dict[str, Any]]
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": self.task.version,
+            "split": self.split,
+            "source": self.task.source,
+            "n": len(self.examples),
+            "metrics": self.metrics,
+            "seconds": round(self.seconds, 2),
+            "examples_per_s": round(len(self.examples) / self.seconds, 3) if self.seconds else None,
+        }
+
+
+def _word_token_ids(tokenizer, words: Sequence[str], formatter: PromptFormatter) -> list[int]:
+    """Token ids that spell one of `words` on their own, as the answer's first token would."""
+    ids = set()
+    for word in words:
+        for text in (word, " " + word):
+            encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+        first = formatter.answer_ids(word)
+        if first:
+            ids.add(first[0])
+    return sorted(ids)
+
+
+@torch.no_grad()
+def score_targets(
+    model: IMSMModel,
+    formatter: PromptFormatter,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 8,
+    yes_no: bool = False,
+    on_batch_done=None,
+) -> tuple[list[float], list[float | None]]:
+    """Teacher-forced scores of `targets` after `prompts`.
+
+    Returns:
+        (mean NLL per target token in nats, first-token yes-vs-no log-odds margin or None).
+    """
+    tokenizer = formatter.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    yes_ids = _word_token_ids(tokenizer, YES_WORDS, formatter) if yes_no else []
+    no_ids = _word_token_ids(tokenizer, NO_WORDS, formatter) if yes_no else []
+    pairs = [(formatter.prompt_ids(p), formatter.answer_ids(t)) for p, t in zip(prompts, targets, strict=True)]
+    order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
+    nll: list[float] = [math.nan] * len(pairs)
+    margins: list[float | None] = [None] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        query_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for row, index in enumerate(rows):  # right padding: prompt, target, pads
+            prompt_ids, target_ids = pairs[index]
+            ids = prompt_ids + target_ids
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            query_mask[row, : len(prompt_ids)] = True
+            labels[row, len(prompt_ids) : len(ids)] = torch.tensor(target_ids)
+        select = labels[:, 1:] != IGNORE_INDEX  # positions predicting a target token
+        select = torch.cat([select, torch.zeros_like(select[:, :1])], dim=1)  # [B, T]
+        device = model.device
+        logits = model.logits_at(
+            input_ids.to(device), attention_mask.to(device), query_mask.to(device), select.to(device)
+        )
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # [N, V]
+        rows_of, cols_of = select.nonzero(as_tuple=True)
+        gold = labels[rows_of, cols_of + 1]
+        token_log_probs = log_probs.gather(1, gold[:, None])[:, 0]  # [N]
+        for row, index in enumerate(rows):
+            mine = rows_of == row
+            nll[index] = float(-token_log_probs[mine].mean())
+            if yes_no:
+                first = log_probs[mine.nonzero()[0, 0]]  # the distribution of the answer's first token
+                margins[index] = float(torch.logsumexp(first[yes_ids], 0) - torch.logsumexp(first[no_ids], 0))
+        if on_batch_done is not None:
+            on_batch_done(len(rows))
+    return nll, margins
+
+
+def evaluate_task(
+    model: IMSMModel,
+    formatter: PromptFormatter,
+    task: Task,
+    records: list[Record],
+    split: str,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    likelihood: bool = True,
+    progress: bool = True,
+) -> TaskResult:
+    """Generate, score and aggregate one task."""
+    started = time.perf_counter()
+    prompts = [task.prompt(r) for r in records]
+    golds = [task.golds(r) for r in records]
+    passes = 2 if likelihood else 1
+    with tqdm(total=passes * len(records), desc=task.name, unit="ex", disable=not progress, leave=False) as bar:
+        predictions = generate_answers(
+            model, formatter, prompts, max_new_tokens or task.max_new_tokens, batch_size, on_batch_done=bar.update
+        )
+        nll: list[float] = [math.nan] * len(records)
+        margins: list[float | None] = [None] * len(records)
+        if likelihood:
+            targets = [task.target(r) for r in records]
+            nll, margins = score_targets(
+                model, formatter, prompts, targets, batch_size, task.answer_type == "yes_no", bar.update
+            )
+    metric_names = list(task.metrics)
+    if task.answer_type == "text" and "hit@5" not in metric_names:
+        metric_names.append("hit@5")  # the length-independent companion of "contains"
+    per_example = {
+        name: [METRICS.get(name).score(p, g, task.answer_type) for p, g in zip(predictions, golds, strict=True)]
+        for name in metric_names
+    }
+    metrics = {name: METRICS.get(name).aggregate(values) for name, values in per_example.items()}
+    metrics["answer_chars"] = mean([len(p) for p in predictions])
+    if likelihood:
+        metrics["gold_nll"] = mean([v for v in nll if not math.isnan(v)])
+    if task.answer_type == "yes_no":
+        gold_yes = [int(yes_no_label(g[0]) == "yes") for g in golds]
+        metrics["predicted_yes_rate"] = mean([float(yes_no_label(p) == "yes") for p in predictions])
+        metrics["gold_yes_rate"] = mean([float(y) for y in gold_yes])
+        if likelihood:
+            metrics["yes_no_auc"] = roc_auc([m for m in margins], gold_yes)
+            metrics["yes_no_margin"] = mean([m for m in margins])
+    examples = []
+    for i, record in enumerate(records):
+        examples.append(
+            {
+                "index": i,
+                "source": record.get("_source"),
+                "prompt": prompts[i],
+                "prediction": predictions[i],
+                "golds": golds[i],
+                "scores": {name: per_example[name][i] for name in metric_names},
+                "gold_nll": None if math.isnan(nll[i]) else round(nll[i], 5),
+                "yes_no_margin": None if margins[i] is None else round(margins[i], 5),
+            }
+        )
+    return TaskResult(task, split, metrics, examples, time.perf_counter() - started)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def predictions_path(output: Path, task: Task) -> Path:
+    """Per-example file beside the metrics file: `results.json` -> `results.mrpc.jsonl`."""
+    safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task.name)
+    return output.with_name(f"{output.stem}.{safe_name}.jsonl")
+
+
+def write_results(output: Path, header: dict[str, Any], results: list[TaskResult]) -> None:
+    for result in results:
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
+        write_atomically(predictions_path(output, result.task), lines)
+    payload = {**header, "tasks": {r.task.name: r.summary() for r in results}}
+    write_atomically(output, json.dumps(payload, indent=2) + "\n")
+
+
+def format_table(results: list[TaskResult]) -> str:
+    """A plain table, proportions in percent, one task per line."""
+    lines = []
+    for result in results:
+        cells = []
+        for name, value in result.metrics.items():
+            percent = (
+                name in METRICS
+                and METRICS.get(name).percent
+                or name in ("yes_rate", "predicted_yes_rate", "gold_yes_rate")
+            )
+            cells.append(f"{name} {100 * value:.1f}" if percent else f"{name} {value:.3f}")
+        lines.append(f"{result.task.name:<11} n={len(result.examples):<5} " + "  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""What a task is: its data, prompt, gold answers, answer extraction, metrics and version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where online users can get the same data from the Hugging Face hub.
+
+    Attributes:
+        path: `datasets.load_dataset` path.
+        name: Its configuration name, if any.
+        splits: Our split name -> the hub's split name.
+        convert: Turns a hub row into a record shaped like our data files.
+    """
+
+    path: str
+    name: str | None
+    splits: dict[str, str]
+    convert: Callable[[Record], Record]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark, declared in one file.
+
+    Attributes:
+        name: Registry name (`--task`).
+        version: Bumped whenever prompt, data selection or scoring changes.
+        directory: Sub-directory of the data directory holding the files.
+        splits: Split name -> JSON Lines files that make it up (concatenated in order).
+        eval_split: The split evaluated by default (the paper's).
+        prompt: record -> prompt text (the question, without any chat formatting).
+        golds: record -> accepted answers for scoring.
+        target: record -> the answer the model is trained on, and whose likelihood is measured.
+        required_fields: Fields a record must have (checked, with file and line, when loading).
+        answer_type: "yes_no", "number" or "text": how answers are extracted and compared.
+        metrics: Registered metric names reported for this task.
+        max_new_tokens: Generation cap when evaluating.
+        train_split: The split to fine-tune on, for target tasks.
+        hub: Online fallback when no data directory is given.
+        description: One line for `--help` and reports.
+    """
+
+    name: str
+    version: str
+    directory: str
+    splits: dict[str, tuple[str, ...]]
+    eval_split: str
+    prompt: Callable[[Record], str]
+    golds: Callable[[Record], list[str]]
+    target: Callable[[Record], str]
+    required_fields: tuple[str, ...]
+    answer_type: str = "text"
+    metrics: Sequence[str] = ("exact_match",)
+    max_new_tokens: int = 32
+    train_split: str | None = None
+    hub: HubSource | None = None
+    description: str = ""
+    source: str = field(default="built-in", compare=False)

@@ -1,0 +1,156 @@
+"""Evaluation end to end on a tiny model: generation, likelihood scores, files, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import peft_config, perturb_adapter, save_tiny_model, tiny_model, tiny_tokenizer
+from imsm import IMSMConfig, IMSMModel, get_imsm_model
+from imsm.cli import main
+from imsm.evaluate import evaluate_task, score_targets
+from imsm.prompting import PromptFormatter
+from imsm.tasks import get_task
+
+
+@pytest.fixture
+def spec(tmp_path):
+    rows = [{"q": f"w{3 + i} w{10 + i} w{20 + i}", "a": f"w{30 + i}", "yn": "yes" if i % 2 else "no"} for i in range(6)]
+    (tmp_path / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "probe.yaml").write_text(
+        "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match, contains, token_f1, accuracy]\n"
+        "max_new_tokens: 3\n"
+    )
+    return tmp_path / "probe.yaml"
+
+
+def imsm_model():
+    model = get_imsm_model(tiny_model("llama"), peft_config("lora", "llama"), IMSMConfig())
+    perturb_adapter(model)
+    return model.eval()
+
+
+def test_gold_nll_is_the_models_own_loss_on_the_target():
+    model, tokenizer = imsm_model(), tiny_tokenizer()
+    formatter = PromptFormatter(tokenizer, use_chat_template=False)
+    prompts, targets = ["w3 w4 w5", "w7 w8"], ["w9 w10", "w11"]
+    nll, margins = score_targets(model, formatter, prompts, targets, batch_size=2)
+    for prompt, target, value in zip(prompts, targets, nll, strict=True):
+        prompt_ids, target_ids = formatter.prompt_ids(prompt), formatter.answer_ids(target)
+        input_ids = torch.tensor([prompt_ids + target_ids])
+        labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+        with torch.no_grad():
+            expected = model(input_ids, labels=labels).loss
+        assert value == pytest.approx(float(expected), abs=1e-5)
+    assert margins == [None, None]
+
+
+def test_yes_no_margin_is_the_first_token_log_odds():
+    model, tokenizer = imsm_model(), tiny_tokenizer()
+    formatter = PromptFormatter(tokenizer, use_chat_template=False)
+    _, margins = score_targets(model, formatter, ["w3 w4"], ["yes"], yes_no=True)
+    # In the tiny vocabulary "yes" and "no" are both the unknown token, so the log-odds are 0.
+    assert margins == [pytest.approx(0.0, abs=1e-6)]
+
+
+def test_evaluate_task_reports_metrics_and_examples(spec):
+    from imsm.data import load_examples
+
+    model, task = imsm_model(), get_task(str(spec))
+    formatter = PromptFormatter(tiny_tokenizer(), use_chat_template=False)
+    result = evaluate_task(model, formatter, task, load_examples(task), "test", batch_size=4, progress=False)
+    assert set(result.metrics) >= {
+        "exact_match",
+        "contains",
+        "token_f1",
+        "accuracy",
+        "hit@5",
+        "gold_nll",
+        "answer_chars",
+    }
+    assert len(result.examples) == 6 and all(0 <= result.metrics[m] <= 1 for m in ("exact_match", "contains"))
+    expected = model.generate(torch.tensor([[3, 10, 20]]), max_new_tokens=3)[0, 3:]
+    words = " ".join(f"w{int(i)}" for i in expected if int(i) > 2)
+    assert result.examples[0]["prediction"] == words
+    assert result.examples[0]["scores"]["exact_match"] == float(words == "w30")
+
+
+def test_eval_cli_writes_metrics_and_per_example_files(capsys, spec, tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    output = tmp_path / "out" / "zero.json"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--task",
+            str(spec),
+            "--output",
+            str(output),
+            "--dtype",
+            "fp32",
+            "--chat-template",
+            "off",
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert code == 0
+    payload = json.loads(output.read_text())
+    assert payload["model"] == str(model_dir) and payload["adapter"] is None and payload["imsm_version"]
+    assert payload["tasks"]["probe"]["n"] == 6 and payload["tasks"]["probe"]["version"] == "1"
+    rows = [json.loads(line) for line in (tmp_path / "out" / "zero.probe.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {"prompt", "prediction", "golds", "scores", "gold_nll"} <= set(rows[0])
+    assert "probe" in capsys.readouterr().out
+
+
+def test_eval_cli_on_an_imsm_adapter(capsys, spec, tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    model = imsm_model()
+    model.save_pretrained(tmp_path / "adapter")
+    output = tmp_path / "imsm.json"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--task",
+            str(spec),
+            "--output",
+            str(output),
+            "--dtype",
+            "fp32",
+            "--chat-template",
+            "off",
+            "--no-likelihood",
+        ]
+    )
+    assert code == 0
+    payload = json.loads(output.read_text())
+    assert payload["fusion"] == "imsm" and "gold_nll" not in payload["tasks"]["probe"]["metrics"]
+    loaded = IMSMModel.from_pretrained(tiny_model("llama"), tmp_path / "adapter")
+    rows = [json.loads(line) for line in (tmp_path / "imsm.probe.jsonl").read_text().splitlines()]
+    expected = loaded.generate(torch.tensor([[3, 10, 20]]), max_new_tokens=3)[0, 3:]
+    assert rows[0]["prediction"] == " ".join(f"w{int(i)}" for i in expected if int(i) > 2)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "gsm8"], "did you mean 'gsm8k'"),
+        (["--task", "mrpc", "--data-dir", "/no/such/dir"], "data directory '/no/such/dir' does not exist"),
+        (["--task", "mrpc", "--limit", "0"], "expected a positive integer"),
+    ],
+)
+def test_eval_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, extra, message):
+    output = tmp_path / "never.json"
+    try:
+        code = main(["eval", "--output", str(output), *extra])
+    except SystemExit as exit_:  # argparse's own type errors
+        code = exit_.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

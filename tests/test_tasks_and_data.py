@@ -1,0 +1,235 @@
+"""The task registry, the paper's prompts and golds, data loading and custom task specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imsm import IMSMError
+from imsm.data import load_examples, read_jsonl, resolve_data_dir
+from imsm.tasks import TASKS, get_task, parse_task_list
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A few rows in each source's real format (fields as in shared/data), written by hand.
+ROWS = {
+    "mrpc/test.jsonl": [
+        {
+            "index": "0",
+            "Quality": "1",
+            "#1 ID": "1",
+            "#2 ID": "2",
+            "#1 String": "A cat sat.",
+            "#2 String": "A cat was sitting.",
+        },
+        {
+            "index": "1",
+            "Quality": "0",
+            "#1 ID": "3",
+            "#2 ID": "4",
+            "#1 String": "Rain fell.",
+            "#2 String": "Stocks rose.",
+        },
+    ],
+    "cola/in_domain_dev.jsonl": [{"source": "x", "label": "1", "original_judgment": "", "sentence": "He left."}],
+    "cola/out_of_domain_dev.jsonl": [
+        {"source": "y", "label": "0", "original_judgment": "*", "sentence": "Left he the."}
+    ],
+    "ropes/dev.jsonl": [
+        {
+            "title": "ropes",
+            "background": "Lead harms brains.",
+            "situation": "Group A used lead.",
+            "question": "Which group is at risk?",
+            "id": "1",
+            "answers": [{"text": "Group A"}],
+        }
+    ],
+    "gsm8k/test.jsonl": [
+        {"question": "Tom has 3 apples and buys 4. How many?", "answer": "He has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"}
+    ],
+    "webquestions/test.jsonl": [
+        {
+            "url": "u",
+            "utterance": "what does jamaican people speak?",
+            "targetValue": '(list (description "Jamaican English") (description Patois))',
+        }
+    ],
+    "freebaseqa/eval.jsonl": [{"question": "Who wrote Hamlet?", "answer": "william shakespeare"}],
+    "multirc_yesno/test.jsonl": [{"question": "Is the sky green?", "passage": "The sky is blue.", "answer": "no"}],
+}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    for name, rows in ROWS.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def test_the_seven_paper_tasks_are_registered():
+    assert set(TASKS.names()) == {"mrpc", "cola", "ropes", "gsm8k", "webq", "freebaseqa", "multirc"}
+    for name in TASKS.names():
+        task = get_task(name)
+        assert task.version and task.metrics and task.eval_split in task.splits
+
+
+def test_unknown_task_suggests_the_nearest():
+    with pytest.raises(IMSMError, match="unknown task 'gsm8': did you mean 'gsm8k'"):
+        get_task("gsm8")
+    with pytest.raises(IMSMError, match="did you mean 'webq'"):
+        parse_task_list("mrpc, webqq")
+
+
+def test_paper_prompts_golds_and_targets(data_dir):
+    mrpc = load_examples(get_task("mrpc"), data_dir=data_dir)
+    assert get_task("mrpc").prompt(mrpc[0]).endswith("Sentence1: A cat sat.\nSentence2: A cat was sitting.\nOutput:")
+    assert [get_task("mrpc").golds(r) for r in mrpc] == [["yes"], ["no"]]
+    cola = load_examples(get_task("cola"), data_dir=data_dir)
+    assert len(cola) == 2 and get_task("cola").target(cola[1]) == "no"  # in- and out-of-domain dev
+    gsm8k = get_task("gsm8k")
+    record = load_examples(gsm8k, data_dir=data_dir)[0]
+    assert gsm8k.golds(record) == ["7"]
+    assert gsm8k.target(record) == "He has 3 + 4 = 7 apples.\nThe answer is 7."
+    assert "formatted as: The answer is {answer}." in gsm8k.prompt(record)
+    webq = get_task("webq")
+    assert webq.golds(load_examples(webq, data_dir=data_dir)[0]) == ["Jamaican English", "Patois"]
+    ropes = get_task("ropes")
+    assert ropes.golds(load_examples(ropes, data_dir=data_dir)[0]) == ["Group A"]
+    multirc = get_task("multirc")
+    assert "Content: The sky is blue." in multirc.prompt(load_examples(multirc, data_dir=data_dir)[0])
+
+
+def test_limit_takes_the_first_examples_and_must_be_positive(data_dir):
+    assert [r["#1 String"] for r in load_examples(get_task("mrpc"), data_dir=data_dir, limit=1)] == ["A cat sat."]
+    with pytest.raises(IMSMError, match="--limit must be at least 1"):
+        load_examples(get_task("mrpc"), data_dir=data_dir, limit=0)
+
+
+def test_data_problems_are_reported_with_file_and_line(data_dir):
+    with pytest.raises(IMSMError, match=r"data file .*ropes/train.jsonl' is missing"):
+        load_examples(get_task("ropes"), split="train", data_dir=data_dir)
+    (data_dir / "mrpc/test.jsonl").write_text('{"Quality": "1"}\n{not json\n')
+    with pytest.raises(IMSMError, match=r"test.jsonl:2: malformed JSON"):
+        load_examples(get_task("mrpc"), data_dir=data_dir)
+    (data_dir / "mrpc/test.jsonl").write_text('{"Quality": "1", "#1 String": "a"}\n')
+    with pytest.raises(IMSMError, match=r"test.jsonl:1: record has no field '#2 String'"):
+        load_examples(get_task("mrpc"), data_dir=data_dir)
+    (data_dir / "mrpc/test.jsonl").write_text("\n")
+    with pytest.raises(IMSMError, match="has no examples"):
+        load_examples(get_task("mrpc"), data_dir=data_dir)
+    with pytest.raises(IMSMError, match="unknown split 'valid'"):
+        load_examples(get_task("mrpc"), split="valid", data_dir=data_dir)
+
+
+def test_data_dir_comes_from_the_flag_or_the_environment(data_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMSM_DATA_DIR", str(data_dir))
+    assert resolve_data_dir(None) == data_dir
+    assert resolve_data_dir(str(tmp_path)) == tmp_path
+    with pytest.raises(IMSMError, match="does not exist"):
+        resolve_data_dir(str(tmp_path / "nowhere"))
+
+
+def test_without_data_or_hub_the_error_says_how_to_point_at_data(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(IMSMError, match="--data-dir"):
+        load_examples(get_task("mrpc"))
+    with pytest.raises(IMSMError, match="no hub copy"):
+        load_examples(get_task("freebaseqa"))
+
+
+def test_hub_rows_are_converted_to_the_data_files_format(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda path, name, split: [{"question": "who?", "answers": ["Ann", "Anne"]}]
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    record = load_examples(get_task("webq"))[0]
+    assert get_task("webq").golds(record) == ["Ann", "Anne"] and record["utterance"] == "who?"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside the checkout")
+def test_default_splits_have_the_papers_sizes():
+    sizes = {name: len(load_examples(get_task(name), data_dir=SHARED_DATA)) for name in TASKS.names()}
+    assert sizes == {
+        "mrpc": 1725,
+        "cola": 1043,
+        "ropes": 1688,
+        "gsm8k": 1319,
+        "webq": 2032,
+        "freebaseqa": 3996,
+        "multirc": 312,
+    }
+    for name in ("mrpc", "cola", "ropes", "gsm8k"):
+        assert load_examples(get_task(name), split=get_task(name).train_split, data_dir=SHARED_DATA, limit=2)
+
+
+def write_spec(tmp_path, **overrides):
+    (tmp_path / "capitals.jsonl").write_text(
+        '{"country": "France", "capital": "Paris"}\n{"country": "Peru", "capital": ["Lima", "Ciudad de Lima"]}\n'
+    )
+    spec = {
+        "name": "capitals",
+        "data": "capitals.jsonl",
+        "prompt": "What is the capital of {country}?",
+        "answer": "capital",
+        "metrics": ["contains", "exact_match"],
+        **overrides,
+    }
+    path = tmp_path / "capitals.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_custom_spec_tasks(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")  # relative data paths resolve against the spec, not the working directory
+    task = get_task(str(write_spec(tmp_path)))
+    records = load_examples(task)
+    assert task.name == "capitals" and len(records) == 2
+    assert task.prompt(records[0]) == "What is the capital of France?"
+    assert task.golds(records[1]) == ["Lima", "Ciudad de Lima"] and task.target(records[1]) == "Lima"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"metrics": ["contain"]}, "unknown metric 'contain': did you mean 'contains'"),
+        ({"metrics": []}, "'metrics' is empty"),
+        ({"prompt": "Capital of {nation}?"}, "record has no field 'nation'"),
+        ({"answer_type": "bool"}, "unknown answer_type 'bool'"),
+        ({"temperature": 0.1}, "unknown key"),
+        ({"data": "missing.jsonl"}, "is missing"),
+    ],
+)
+def test_bad_custom_specs_are_refused(tmp_path, overrides, message):
+    with pytest.raises(IMSMError, match=message):
+        load_examples(get_task(str(write_spec(tmp_path, **overrides))))
+
+
+def test_spec_without_required_keys(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"name": "x"}))
+    with pytest.raises(IMSMError, match="missing data, prompt, answer, metrics"):
+        get_task(str(path))
+
+
+def test_read_jsonl_skips_blank_lines_and_records_the_source(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert [(r["a"], r["_source"].rsplit(":", 1)[1]) for r in read_jsonl(path)] == [(1, "1"), (2, "3")]
