@@ -20,8 +20,8 @@ def spec(tmp_path):
     rows = [{"q": f"w{3 + i} w{10 + i} w{20 + i}", "a": f"w{30 + i}", "yn": "yes" if i % 2 else "no"} for i in range(6)]
     (tmp_path / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "probe.yaml").write_text(
-        "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match, contains, token_f1, accuracy]\n"
-        "max_new_tokens: 3\n"
+        "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\n"
+        "metrics: [exact_match, contains, token_f1, accuracy]\nmax_new_tokens: 3\n"
     )
     return tmp_path / "probe.yaml"
 
