@@ -242,3 +242,32 @@ def test_generic_path_serves_other_peft_tuners(method):
 def test_grid_is_what_the_issue_asks_for():
     assert {"llama", "qwen2", "gpt2"} <= set(ARCHITECTURES)
     assert {"lora", "ia3", "adalora", "dora"} < set(PEFT_METHODS)
+
+
+def test_cached_frozen_memory_gives_the_same_loss_and_gradients(architecture, method):
+    model = build(architecture, method)
+    model.train()
+    input_ids, attention_mask = random_batch()
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :5] = -100
+    memory = model.frozen_memory(input_ids, attention_mask, labels)
+    losses, gradients = [], []
+    for frozen_memory in (None, memory):
+        model.zero_grad()
+        torch.manual_seed(7)  # the same dropout masks in the tuned branch and the gate
+        loss = model(input_ids, attention_mask, labels=labels, return_logits=False, frozen_memory=frozen_memory).loss
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
+    for a, b in zip(*gradients, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_frozen_branch_never_sees_dropout():
+    model = build("gpt2", "lora")  # GPT-2 has residual and embedding dropout
+    input_ids, attention_mask = unpadded_batch()
+    model.train()
+    first = model.frozen_hidden_states(input_ids, attention_mask)
+    second = model.frozen_hidden_states(input_ids, attention_mask)
+    assert torch.equal(first, second) and model.training and model.causal_lm.training

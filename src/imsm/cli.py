@@ -140,6 +140,87 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _field_docs(cls) -> dict[str, str]:
+    """Field descriptions from a dataclass's "Attributes:" docstring, so help is written once."""
+    docs, current = {}, None
+    for line in (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        name, sep, text = stripped.partition(":")
+        if sep and name.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            current = name
+            docs[name] = text.strip()
+        elif current:
+            docs[current] += " " + stripped
+    return docs
+
+
+def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of `cls`, typed from its annotation, helped from its docstring."""
+    import dataclasses
+
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_text = docs.get(f.name, "")
+        annotation = str(f.type)
+        if annotation == "bool":
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text + f" (default: {'on' if f.default else 'off'})",
+            )
+        elif annotation.startswith("list"):
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+                help=help_text + " (comma-separated)",
+            )
+        elif annotation.startswith("dict"):
+            parser.add_argument(flag, dest=f.name, type=_key_values, help=help_text + " (key=value,key=value)")
+        else:
+            kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+            # Required fields are checked once a --config file has had its say, not by argparse.
+            default = None if required else f.default
+            suffix = " (required)" if required else "" if default is None else f" ({default})"
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text + suffix)
+
+
+def _key_values(text: str) -> dict:
+    import yaml
+
+    values = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from imsm.train.config import TrainConfig
+    from imsm.train.run import train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    for required in ("task", "output"):
+        if values.get(required) is None:
+            raise IMSMError(f"--{required} is required (on the command line or in the --config file)")
+    config = TrainConfig(**{k: v for k, v in values.items() if v is not None})
+    summary = train(config)
+    print(f"imsm: trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}; adapter in {config.output}")
+    return 0
+
+
 def torch_version() -> str:
     import torch
 
@@ -208,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-likelihood", action="store_true", help="skip the teacher-forced pass (gold NLL, yes/no margin and AUC)"
     )
     evaluate.set_defaults(handler=cmd_eval)
+
+    from imsm.train.config import TrainConfig
+
+    training = commands.add_parser(
+        "train",
+        help="fine-tune a model with a peft method, with or without IMSM",
+        description="Fine-tune with any peft method, as IMSM or as vanilla PEFT (--fusion none).",
+    )
+    _add_dataclass_arguments(training, TrainConfig)
+    training.add_argument("--config", type=Path, help="YAML file setting any of these options (the command line wins)")
+    training.set_defaults(handler=cmd_train)
     return parser
 
 

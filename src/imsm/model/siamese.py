@@ -8,6 +8,7 @@ output head (eq. 5-6); training minimises cross-entropy on the response tokens (
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -22,6 +23,19 @@ from imsm.model.gate import FusionGate, fuse, masked_mean
 from imsm.peft_methods.branch_split import BranchRouter, install_router
 
 IGNORE_INDEX = -100
+
+
+@dataclass
+class FrozenMemory:
+    """What training needs of the frozen branch, which depends on the input tokens alone.
+
+    Attributes:
+        query: q_M, the frozen query memory, [B, d].
+        hidden: h_M at the labelled positions (those predicting a label), row-major, [N, d].
+    """
+
+    query: torch.Tensor
+    hidden: torch.Tensor
 
 
 @dataclass
@@ -176,24 +190,51 @@ class IMSMModel(nn.Module):
                 return self.head(hidden)
         return self.frozen_head(hidden)
 
-    def _branches(self, input_ids, attention_mask, query_mask):
-        """h_M' (with grad), h_M (without) and the gate's query term for a batch."""
+    @contextlib.contextmanager
+    def _frozen_model_in_eval_mode(self):
+        """The frozen model M is the base model as it is deployed: no dropout, ever (as in the
+        authors' code), so its states are deterministic and can be cached."""
+        was_training = self.causal_lm.training
+        self.causal_lm.train(False)
+        try:
+            yield
+        finally:
+            self.causal_lm.train(was_training)
+
+    def frozen_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """h_M [B, T, d], without gradient, dropout or stored activations."""
+        with torch.no_grad(), self._frozen_model_in_eval_mode():
+            return self.branch_hidden_states(input_ids, attention_mask, "frozen").last_hidden_state
+
+    def frozen_memory(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, query_mask=None
+    ) -> FrozenMemory:
+        """The frozen branch's share of a training batch, to compute once and reuse every epoch."""
+        hidden = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
+        rows, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+        query = masked_mean(hidden, resolve_query_mask(attention_mask, query_mask, labels))  # [B, d]
+        return FrozenMemory(query=query.to(hidden.dtype), hidden=hidden[rows, cols])
+
+    def _branches(self, input_ids, attention_mask, query_mask, memory: FrozenMemory | None = None):
+        """h_M (without grad; None when `memory` stands in for it), h_M' (with grad) and the
+        gate's query term."""
         hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state  # [B, T, d]
         hidden_frozen = query_term = None
         if self.imsm_config.is_siamese:
-            # The frozen branch has nothing to train: no graph, no stored activations.
-            with torch.no_grad():
-                hidden_frozen = self.branch_hidden_states(input_ids, attention_mask, "frozen").last_hidden_state
+            if memory is None:
+                hidden_frozen = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
             if self.gate is not None:
-                query_frozen = masked_mean(hidden_frozen, query_mask)  # [B, d]
+                query_frozen = memory.query if memory is not None else masked_mean(hidden_frozen, query_mask)  # [B, d]
                 query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
                 query_term = self.gate.query_term(query_frozen, query_tuned)  # [B, r] or None
         return hidden_frozen, hidden_tuned, query_term
 
-    def _fused_logits_at(self, branches, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def _fused_logits_at(self, branches, rows, cols, frozen_at_positions=None) -> torch.Tensor:
         """Gate, fusion and head at the positions (rows[i], cols[i]) only -> [N, V]."""
         hidden_frozen, hidden_tuned, query_term = branches
-        selected_frozen = None if hidden_frozen is None else hidden_frozen[rows, cols]  # [N, d]
+        selected_frozen = frozen_at_positions
+        if selected_frozen is None and hidden_frozen is not None:
+            selected_frozen = hidden_frozen[rows, cols]  # [N, d]
         selected_query = None if query_term is None else query_term[rows]  # [N, r]
         fused = fuse(self.fusion, self.gate, selected_frozen, hidden_tuned[rows, cols], selected_query)  # [N, d]
         return self.output_head(fused)  # [N, V]
@@ -205,6 +246,7 @@ class IMSMModel(nn.Module):
         query_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_logits: bool = True,
+        frozen_memory: FrozenMemory | None = None,
     ) -> IMSMOutput:
         """Fused logits for every position, and the loss on labelled tokens.
 
@@ -217,11 +259,17 @@ class IMSMModel(nn.Module):
                 where no loss is taken.
             return_logits: Set False when only the loss is needed: the gate and the head then
                 run only at labelled positions, never building [B, T, V] logits.
+            frozen_memory: The frozen branch's states for this batch from `frozen_memory()`,
+                cached by the training loop so the frozen model runs once per example, not once
+                per epoch. Needs labels and `return_logits=False`.
         """
         self.router.check_unmerged()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        branches = self._branches(input_ids, attention_mask, resolve_query_mask(attention_mask, query_mask, labels))
+        if frozen_memory is not None and (labels is None or return_logits):
+            raise ValueError("frozen_memory serves the loss only: pass labels and return_logits=False")
+        query_mask = resolve_query_mask(attention_mask, query_mask, labels)
+        branches = self._branches(input_ids, attention_mask, query_mask, frozen_memory)
         loss = logits = None
         if return_logits:
             hidden_frozen, hidden_tuned, query_term = branches
@@ -231,7 +279,11 @@ class IMSMModel(nn.Module):
         if labels is not None:
             targets = labels[:, 1:]  # position t predicts token t + 1
             rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # [N], [N]
-            selected = logits[rows, cols] if logits is not None else self._fused_logits_at(branches, rows, cols)
+            if logits is not None:
+                selected = logits[rows, cols]  # [N, V]
+            else:
+                frozen_at_labels = None if frozen_memory is None else frozen_memory.hidden
+                selected = self._fused_logits_at(branches, rows, cols, frozen_at_labels)  # [N, V]
             loss = F.cross_entropy(selected.float(), targets[rows, cols])
         return IMSMOutput(loss=loss, logits=logits)
 

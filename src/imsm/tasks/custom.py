@@ -90,6 +90,7 @@ def load_spec(path: str | Path) -> Task:
         directory=str(data.parent),
         splits={"test": (data.name,)},
         eval_split="test",
+        train_split="test",  # a spec has one data file; it serves training too
         prompt=lambda record: prompt.format_map(record),
         golds=golds,
         target=lambda record: golds(record)[0],

@@ -1,0 +1,1 @@
+"""Training: `imsm train`, a plain PyTorch loop under Hugging Face Accelerate."""

@@ -1,0 +1,126 @@
+"""`imsm train`: from a `TrainConfig` to a run directory holding an adapter, in one function."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from imsm.config import IMSMConfig
+from imsm.errors import IMSMError
+from imsm.peft_methods.builders import PEFT_METHODS, build_peft_config
+from imsm.train.config import TrainConfig
+from imsm.train.loop import (
+    CONFIG,
+    check_output_directory,
+    package_versions,
+    remove_previous_run,
+    run_training,
+    seed_everything,
+)
+
+# The paper's target modules where its appendix names them (Llama-3; Qwen1.5 for LoRA);
+# peft's per-architecture defaults otherwise. Always overridable with --target-modules.
+PAPER_TARGET_MODULES = {
+    ("lora", "llama"): ["q_proj", "v_proj"],
+    ("dora", "llama"): ["q_proj", "v_proj"],
+    ("adalora", "llama"): ["q_proj", "v_proj"],
+    ("ia3", "llama"): ["k_proj", "v_proj", "down_proj"],
+    ("lora", "qwen2"): ["q_proj"],
+    ("adalora", "qwen2"): ["q_proj"],
+    ("ia3", "qwen2"): ["q_proj", "v_proj"],
+}
+
+
+def default_target_modules(method: str, model_type: str) -> list[str] | None:
+    return PAPER_TARGET_MODULES.get((method, model_type))
+
+
+def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[str, Any]:
+    """Run (or resume) the training described by `config`; returns the run summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from imsm.data import load_examples, resolve_data_dir
+    from imsm.model.build import get_imsm_model
+    from imsm.model.load import load_model_and_tokenizer
+    from imsm.prompting import PromptFormatter
+    from imsm.tasks import get_task
+    from imsm.train.examples import tokenize_examples
+
+    # Everything that can be checked without the model is checked first.
+    method = PEFT_METHODS.get(config.peft)
+    task = get_task(config.task)
+    split = config.split or task.train_split
+    if split is None:
+        raise IMSMError(f"task {task.name} has no training split; pass --split or train on a target task")
+    output = check_output_directory(config)
+    records = load_examples(task, split, resolve_data_dir(config.data_dir), config.limit)
+    if accelerator is None:
+        accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    if config.overwrite and output.exists() and accelerator.is_main_process:
+        remove_previous_run(output)
+    accelerator.wait_for_everyone()
+
+    seed_everything(config.seed)
+    base, tokenizer = load_model_and_tokenizer(config.model, config.dtype, accelerator.device, config.trust_remote_code)
+    formatter = PromptFormatter.for_tokenizer(tokenizer, config.chat_template)
+    data = tokenize_examples(task, records, formatter, config.max_length)
+    batch_size = config.batch_size or method.batch_size
+    learning_rate = config.learning_rate or method.learning_rate
+    steps_per_epoch = math.ceil(len(data.examples) / batch_size)
+    total_steps = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
+    targets = config.target_modules or default_target_modules(method.name, base.config.model_type)
+    peft_config = build_peft_config(method.name, targets, total_step=total_steps, **config.peft_options)
+    imsm_config = IMSMConfig(gate_rank=config.gate_rank, fusion=config.fusion, gate_dropout=config.gate_dropout)
+    seed_everything(config.seed)  # adapter and gate initialisation depend on the seed only
+    model = get_imsm_model(base, peft_config, imsm_config)
+    trainable, total = model.trainable_parameter_count()
+    if accelerator.is_main_process:
+        print(
+            f"imsm: {task.name} ({split}): {len(data.examples)} examples, {data.truncated} prompts cut to fit "
+            f"max_length={config.max_length}, {data.dropped} dropped; {total_steps} optimizer steps of {batch_size}"
+        )
+        print(
+            f"imsm: trainable params: {trainable:,} || all params: {total:,} || "
+            f"trainable%: {100 * trainable / total:.4f}"
+        )
+    header = {
+        "config": config.to_dict(),
+        "resolved": {
+            "task_version": task.version,
+            "split": split,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+            "optimizer": method.optimizer,
+            "total_steps": total_steps,
+            "target_modules": sorted(peft_config.target_modules) if peft_config.target_modules else None,
+            "examples": len(data.examples),
+            "truncated": data.truncated,
+            "dropped": data.dropped,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "chat_template": formatter.use_chat_template,
+            "processes": accelerator.num_processes,
+        },
+        "seed": config.seed,
+        "versions": package_versions(),
+    }
+    if accelerator.is_main_process and not config.resume:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / CONFIG).write_text(json.dumps(header, indent=2, default=str) + "\n")
+    accelerator.wait_for_everyone()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return run_training(
+        config,
+        model,
+        data,
+        pad_id,
+        method.optimizer,
+        learning_rate,
+        batch_size,
+        int(total_steps),
+        accelerator,
+        header,
+        progress,
+    )

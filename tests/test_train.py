@@ -1,0 +1,217 @@
+"""Training: it learns, it writes a complete run directory, it resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import save_tiny_model
+from safetensors.torch import load_file
+
+from imsm import IMSMError
+from imsm.train import loop
+from imsm.train.config import TrainConfig
+from imsm.train.run import train
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    save_tiny_model(root / "model")
+    rows = [{"q": f"w{3 + i} w{10 + i} w{20 + i}", "a": f"w{30 + i % 3}"} for i in range(12)]
+    (root / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "probe.yaml").write_text("name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\n")
+    same = [{"q": f"w{3 + i} w{10 + i}", "a": "w40 w41"} for i in range(8)]
+    (root / "same.jsonl").write_text("".join(json.dumps(r) + "\n" for r in same))
+    (root / "same.yaml").write_text("name: same\ndata: same.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\n")
+    return root
+
+
+def config(workspace, output, **overrides):
+    values = dict(task=str(workspace / "probe.yaml"), output=str(output), model=str(workspace / "model"),
+                  batch_size=4, micro_batch_size=2, epochs=2, learning_rate=1e-2, dtype="fp32")
+    return TrainConfig(**{**values, **overrides})
+
+
+def adapter_tensors(directory):
+    tensors = load_file(directory / "adapter_model.safetensors")
+    gate = directory / "imsm_gate.safetensors"
+    return {**tensors, **(load_file(gate) if gate.exists() else {})}
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "adalora", "ia3"])
+def test_every_method_learns_a_constant_answer(workspace, tmp_path, method):
+    cfg = config(workspace, tmp_path / "run", task=str(workspace / "same.yaml"), peft=method, epochs=8,
+                 learning_rate=5e-2 if method != "ia3" else 2e-1, batch_size=4, micro_batch_size=4, schedule="constant")
+    summary = train(cfg, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == summary["steps"] == 16
+    assert max(losses[-3:]) < 0.85 * losses[0], losses  # tiny random models learn slowly, but surely
+
+
+def test_run_directory_records_how_it_was_made(workspace, tmp_path):
+    train(config(workspace, tmp_path / "run"), progress=False)
+    run = tmp_path / "run"
+    assert {"adapter_config.json", "adapter_model.safetensors", "imsm_config.json", "imsm_gate.safetensors",
+            "train_config.json", "train_summary.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    made = json.loads((run / "train_config.json").read_text())
+    assert made["seed"] == 0 and made["config"]["peft"] == "lora" and made["versions"]["peft"]
+    assert made["resolved"]["total_steps"] == 6 and made["resolved"]["trainable_parameters"] > 0
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(record)
+    assert len(list((run / "checkpoints").iterdir())) <= 2
+
+
+def test_same_seed_same_weights_and_other_seed_other_weights(workspace, tmp_path):
+    train(config(workspace, tmp_path / "a"), progress=False)
+    train(config(workspace, tmp_path / "b"), progress=False)
+    train(config(workspace, tmp_path / "c", seed=1), progress=False)
+    a, b, c = (adapter_tensors(tmp_path / name) for name in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_after_an_interruption_ends_with_the_same_weights(workspace, tmp_path, monkeypatch):
+    train(config(workspace, tmp_path / "full", epochs=3), progress=False)
+    original = loop.save_checkpoint
+
+    def crash_after_step_4(output, step, *args, **kwargs):
+        path = original(output, step, *args, **kwargs)
+        if step == 4:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(workspace, tmp_path / "cut", epochs=3, checkpoint_every=2), progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", original)
+    assert not (tmp_path / "cut" / "train_summary.json").exists()
+    train(config(workspace, tmp_path / "cut", epochs=3, checkpoint_every=2, resume=True), progress=False)
+    full, resumed = adapter_tensors(tmp_path / "full"), adapter_tensors(tmp_path / "cut")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_resume_after_sigkill_of_a_real_training_process(workspace, tmp_path):
+    common = ["--task", str(workspace / "probe.yaml"), "--model", str(workspace / "model"), "--batch-size", "4",
+              "--micro-batch-size", "2", "--epochs", "6", "--learning-rate", "0.01", "--dtype", "fp32"]
+    command = [sys.executable, "-m", "imsm", "train", *common]
+    subprocess.run([*command, "--output", str(tmp_path / "full")], check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--output", str(killed), "--checkpoint-every", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "checkpoints" / "step-000005").exists():
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "train_summary.json").exists(), "the run finished before it could be killed"
+    result = subprocess.run([*command, "--output", str(killed), "--checkpoint-every", "1", "--resume"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    full, resumed = adapter_tensors(tmp_path / "full"), adapter_tensors(killed)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(workspace, tmp_path, monkeypatch):
+    original = loop.adalora_orthogonal_penalty
+    calls = {"n": 0}
+
+    def poisoned(model):
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] > 4 else original(model)
+
+    monkeypatch.setattr(loop, "adalora_orthogonal_penalty", poisoned)
+    with pytest.raises(loop.TrainingDiverged, match="the loss became nan at step 3"):
+        train(config(workspace, tmp_path / "run", peft="adalora", checkpoint_every=1), progress=False)
+    assert loop.latest_checkpoint(tmp_path / "run").name == "step-000002"
+    assert not (tmp_path / "run" / "train_summary.json").exists()
+
+
+def test_adalora_allocates_rank_and_is_regularised(workspace, tmp_path):
+    from imsm import IMSMModel
+    from imsm.model.load import load_model_and_tokenizer
+
+    train(config(workspace, tmp_path / "run", peft="adalora", epochs=3), progress=False)
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert saved["total_step"] == 9 and saved["peft_type"] == "ADALORA"
+    base, _ = load_model_and_tokenizer(str(workspace / "model"), "fp32")
+    model = IMSMModel.from_pretrained(base, tmp_path / "run")
+    assert float(loop.adalora_orthogonal_penalty(model)) > 0
+
+
+def test_ia3_trains_with_adafactor_at_a_fixed_learning_rate():
+    from transformers.optimization import Adafactor
+
+    from conftest import peft_config, tiny_model
+    from imsm import IMSMConfig, get_imsm_model
+
+    model = get_imsm_model(tiny_model("llama"), peft_config("ia3", "llama"), IMSMConfig())
+    optimizer = loop.build_optimizer(model, "adafactor", 3e-3, 1e-3, 0.0)
+    assert isinstance(optimizer, Adafactor) and not optimizer.defaults["relative_step"]
+    assert [group["lr"] for group in optimizer.param_groups] == [3e-3, 1e-3]
+
+
+def test_schedules_warm_up_then_decay():
+    cosine = loop.learning_rate_lambda("cosine", warmup_steps=2, total_steps=10)
+    assert [round(cosine(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    linear = loop.learning_rate_lambda("linear", warmup_steps=0, total_steps=4)
+    assert [linear(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"peft": "lorra"}, "did you mean 'lora'"),
+        ({"fusion": "gated"}, "unknown fusion mode"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"learning_rate": 0.0}, "learning_rate must be greater than 0"),
+        ({"learning_rate": -1e-4}, "learning_rate must be greater than 0"),
+        ({"max_length": 4}, "longer than max_length=4"),
+        ({"batch_size": 6, "micro_batch_size": 4}, "not a multiple of micro_batch_size"),
+    ],
+)
+def test_bad_settings_are_refused_before_training(workspace, tmp_path, overrides, message):
+    with pytest.raises(IMSMError, match=message):
+        train(config(workspace, tmp_path / "run", **overrides), progress=False)
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_finished_runs_are_not_clobbered_and_resume_needs_a_matching_checkpoint(workspace, tmp_path):
+    run = tmp_path / "run"
+    train(config(workspace, run), progress=False)
+    before = (run / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(IMSMError, match="already holds a finished run; pass --overwrite"):
+        train(config(workspace, run), progress=False)
+    assert (run / "adapter_model.safetensors").read_bytes() == before
+    with pytest.raises(IMSMError, match="no checkpoint to resume from"):
+        train(config(workspace, tmp_path / "empty", resume=True), progress=False)
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    train(config(workspace, tmp_path / "donor", checkpoint_every=1, epochs=1), progress=False)
+    for item in (tmp_path / "donor").iterdir():
+        if item.name in ("checkpoints", "train_config.json"):
+            os.replace(item, cut / item.name)
+    with pytest.raises(IMSMError, match="other settings"):
+        train(config(workspace, cut, epochs=1, resume=True, learning_rate=5e-3), progress=False)
+    train(config(workspace, run, overwrite=True, seed=3), progress=False)
+    assert (run / "adapter_model.safetensors").read_bytes() != before
+
+
+def test_train_cli_with_a_yaml_config(workspace, tmp_path, capsys):
+    from imsm.cli import main
+
+    settings = tmp_path / "train.yaml"
+    settings.write_text(f"task: {workspace / 'probe.yaml'}\nmodel: {workspace / 'model'}\noutput: {tmp_path / 'run'}\n"
+                        "batch-size: 4\nmicro_batch_size: 2\nepochs: 1\ndtype: fp32\nfusion: none\n")
+    assert main(["train", "--config", str(settings), "--learning-rate", "0.005"]) == 0
+    made = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert made["config"]["learning_rate"] == 0.005 and made["config"]["fusion"] == "none"
+    assert not (tmp_path / "run" / "imsm_gate.safetensors").exists()
+    assert main(["train", "--config", str(settings)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
