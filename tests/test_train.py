@@ -11,9 +11,9 @@ import time
 
 import pytest
 import torch
-from conftest import save_tiny_model
 from safetensors.torch import load_file
 
+from conftest import save_tiny_model
 from imsm import IMSMError
 from imsm.train import loop
 from imsm.train.config import TrainConfig
@@ -26,7 +26,9 @@ def workspace(tmp_path_factory):
     save_tiny_model(root / "model")
     rows = [{"q": f"w{3 + i} w{10 + i} w{20 + i}", "a": f"w{30 + i % 3}"} for i in range(12)]
     (root / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "probe.yaml").write_text("name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\n")
+    (root / "probe.yaml").write_text(
+        "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\n"
+    )
     same = [{"q": f"w{3 + i} w{10 + i}", "a": "w40 w41"} for i in range(8)]
     (root / "same.jsonl").write_text("".join(json.dumps(r) + "\n" for r in same))
     (root / "same.yaml").write_text("name: same\ndata: same.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\n")
@@ -34,8 +36,16 @@ def workspace(tmp_path_factory):
 
 
 def config(workspace, output, **overrides):
-    values = dict(task=str(workspace / "probe.yaml"), output=str(output), model=str(workspace / "model"),
-                  batch_size=4, micro_batch_size=2, epochs=2, learning_rate=1e-2, dtype="fp32")
+    values = dict(
+        task=str(workspace / "probe.yaml"),
+        output=str(output),
+        model=str(workspace / "model"),
+        batch_size=4,
+        micro_batch_size=2,
+        epochs=2,
+        learning_rate=1e-2,
+        dtype="fp32",
+    )
     return TrainConfig(**{**values, **overrides})
 
 
@@ -47,8 +57,17 @@ def adapter_tensors(directory):
 
 @pytest.mark.parametrize("method", ["lora", "dora", "adalora", "ia3"])
 def test_every_method_learns_a_constant_answer(workspace, tmp_path, method):
-    cfg = config(workspace, tmp_path / "run", task=str(workspace / "same.yaml"), peft=method, epochs=8,
-                 learning_rate=5e-2 if method != "ia3" else 2e-1, batch_size=4, micro_batch_size=4, schedule="constant")
+    cfg = config(
+        workspace,
+        tmp_path / "run",
+        task=str(workspace / "same.yaml"),
+        peft=method,
+        epochs=8,
+        learning_rate=5e-2 if method != "ia3" else 2e-1,
+        batch_size=4,
+        micro_batch_size=4,
+        schedule="constant",
+    )
     summary = train(cfg, progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == summary["steps"] == 16
@@ -58,8 +77,15 @@ def test_every_method_learns_a_constant_answer(workspace, tmp_path, method):
 def test_run_directory_records_how_it_was_made(workspace, tmp_path):
     train(config(workspace, tmp_path / "run"), progress=False)
     run = tmp_path / "run"
-    assert {"adapter_config.json", "adapter_model.safetensors", "imsm_config.json", "imsm_gate.safetensors",
-            "train_config.json", "train_summary.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "imsm_config.json",
+        "imsm_gate.safetensors",
+        "train_config.json",
+        "train_summary.json",
+        "metrics.jsonl",
+    } <= {p.name for p in run.iterdir()}
     made = json.loads((run / "train_config.json").read_text())
     assert made["seed"] == 0 and made["config"]["peft"] == "lora" and made["versions"]["peft"]
     assert made["resolved"]["total_steps"] == 6 and made["resolved"]["trainable_parameters"] > 0
@@ -98,21 +124,42 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(workspace, tmp_
 
 
 def test_resume_after_sigkill_of_a_real_training_process(workspace, tmp_path):
-    common = ["--task", str(workspace / "probe.yaml"), "--model", str(workspace / "model"), "--batch-size", "4",
-              "--micro-batch-size", "2", "--epochs", "6", "--learning-rate", "0.01", "--dtype", "fp32"]
+    common = [
+        "--task",
+        str(workspace / "probe.yaml"),
+        "--model",
+        str(workspace / "model"),
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--epochs",
+        "6",
+        "--learning-rate",
+        "0.01",
+        "--dtype",
+        "fp32",
+    ]
     command = [sys.executable, "-m", "imsm", "train", *common]
     subprocess.run([*command, "--output", str(tmp_path / "full")], check=True, capture_output=True, timeout=300)
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--output", str(killed), "--checkpoint-every", "1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, "--output", str(killed), "--checkpoint-every", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (killed / "checkpoints" / "step-000005").exists():
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "train_summary.json").exists(), "the run finished before it could be killed"
-    result = subprocess.run([*command, "--output", str(killed), "--checkpoint-every", "1", "--resume"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*command, "--output", str(killed), "--checkpoint-every", "1", "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     full, resumed = adapter_tensors(tmp_path / "full"), adapter_tensors(killed)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
@@ -207,11 +254,62 @@ def test_train_cli_with_a_yaml_config(workspace, tmp_path, capsys):
     from imsm.cli import main
 
     settings = tmp_path / "train.yaml"
-    settings.write_text(f"task: {workspace / 'probe.yaml'}\nmodel: {workspace / 'model'}\noutput: {tmp_path / 'run'}\n"
-                        "batch-size: 4\nmicro_batch_size: 2\nepochs: 1\ndtype: fp32\nfusion: none\n")
+    settings.write_text(
+        f"task: {workspace / 'probe.yaml'}\nmodel: {workspace / 'model'}\noutput: {tmp_path / 'run'}\n"
+        "batch-size: 4\nmicro_batch_size: 2\nepochs: 1\ndtype: fp32\nfusion: none\n"
+    )
     assert main(["train", "--config", str(settings), "--learning-rate", "0.005"]) == 0
     made = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert made["config"]["learning_rate"] == 0.005 and made["config"]["fusion"] == "none"
     assert not (tmp_path / "run" / "imsm_gate.safetensors").exists()
     assert main(["train", "--config", str(settings)]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace, tmp_path):
+    # Dropout off: two processes draw other dropout masks than one process does.
+    options = [
+        "-m",
+        "imsm",
+        "train",
+        "--task",
+        str(workspace / "probe.yaml"),
+        "--model",
+        str(workspace / "model"),
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "0.01",
+        "--dtype",
+        "fp32",
+        "--gate-dropout",
+        "0",
+        "--peft-options",
+        "lora_dropout=0",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    ddp = subprocess.run(
+        [*torchrun, *options, "--output", str(tmp_path / "ddp")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    single = subprocess.run(
+        [sys.executable, *options, "--output", str(tmp_path / "single")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert json.loads((tmp_path / "ddp" / "train_config.json").read_text())["resolved"]["processes"] == 2
+    a, b = adapter_tensors(tmp_path / "ddp"), adapter_tensors(tmp_path / "single")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)

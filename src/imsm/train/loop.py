@@ -306,6 +306,8 @@ def run_training(
                     wrapped, model, mine, data, pad_id, cache, accelerator, is_adalora, (step, epoch, output)
                 )
                 tokens_seen += tokens
+                if world > 1:  # log the step's loss over all processes, not just this one's share
+                    step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="mean"))
                 trainable = [p for p in model.parameters() if p.requires_grad]
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
                 optimizer.step()

@@ -57,7 +57,15 @@ def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[
     output = check_output_directory(config)
     records = load_examples(task, split, resolve_data_dir(config.data_dir), config.limit)
     if accelerator is None:
-        accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        import torch
+
+        # cpu=True when there is no GPU: that is what lets `torchrun` / `accelerate launch` start
+        # a gloo process group on CPU-only machines. Every trainable parameter is used in every
+        # step, so DDP need not search for unused ones.
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
     if config.overwrite and output.exists() and accelerator.is_main_process:
         remove_previous_run(output)
     accelerator.wait_for_everyone()
