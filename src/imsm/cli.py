@@ -221,6 +221,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from imsm.demo import run_demo
+
+    run_demo(args)
+    return 0
+
+
 def torch_version() -> str:
     import torch
 
@@ -300,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_arguments(training, TrainConfig)
     training.add_argument("--config", type=Path, help="YAML file setting any of these options (the command line wins)")
     training.set_defaults(handler=cmd_train)
+
+    demo = commands.add_parser(
+        "demo",
+        help="learning and forgetting side by side: LoRA vs IMSM-LoRA on the embedded model, offline",
+        description="Fine-tune with LoRA and with IMSM-LoRA on a small target task, evaluate it and a "
+        "general-knowledge probe before and after, print a table and save a plot. Offline by default "
+        "(generated data); with --data-dir, MRPC is the target and WebQuestions the probe.",
+    )
+    demo.add_argument("--model", default="smollm2-135m", help="model to fine-tune (smollm2-135m)")
+    demo.add_argument("--output", default="runs/demo", help="work directory: data, adapters, results, plot")
+    demo.add_argument("--data-dir", help="use the real data sets in this directory instead of generated ones")
+    demo.add_argument("--train-size", type=_positive_int, default=128, help="training examples (128)")
+    demo.add_argument("--test-size", type=_positive_int, default=64, help="target-task test examples (64)")
+    demo.add_argument("--probe-size", type=_positive_int, default=40, help="probe questions (40)")
+    demo.add_argument("--epochs", type=_positive_int, default=3, help="training epochs (3)")
+    demo.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (1e-3)")
+    demo.add_argument("--batch-size", type=_positive_int, default=16, help="evaluation batch size (16)")
+    demo.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and order (0)")
+    demo.add_argument("--dtype", default="auto", help="auto (bf16 only where computed natively), bf16 or fp32")
+    demo.add_argument("--config", type=Path, help="YAML file setting any of these options (the command line wins)")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
