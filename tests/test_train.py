@@ -318,8 +318,25 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspac
 def test_demo_runs_end_to_end_offline(workspace, tmp_path, capsys):
     from imsm.cli import main
 
-    code = main(["demo", "--model", str(workspace / "model"), "--output", str(tmp_path / "demo"), "--train-size", "8",
-                 "--test-size", "4", "--probe-size", "3", "--epochs", "1", "--dtype", "fp32"])
+    code = main(
+        [
+            "demo",
+            "--model",
+            str(workspace / "model"),
+            "--output",
+            str(tmp_path / "demo"),
+            "--train-size",
+            "8",
+            "--test-size",
+            "4",
+            "--probe-size",
+            "3",
+            "--epochs",
+            "1",
+            "--dtype",
+            "fp32",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert list(results["table"]) == ["Original", "LoRA", "IMSM-LoRA"]

@@ -37,6 +37,17 @@ def _eos_ids(model: IMSMModel, eos_token_id: int | Sequence[int] | None) -> list
     return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 
+def _prepare(model: IMSMModel, input_ids, attention_mask, eos_token_id, pad_token_id):
+    """Shared by both decoders: left padding, the stop ids, and the id written after a stop."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
+    eos_ids = _eos_ids(model, eos_token_id)
+    if pad_token_id is None:
+        pad_token_id = eos_ids[0] if eos_ids else 0
+    return input_ids, attention_mask, eos_ids, pad_token_id
+
+
 @torch.no_grad()
 def generate(
     model: IMSMModel,
@@ -61,12 +72,9 @@ def generate(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     model.router.check_unmerged()
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
-    eos_ids = _eos_ids(model, eos_token_id)
-    if pad_token_id is None:
-        pad_token_id = eos_ids[0] if eos_ids else 0
+    input_ids, attention_mask, eos_ids, pad_token_id = _prepare(
+        model, input_ids, attention_mask, eos_token_id, pad_token_id
+    )
     eos = torch.tensor(eos_ids, device=input_ids.device, dtype=input_ids.dtype)
 
     B = input_ids.shape[0]
@@ -124,12 +132,9 @@ def naive_generate(
     every step through `IMSMModel.forward`. Slow by design; used to check `generate` and as the
     baseline that shows what the cache buys. The query is the original prompt throughout.
     """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
-    eos_ids = _eos_ids(model, eos_token_id)
-    if pad_token_id is None:
-        pad_token_id = eos_ids[0] if eos_ids else 0
+    input_ids, attention_mask, eos_ids, pad_token_id = _prepare(
+        model, input_ids, attention_mask, eos_token_id, pad_token_id
+    )
     ids, mask, query_mask = input_ids, attention_mask, attention_mask.bool()
     unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
