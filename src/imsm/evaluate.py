@@ -85,7 +85,7 @@ def score_targets(
         (mean NLL per target token in nats, first-token yes-vs-no log-odds margin or None).
     """
     tokenizer = formatter.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = formatter.pad_id
     yes_ids = _word_token_ids(tokenizer, YES_WORDS, formatter) if yes_no else []
     no_ids = _word_token_ids(tokenizer, NO_WORDS, formatter) if yes_no else []
     pairs = [(formatter.prompt_ids(p), formatter.answer_ids(t)) for p, t in zip(prompts, targets, strict=True)]

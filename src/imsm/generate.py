@@ -24,7 +24,7 @@ def generate_answers(
     Prompts are batched by length (longest first) so little padding is decoded.
     """
     tokenizer = formatter.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = formatter.pad_id
     encoded = [formatter.prompt_ids(p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     answers: list[str] = [""] * len(prompts)

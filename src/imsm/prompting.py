@@ -29,6 +29,12 @@ class PromptFormatter:
         has_template = bool(getattr(tokenizer, "chat_template", None))
         return cls(tokenizer, choice == "on" or (choice == "auto" and has_template), system)
 
+    @property
+    def pad_id(self) -> int:
+        """The id that pads batches: the tokenizer's pad token, else its EOS."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
     def text(self, prompt: str) -> str:
         if not self.use_chat_template:
             return prompt

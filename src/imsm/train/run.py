@@ -118,7 +118,7 @@ def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[
         output.mkdir(parents=True, exist_ok=True)
         (output / CONFIG).write_text(json.dumps(header, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = formatter.pad_id
     return run_training(
         config,
         model,
