@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", default="auto", help="auto (bf16 only where computed natively), bf16 or fp32")
     demo.add_argument("--config", type=Path, help="YAML file setting any of these options (the command line wins)")
     demo.set_defaults(handler=cmd_demo)
+
+    from imsm.bench.cli import add_bench_parser
+
+    add_bench_parser(commands, _positive_int)
     return parser
 
 

@@ -250,9 +250,10 @@ def run_training(
     world, rank = accelerator.num_processes, accelerator.process_index
     is_adalora = type(model.peft_model.peft_config[model.peft_model.active_adapter]).__name__ == "AdaLoraConfig"
 
-    cache = None
+    cache, cache_started = None, time.perf_counter()
     if config.cache_frozen and model.imsm_config.is_siamese:
         cache = build_frozen_cache(model, data, pad_id, max(config.micro_batch_size, 8), device, progress)
+    frozen_cache_seconds = time.perf_counter() - cache_started
 
     optimizer = build_optimizer(model, optimizer_name, learning_rate, config.gate_learning_rate, config.weight_decay)
     warmup = int(config.warmup_ratio * total_steps)
@@ -351,7 +352,11 @@ def run_training(
         "steps": step,
         "epochs_completed": epoch,
         "final_loss": last_loss,
+        # `seconds` and `tokens_per_s` cover the optimizer steps of this process's session; the
+        # frozen memories are computed before them, in `frozen_cache_seconds`.
         "seconds": round(seconds, 2),
+        "frozen_cache_seconds": round(frozen_cache_seconds, 2),
+        "tokens": tokens_seen,
         "tokens_per_s": round(tokens_seen / seconds, 1) if seconds else None,
     }
     if accelerator.is_main_process:

@@ -1,0 +1,96 @@
+"""`imsm bench ...`: the command-line side of the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import tempfile
+from pathlib import Path
+
+
+def add_bench_parser(commands, positive_int) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="speed and memory of IMSM against plain peft, in one run",
+        description="Run IMSM and plain peft on the same model, adapter, inputs and machine; report medians "
+        "and the IMSM / vanilla ratio.",
+    )
+    modes = bench.add_subparsers(dest="mode", required=True, metavar="MODE")
+    train = modes.add_parser(
+        "train",
+        help="training throughput (tokens/s) and peak memory over a full run",
+        description="Train vanilla peft and IMSM over the same examples and epochs, each in a fresh process.",
+    )
+    train.add_argument("--model", default="smollm2-135m", help="model (smollm2-135m)")
+    train.add_argument("--peft", default="lora", help="peft method (lora)")
+    train.add_argument(
+        "--task", help="training task: registry name or spec file (mrpc with a data directory, else the demo's task)"
+    )
+    train.add_argument("--data-dir", help="data directory (else $IMSM_DATA_DIR)")
+    train.add_argument("--limit", type=positive_int, default=64, help="training examples (64)")
+    train.add_argument("--epochs", type=positive_int, default=3, help="epochs (3)")
+    train.add_argument("--batch-size", type=positive_int, default=16, help="examples per optimizer step (16)")
+    train.add_argument("--micro-batch-size", type=positive_int, default=8, help="examples per forward pass (8)")
+    train.add_argument("--dtype", default="auto", help="auto, bf16 or fp32")
+    train.add_argument("--repeats", type=positive_int, default=1, help="runs of each variant, alternating (1)")
+    train.add_argument("--output", type=Path, help="write the results JSON here")
+    train.set_defaults(handler=cmd_bench_train)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    from imsm.evaluate import write_atomically
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(payload, indent=2) + "\n")
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from imsm import __version__
+    from imsm.bench.machine import describe_machine
+    from imsm.bench.train import bench_train
+    from imsm.data import resolve_data_dir
+    from imsm.demo_data import write_demo_tasks
+
+    data_dir = resolve_data_dir(args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="imsm-bench-data-") as generated:
+        task = args.task
+        if task is None:
+            task = "mrpc" if data_dir else str(write_demo_tasks(Path(generated), args.limit, 1, 1)["train"])
+        config = {
+            "task": task,
+            "model": args.model,
+            "peft": args.peft,
+            "epochs": args.epochs,
+            "limit": args.limit,
+            "data_dir": str(data_dir) if data_dir else None,
+            "batch_size": args.batch_size,
+            "micro_batch_size": args.micro_batch_size,
+            "dtype": args.dtype,
+        }
+        print(f"imsm bench train: {args.peft} on {Path(task).stem}, {args.limit} examples x {args.epochs} epochs")
+
+        def report(name, repeat, result):
+            print(
+                f"  {name:<8} run {repeat + 1}/{args.repeats}: {result['tokens_per_s']:.1f} tokens/s, "
+                f"{result['seconds']:.1f} s (frozen memories {result['frozen_cache_seconds']:.1f} s), "
+                f"peak {result['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+
+        summary = bench_train(config, args.repeats, on_result=report)
+    print(
+        f"IMSM / vanilla: throughput {summary['throughput_ratio']:.3f}, peak memory {summary['peak_memory_ratio']:.3f}"
+    )
+    if args.output:
+        payload = {
+            "benchmark": "train",
+            "imsm_version": __version__,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": describe_machine(),
+            "settings": {**config, "task": Path(config["task"]).stem, "repeats": args.repeats},
+            **summary,
+        }
+        _write_json(args.output, payload)
+        print(f"results: {args.output}")
+    return 0

@@ -1,0 +1,100 @@
+"""Training throughput and peak memory of IMSM against plain peft (`imsm bench train`).
+
+Each run trains in a fresh Python process, so its peak resident memory (`ru_maxrss`) is its own
+and neither variant inherits the other's warmed allocator. Variants alternate (vanilla, IMSM,
+vanilla, ...) so slow drifts of a shared machine hit both alike; medians are reported.
+
+Throughput counts the real (non-padding) tokens of every optimizer step over the whole run,
+divided by the time from the first frozen-memory forward to the last optimizer step: IMSM pays
+for its frozen branch inside the measured time. Model loading and saving are outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imsm.errors import IMSMError
+
+VARIANTS = {"vanilla": "none", "imsm": "imsm"}
+
+
+def run_worker(config_json: str, result_path: str) -> None:
+    """Inside the fresh process: train once, write the timings and the peak memory."""
+    from imsm.train.config import TrainConfig
+    from imsm.train.run import train
+
+    summary = train(TrainConfig(**json.loads(config_json)), progress=False)
+    seconds = summary["seconds"] + summary["frozen_cache_seconds"]
+    result = {
+        "tokens": summary["tokens"],
+        "steps": summary["steps"],
+        "seconds": round(seconds, 3),
+        "frozen_cache_seconds": summary["frozen_cache_seconds"],
+        "tokens_per_s": summary["tokens"] / seconds,
+        # Linux reports ru_maxrss in KiB.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable_parameters": summary["resolved"]["trainable_parameters"],
+        "final_loss": summary["final_loss"],
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    Path(result_path).write_text(json.dumps(result))
+
+
+def _measure(config: dict[str, Any], scratch: Path, name: str, repeat: int) -> dict[str, Any]:
+    label = f"{name}-{repeat}"
+    result_path = scratch / f"{label}.json"
+    command = [sys.executable, "-m", "imsm.bench.train", "--worker", json.dumps(config), str(result_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if completed.returncode != 0 or not result_path.exists():
+        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        raise IMSMError(f"bench train: the {name} run (repeat {repeat + 1}) failed: {last}")
+    return json.loads(result_path.read_text())
+
+
+def bench_train(
+    base_config: dict[str, Any], repeats: int = 1, on_result=None, scratch_root: str | None = None
+) -> dict[str, Any]:
+    """Train vanilla peft and IMSM `repeats` times each, alternating; return medians and ratios.
+
+    `base_config` holds TrainConfig fields except `fusion` and `output`.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="imsm-bench-train-", dir=scratch_root) as scratch:
+        for repeat in range(repeats):
+            for name, fusion in VARIANTS.items():
+                output = Path(scratch) / f"{name}-{repeat}-run"
+                config = {**base_config, "fusion": fusion, "output": str(output), "overwrite": True}
+                result = _measure(config, Path(scratch), name, repeat)
+                runs[name].append(result)
+                if on_result is not None:
+                    on_result(name, repeat, result)
+    summary: dict[str, Any] = {"runs": runs}
+    for name in VARIANTS:
+        summary[f"{name}_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs[name])
+        summary[f"{name}_peak_rss_mib"] = statistics.median(r["peak_rss_mib"] for r in runs[name])
+    summary["throughput_ratio"] = summary["imsm_tokens_per_s"] / summary["vanilla_tokens_per_s"]
+    summary["peak_memory_ratio"] = summary["imsm_peak_rss_mib"] / summary["vanilla_peak_rss_mib"]
+    return summary
+
+
+if __name__ == "__main__":  # the worker entry point: python -m imsm.bench.train --worker CONFIG OUT
+    if len(sys.argv) != 4 or sys.argv[1] != "--worker":
+        sys.exit("usage: python -m imsm.bench.train --worker CONFIG_JSON RESULT_PATH (use `imsm bench train`)")
+    try:
+        run_worker(sys.argv[2], sys.argv[3])
+    except IMSMError as error:  # the parent shows this line; a traceback would hide it
+        sys.exit(str(error))

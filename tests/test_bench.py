@@ -1,0 +1,40 @@
+"""Benchmarks: they run both variants in one go and report consistent figures."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import save_tiny_model
+from imsm.cli import main
+
+
+def test_bench_train_compares_vanilla_and_imsm_in_fresh_processes(tmp_path, capsys):
+    save_tiny_model(tmp_path / "model")
+    output = tmp_path / "bench" / "train.json"
+    code = main(
+        [
+            "bench", "train", "--model", str(tmp_path / "model"), "--limit", "8", "--epochs", "2",
+            "--batch-size", "4", "--micro-batch-size", "2", "--dtype", "fp32", "--output", str(output),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(output.read_text())
+    vanilla, imsm = result["runs"]["vanilla"][0], result["runs"]["imsm"][0]
+    # Same examples, epochs and batches: the same tokens and steps; only IMSM builds frozen memories.
+    assert vanilla["tokens"] == imsm["tokens"] > 0
+    assert vanilla["steps"] == imsm["steps"] == 4
+    assert imsm["trainable_parameters"] > vanilla["trainable_parameters"]
+    assert vanilla["frozen_cache_seconds"] < 0.05 < imsm["frozen_cache_seconds"] + 0.05
+    assert result["throughput_ratio"] == imsm["tokens_per_s"] / vanilla["tokens_per_s"]
+    assert result["peak_memory_ratio"] == imsm["peak_rss_mib"] / vanilla["peak_rss_mib"]
+    assert 50 < vanilla["peak_rss_mib"] < 10_000
+    assert "cpus" in result["machine"] and result["settings"]["task"] == "animal_train"
+    assert "IMSM / vanilla: throughput" in capsys.readouterr().out
+
+
+def test_bench_train_reports_a_failed_run_in_one_line(tmp_path, capsys):
+    code = main(["bench", "train", "--model", str(tmp_path / "missing"), "--limit", "4", "--epochs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the vanilla run (repeat 1) failed: model directory" in err[0]
+    assert "does not exist" in err[0] and "Traceback" not in err[0]
