@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
+from imsm.peft_methods.loramoe import loramoe_config_for
 
 if TYPE_CHECKING:
     from imsm.model.siamese import IMSMModel
@@ -142,7 +143,9 @@ def load_imsm(
     if isinstance(base_model, PeftModel):
         raise IMSMError("from_pretrained takes the plain base model, not a PeftModel; pass model.get_base_model()")
     try:
-        peft_model = PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable)
+        # LoRAMoE saves as peft LoRA plus expert fields; peft alone would rebuild plain LoRA layers.
+        peft_config = loramoe_config_for(path)
+        peft_model = PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable, config=peft_config)
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise IMSMError(

@@ -28,6 +28,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from imsm.errors import IMSMError
+from imsm.peft_methods.loramoe import LoRAMoELinear
 
 TUNED, FROZEN, SPLIT = "tuned", "frozen", "split"
 
@@ -164,6 +165,17 @@ def _ia3_split(module: ia3.Linear, x: torch.Tensor, half: int, *args, **kwargs) 
     return torch.cat([result[:half], tuned], dim=0)
 
 
+def _loramoe_split(module: LoRAMoELinear, x: torch.Tensor, half: int, *args, **kwargs) -> torch.Tensor:
+    """LoRAMoE: router and experts on the tuned half only (so only its routing is recorded)."""
+    result = module.base_layer(x, *args, **kwargs)
+    return torch.cat([result[:half], module.add_experts(x[half:], result[half:])], dim=0)
+
+
 # Exact types only: a subclass (quantised layers, say) may compute differently and takes the
 # generic path instead.
-_FAST_PATHS = {lora.Linear: _lora_split, adalora.SVDLinear: _adalora_split, ia3.Linear: _ia3_split}
+_FAST_PATHS = {
+    lora.Linear: _lora_split,
+    adalora.SVDLinear: _adalora_split,
+    ia3.Linear: _ia3_split,
+    LoRAMoELinear: _loramoe_split,
+}

@@ -1,6 +1,7 @@
 """peft configs by method name, with the paper's hyper-parameters as defaults.
 
-`lora`, `dora`, `adalora` and `ia3` are the paper's four methods (DESIGN §5). Every other peft
+`lora`, `dora`, `adalora` and `ia3` are the paper's four methods (DESIGN §5); `loramoe` is its
+LoRAMoE baseline (`imsm.peft_methods.loramoe`, defaults documented there). Every other peft
 layer tuner (`loha`, `lokr`, `oft`, `vera`, ...) is reachable by its peft name through the
 generic path, with peft's own defaults. Prompt-learning methods are left out: they change the
 input rather than the layers, so there is no frozen branch to share.
@@ -17,6 +18,7 @@ from peft import AdaLoraConfig, IA3Config, LoraConfig, PeftConfig, TaskType
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from imsm.errors import IMSMError
+from imsm.peft_methods.loramoe import LoRAMoEConfig
 from imsm.registry import Registry
 
 # Not layer tuners (or not causal-LM adapters): nothing in the model to split into two branches.
@@ -70,6 +72,9 @@ PEFT_METHODS.register(
     PeftMethod("adalora", AdaLoraConfig, {"init_r": 12, "target_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}, 2e-3),
 )
 PEFT_METHODS.register("ia3", PeftMethod("ia3", IA3Config, {}, 3e-3, optimizer="adafactor", batch_size=8))
+# LoRAMoE: its config's defaults are the paper's (6 experts of rank 4, δ = β = 0.1) plus the
+# authors' script's α 32, dropout 0.05 and learning rate 2e-4, on the feed-forward projections.
+PEFT_METHODS.register("loramoe", PeftMethod("loramoe", LoRAMoEConfig, {}, 2e-4))
 for _peft_type, _config_class in PEFT_TYPE_TO_CONFIG_MAPPING.items():
     _name = str(getattr(_peft_type, "value", _peft_type))
     if _name not in _NOT_LAYER_TUNERS and _name.lower() not in PEFT_METHODS:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from imsm.errors import IMSMError
 from imsm.model.siamese import FrozenMemory, IMSMModel
+from imsm.peft_methods.loramoe import loramoe_balance_loss
 from imsm.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from imsm.train.config import TrainConfig
 from imsm.train.examples import TokenizedSet, collate
@@ -383,6 +384,9 @@ def _accumulate_gradients(wrapped, model, micro_batches, data, pad_id, cache, ac
             loss = wrapped(**batch, return_logits=False, frozen_memory=memory).loss
             penalty = adalora_orthogonal_penalty(model) if is_adalora else None
             total = loss + penalty if penalty is not None else loss
+            # LoRAMoE's localized balancing constraint on this forward's routing (None otherwise).
+            balance = loramoe_balance_loss(model, batch["attention_mask"])
+            total = total + balance if balance is not None else total
             if not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"the loss became {float(total.detach())} at step {step + 1} (epoch {epoch + 1}); the last good "
