@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     from imsm.bench.cli import add_bench_parser
 
     add_bench_parser(commands, _positive_int)
+
+    from imsm.experiment.cli import add_experiment_parsers
+
+    add_experiment_parsers(commands)
     return parser
 
 

@@ -1,0 +1,303 @@
+"""`imsm report`: an experiment's results as markdown tables and PNG plots.
+
+Every grid becomes a table shaped like the paper's: one row per setting (peft method, fusion,
+gate rank, ...), one column per evaluated task, mean ± sample std over seeds of the task's paper
+metric, and the trainable parameters. Beside it: the length-independent scores (hit@5, gold NLL,
+yes/no AUC and the predicted-yes rate), and, where a grid holds vanilla cells (fusion none), a
+paired t-test of every IMSM variant against its vanilla twin, pairs sharing a seed. Missing
+cells are listed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imsm.experiment.runner import original_path, read_cell_result
+from imsm.experiment.spec import TARGET, Cell, Experiment
+from imsm.experiment.stats import mean_std, paired_t_test
+
+FUSION_LABELS = {"none": "{}", "imsm": "IMSM-{}", "no-query": "IMSM-{} (no query)", "mean": "IMSM-{} (mean)"}
+METHOD_LABELS = {"lora": "LoRA", "ia3": "(IA)3", "adalora": "AdaLoRA", "dora": "DoRA", "loramoe": "LoRAMoE"}
+# Scores reported beside the paper's metric, where the task has them; lower is better for NLL.
+SIDE_SCORES = ("hit@5", "gold_nll", "yes_no_auc", "predicted_yes_rate")
+UNSCALED = {"gold_nll", "mcc"}  # shown as they are; every other score is a proportion, shown in %
+
+
+@dataclass
+class Column:
+    train_task: str | None  # None: each row's own training task (the "target" column)
+    eval_task: str
+
+    def label(self, several_train_tasks: bool) -> str:
+        evaluated = Path(self.eval_task).stem
+        if self.train_task is None or not several_train_tasks:
+            return evaluated
+        return f"{evaluated} (trained on {Path(self.train_task).stem})"
+
+
+def primary_metric(task_name: str) -> str:
+    from imsm.tasks import get_task
+
+    return get_task(task_name).metrics[0]
+
+
+def _scale(metric: str, value: float) -> float:
+    return value if metric in UNSCALED else 100 * value
+
+
+def _format(values: list[float], metric: str, expected: int) -> str:
+    if not values:
+        return "–"
+    mu, sd = mean_std([_scale(metric, v) for v in values])
+    digits = 3 if metric == "gold_nll" else 1
+    text = f"{mu:.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{mu:.{digits}f}"
+    return text if len(values) == expected else f"{text} (n={len(values)})"
+
+
+def row_label(settings: dict[str, Any], varying: list[str]) -> str:
+    method = METHOD_LABELS.get(settings["peft"], settings["peft"])
+    label = FUSION_LABELS.get(settings["fusion"], "{} (" + settings["fusion"] + ")").format(method)
+    extras = [f"{axis}={settings[axis]}" for axis in varying if axis not in ("peft", "fusion", "task", "seed")]
+    return label + (f" [{', '.join(extras)}]" if extras else "")
+
+
+class GridView:
+    """One grid's cells, grouped into rows (settings without task and seed) and columns."""
+
+    def __init__(self, experiment: Experiment, name: str):
+        self.experiment, self.name = experiment, name
+        grid = experiment.grids[name]
+        self.cells: list[Cell] = [c for c in experiment.cells if name in c.grids]
+        self.varying = [axis for axis, values in grid.items() if axis != "evaluate" and isinstance(values, list)]
+        self.train_tasks = list(dict.fromkeys(str(c.config["task"]) for c in self.cells))
+        evaluate = grid.get("evaluate", [TARGET])
+        evaluate = evaluate if isinstance(evaluate, list) else [evaluate]
+        self.columns: list[Column] = []
+        for target in evaluate:
+            if target == TARGET:
+                self.columns += [Column(None, t) for t in self.train_tasks]
+            else:
+                self.columns += [Column(t, str(target)) for t in self.train_tasks]
+        grouped: dict[str, list[Cell]] = defaultdict(list)
+        for cell in self.cells:
+            grouped[self.row_key(cell)].append(cell)
+
+        def grid_order(row: str) -> tuple[int, ...]:  # rows in the order the grid lists its values
+            settings = grouped[row][0].config
+            axes = [a for a in self.varying if a not in ("task", "seed")]
+            return tuple(_position(grid[a], settings[a]) for a in axes)
+
+        self.rows = {row: grouped[row] for row in sorted(grouped, key=grid_order)}
+        self.results = {c.key: read_cell_result(experiment, c) for c in self.cells}
+        self.seeds = len({c.config["seed"] for c in self.cells})
+
+    def row_key(self, cell: Cell) -> str:
+        return json.dumps({k: v for k, v in cell.config.items() if k not in ("task", "seed")}, sort_keys=True)
+
+    def values(self, row: str, column: Column, metric: str) -> dict[int, float]:
+        """seed -> metric, over the finished cells of this row and column."""
+        out = {}
+        for cell in self.rows[row]:
+            if column.train_task is not None and str(cell.config["task"]) != column.train_task:
+                continue
+            if column.train_task is None and str(cell.config["task"]) != column.eval_task:
+                continue
+            result = self.results.get(cell.key)
+            value = (result or {}).get("metrics", {}).get(column.eval_task, {}).get(metric)
+            if value is not None and not math.isnan(value):
+                out[cell.config["seed"]] = value
+        return out
+
+    def missing(self) -> list[str]:
+        names = []
+        for cell in self.cells:
+            result = self.results.get(cell.key)
+            if result is None or any(t not in result["metrics"] for t in cell.evaluate):
+                names.append(cell.name)
+        return names
+
+    def trainable(self, row: str) -> int | None:
+        counts = {r["trainable_parameters"] for c in self.rows[row] if (r := self.results.get(c.key))}
+        return counts.pop() if len(counts) == 1 else None
+
+
+def _position(values: list[Any], value: Any) -> int:
+    return values.index(value) if value in values else len(values)
+
+
+def _original(experiment: Experiment, task: str) -> dict[str, float] | None:
+    path = original_path(experiment, task)
+    return json.loads(path.read_text())["metrics"] if path.exists() else None
+
+
+def metric_table(view: GridView, metric_for) -> list[str]:
+    several = len(view.train_tasks) > 1
+    headers = ["method", "trainable params"] + [f"{c.label(several)} ({metric_for(c.eval_task)})" for c in view.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    original = ["Original", "0"]
+    if any(_original(view.experiment, c.eval_task) for c in view.columns):
+        for column in view.columns:
+            metrics = _original(view.experiment, column.eval_task) or {}
+            metric = metric_for(column.eval_task)
+            original.append(_format([metrics[metric]], metric, 1) if metric in metrics else "–")
+        lines.append("| " + " | ".join(original) + " |")
+    for row, cells in view.rows.items():
+        count = view.trainable(row)
+        entries = [row_label(cells[0].config, view.varying), f"{count:,}" if count else "–"]
+        for column in view.columns:
+            metric = metric_for(column.eval_task)
+            entries.append(_format(list(view.values(row, column, metric).values()), metric, view.seeds))
+        lines.append("| " + " | ".join(entries) + " |")
+    return lines
+
+
+def side_score_table(view: GridView) -> list[str]:
+    """hit@5 / gold NLL / yes-no AUC / predicted-yes rate, where each task has them."""
+    several = len(view.train_tasks) > 1
+    pairs = []
+    for column in view.columns:
+        sample = _original(view.experiment, column.eval_task) or next(
+            (r["metrics"].get(column.eval_task, {}) for r in view.results.values() if r), {}
+        )
+        pairs += [(column, score) for score in SIDE_SCORES if score in sample]
+    if not pairs:
+        return []
+    headers = ["method"] + [f"{c.label(several)} {score}" for c, score in pairs]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    if any(_original(view.experiment, c.eval_task) for c, _ in pairs):
+        entries = ["Original"]
+        for column, score in pairs:
+            metrics = _original(view.experiment, column.eval_task) or {}
+            entries.append(_format([metrics[score]], score, 1) if score in metrics else "–")
+        lines.append("| " + " | ".join(entries) + " |")
+    for row, cells in view.rows.items():
+        entries = [row_label(cells[0].config, view.varying)]
+        for column, score in pairs:
+            entries.append(_format(list(view.values(row, column, score).values()), score, view.seeds))
+        lines.append("| " + " | ".join(entries) + " |")
+    return lines
+
+
+def significance_table(view: GridView) -> list[str]:
+    """Each IMSM row against the vanilla row with the same other settings, paired by seed."""
+    by_key = {row: json.loads(row) for row in view.rows}
+    lines = []
+    several = len(view.train_tasks) > 1
+    for row, settings in by_key.items():
+        if settings["fusion"] == "none":
+            continue
+        twin = next((r for r, s in by_key.items() if s["fusion"] == "none" and _same_but_gate(s, settings)), None)
+        if twin is None:
+            continue
+        for column in view.columns:
+            metric = primary_metric(column.eval_task)
+            treated, control = view.values(row, column, metric), view.values(twin, column, metric)
+            seeds = sorted(set(treated) & set(control))
+            test = paired_t_test([treated[s] for s in seeds], [control[s] for s in seeds])
+            if not lines:
+                lines = [
+                    "| comparison | task (metric) | seeds | mean difference | t | p |",
+                    "|---|---|---|---|---|---|",
+                ]
+            label = f"{row_label(settings, view.varying)} − {row_label(by_key[twin], view.varying)}"
+            p = "–" if math.isnan(test.p) else f"{test.p:.3f}"
+            t = "–" if math.isnan(test.t) else f"{test.t:.2f}"
+            difference = "–" if math.isnan(test.mean_difference) else f"{_scale(metric, test.mean_difference):+.2f}"
+            lines.append(f"| {label} | {column.label(several)} ({metric}) | {test.n} | {difference} | {t} | {p} |")
+    return lines
+
+
+def _same_but_gate(vanilla: dict[str, Any], imsm: dict[str, Any]) -> bool:
+    """Vanilla cells have no gate, so their gate settings do not matter for the pairing."""
+    ignore = {"fusion", "gate_rank", "gate_dropout", "gate_learning_rate", "cache_frozen"}
+    return all(vanilla.get(k) == v for k, v in imsm.items() if k not in ignore)
+
+
+def save_grid_plot(view: GridView, path: Path) -> None:
+    """Grouped bars: one group per column, one bar per row (mean ± std), Original as a black tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    several = len(view.train_tasks) > 1
+    rows = list(view.rows)
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(view.columns) + 2), 3.8))
+    width = 0.8 / max(1, len(rows))
+    for index, row in enumerate(rows):
+        means, errors = [], []
+        for column in view.columns:
+            metric = primary_metric(column.eval_task)
+            mu, sd = mean_std([_scale(metric, v) for v in view.values(row, column, metric).values()])
+            means.append(mu)
+            errors.append(0 if math.isnan(sd) else sd)
+        positions = [c + index * width for c in range(len(view.columns))]
+        axis.bar(
+            positions, means, width, yerr=errors, capsize=2, label=row_label(view.rows[row][0].config, view.varying)
+        )
+    for c, column in enumerate(view.columns):
+        original = _original(view.experiment, column.eval_task)
+        metric = primary_metric(column.eval_task)
+        if original and metric in original:
+            axis.hlines(_scale(metric, original[metric]), c - width / 2, c + 0.8 - width / 2, colors="black")
+    axis.set_xticks(
+        [c + width * (len(rows) - 1) / 2 for c in range(len(view.columns))],
+        [f"{col.label(several)}\n({primary_metric(col.eval_task)})" for col in view.columns],
+        fontsize=8,
+    )
+    axis.set_title(f"{view.name}: mean ± std over seeds (black line: Original)", fontsize=9)
+    axis.legend(fontsize=7, ncols=2)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    temporary.replace(path)
+    plt.close(figure)
+
+
+def render_report(experiment: Experiment, plots: Path | None, link_base: Path | None = None) -> str:
+    """The markdown report; writes one PNG per grid into `plots` when given."""
+    lines = [f"# Experiment `{experiment.name}`", ""]
+    lines += [
+        f"Model `{experiment.model}`; shared training options `{json.dumps(experiment.train)}`; "
+        f"evaluation `{json.dumps(experiment.eval)}`. Metrics in %, except MCC (×100 too) and gold NLL "
+        "(nats per token, lower is better); mean ± sample std over seeds; (n=k) marks rows with "
+        "fewer finished seeds than planned.",
+        "",
+    ]
+    total_missing = []
+    for name in experiment.grids:
+        view = GridView(experiment, name)
+        lines += [f"## {name}", ""]
+        lines += metric_table(view, primary_metric) + [""]
+        side = side_score_table(view)
+        if side:
+            lines += ["Length- and bias-independent scores:", ""] + side + [""]
+        tests = significance_table(view)
+        if tests:
+            lines += ["Paired t-tests (IMSM variant − vanilla, same seeds; two-sided):", ""] + tests + [""]
+        if plots is not None and view.cells:
+            plot = plots / f"{name}.png"
+            save_grid_plot(view, plot)
+            shown = plot if link_base is None else Path(*_relative(plot, link_base))
+            lines += [f"![{name}]({shown.as_posix()})", ""]
+        missing = view.missing()
+        total_missing += missing
+        if missing:
+            lines += [f"Missing ({len(missing)} of {len(view.cells)} cells): " + ", ".join(missing[:12])]
+            lines += ["" if len(missing) <= 12 else f"... and {len(missing) - 12} more", ""]
+    missing_original = [t for t in experiment.original if _original(experiment, t) is None]
+    if missing_original:
+        lines += [f"Original row missing for: {', '.join(missing_original)}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _relative(path: Path, base: Path) -> tuple[str, ...]:
+    import os
+
+    return tuple(Path(os.path.relpath(path.resolve(), base.resolve())).parts)

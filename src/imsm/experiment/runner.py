@@ -1,0 +1,194 @@
+"""`imsm experiment`: train and evaluate every cell of an experiment, resumably.
+
+Layout (results: small JSON meant for git; work: adapters and checkpoints):
+
+    RESULTS/experiment.json              the shared settings every number depends on
+    RESULTS/original/<task>.json         the base model on each task of `original`
+    RESULTS/cells/<cell>/result.json     settings, training summary, metrics per evaluated task
+    WORK/<cell>/                         the training run directory (adapter, checkpoints)
+
+A cell's result is written the moment it finishes, and a finished cell is skipped. A cell whose
+training died resumes from its last checkpoint; a cell whose training finished but whose
+evaluation did not, only re-evaluates the missing tasks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from imsm.errors import IMSMError
+from imsm.evaluate import write_atomically
+from imsm.experiment.spec import Cell, Experiment
+
+SETTINGS = "experiment.json"
+RESULT = "result.json"
+
+
+def check_results_directory(experiment: Experiment) -> None:
+    """Refuse to mix results obtained under other shared settings; record them otherwise."""
+    settings = json.loads(json.dumps(experiment.shared_settings(), default=str))
+    marker = experiment.results / SETTINGS
+    if marker.exists():
+        changed = _differences(settings, json.loads(marker.read_text())["settings"])
+        if changed:
+            raise IMSMError(
+                f"results directory {str(experiment.results)!r} holds results made with other settings "
+                f"({', '.join(changed)} differ); use another `results:` directory or restore the settings"
+            )
+        return
+    experiment.results.mkdir(parents=True, exist_ok=True)
+    write_atomically(marker, json.dumps({"experiment": experiment.name, "settings": settings}, indent=2) + "\n")
+
+
+def _differences(new: Any, old: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two nested mappings."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return [
+            d
+            for key in sorted(set(new) | set(old))
+            for d in _differences(new.get(key), old.get(key), f"{prefix}{key}.")
+        ]
+    return [] if new == old else [prefix.rstrip(".")]
+
+
+def original_path(experiment: Experiment, task: str) -> Path:
+    # A spec path names its file by the spec's stem; a registry name is its own stem.
+    return experiment.results / "original" / f"{Path(task).stem}.json"
+
+
+def cell_result_path(experiment: Experiment, cell: Cell) -> Path:
+    return experiment.results / "cells" / cell.name / RESULT
+
+
+def read_cell_result(experiment: Experiment, cell: Cell) -> dict[str, Any] | None:
+    path = cell_result_path(experiment, cell)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_done(experiment: Experiment, cell: Cell) -> bool:
+    result = read_cell_result(experiment, cell)
+    return result is not None and all(task in result["metrics"] for task in cell.evaluate)
+
+
+def _evaluate(experiment: Experiment, model, tokenizer, tasks: list[str], data_dir) -> dict[str, Any]:
+    from imsm.data import load_examples
+    from imsm.evaluate import evaluate_task
+    from imsm.prompting import PromptFormatter
+    from imsm.tasks import get_task
+
+    formatter = PromptFormatter.for_tokenizer(tokenizer)
+    outcome = {}
+    for name in tasks:
+        task = get_task(name)
+        records = load_examples(task, None, data_dir, experiment.eval_limit(name))
+        result = evaluate_task(
+            model,
+            formatter,
+            task,
+            records,
+            task.eval_split,
+            experiment.eval.get("batch_size", 16),
+            experiment.eval.get("max_new_tokens"),
+            likelihood=experiment.eval.get("likelihood", True),
+        )
+        outcome[name] = result.summary()
+    return outcome
+
+
+def run_original(experiment: Experiment, data_dir, log) -> None:
+    """The base model's row: each task of `original`, once."""
+    from imsm import IMSMConfig, IMSMModel
+    from imsm.model.load import load_model_and_tokenizer
+
+    missing = [t for t in experiment.original if not original_path(experiment, t).exists()]
+    if not missing:
+        return
+    log(f"original: evaluating the untrained model on {', '.join(missing)}")
+    base, tokenizer = load_model_and_tokenizer(experiment.model, experiment.train.get("dtype", "auto"))
+    model = IMSMModel(base, IMSMConfig(fusion="none")).eval()
+    for task in missing:
+        summary = _evaluate(experiment, model, tokenizer, [task], data_dir)[task]
+        path = original_path(experiment, task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps({"task": task, "model": experiment.model, **summary}, indent=2) + "\n")
+
+
+def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any]:
+    """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json."""
+    from imsm import IMSMModel
+    from imsm.bench.machine import describe_machine
+    from imsm.model.load import load_model_and_tokenizer
+    from imsm.train.checkpoint import latest_checkpoint
+    from imsm.train.config import TrainConfig
+    from imsm.train.loop import SUMMARY
+    from imsm.train.run import train
+
+    run = experiment.work / cell.name
+    if not (run / SUMMARY).exists():
+        resume = latest_checkpoint(run) is not None
+        config = TrainConfig(
+            **{
+                **cell.config,
+                "output": str(run),
+                "data_dir": str(data_dir) if data_dir else None,
+                "resume": resume,
+                "overwrite": not resume,
+            }
+        )
+        log(f"{cell.name}: {'resuming' if resume else 'training'}")
+        train(config)
+    summary = json.loads((run / SUMMARY).read_text())
+    previous = read_cell_result(experiment, cell) or {"metrics": {}, "evaluation": {}}
+    missing = [t for t in cell.evaluate if t not in previous["metrics"]]
+    if missing:
+        log(f"{cell.name}: evaluating on {', '.join(missing)}")
+        base, tokenizer = load_model_and_tokenizer(cell.config["model"], cell.config["dtype"])
+        model = IMSMModel.from_pretrained(base, run).eval()
+        for task, task_summary in _evaluate(experiment, model, tokenizer, missing, data_dir).items():
+            previous["metrics"][task] = task_summary.pop("metrics")
+            previous["evaluation"][task] = task_summary
+    result = {
+        "cell": cell.name,
+        "grids": cell.grids,
+        "settings": cell.config,
+        "trainable_parameters": summary["resolved"]["trainable_parameters"],
+        "training": {
+            k: summary.get(k) for k in ("steps", "final_loss", "seconds", "frozen_cache_seconds", "tokens_per_s")
+        },
+        "examples": summary["resolved"]["examples"],
+        "metrics": previous["metrics"],
+        "evaluation": previous["evaluation"],
+        "machine": describe_machine(),
+        "updated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    path = cell_result_path(experiment, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def run_experiment(experiment: Experiment, log=print, only: str | None = None) -> None:
+    """Every cell not yet done, in file order, with progress and an estimate of what is left."""
+    from imsm.data import resolve_data_dir
+
+    data_dir = resolve_data_dir(experiment.data_dir)
+    check_results_directory(experiment)
+    run_original(experiment, data_dir, log)
+    cells = [c for c in experiment.cells if only is None or only in c.grids]
+    todo = [c for c in cells if not is_done(experiment, c)]
+    log(f"experiment {experiment.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+    durations: list[float] = []
+    for index, cell in enumerate(todo, start=1):
+        started = time.perf_counter()
+        eta = ""
+        if durations:
+            left = sum(durations) / len(durations) * (len(todo) - index + 1)
+            eta = f", about {left / 3600:.1f} h left"
+        log(f"[{index}/{len(todo)}{eta}] {cell.name}")
+        run_cell(experiment, cell, data_dir, log)
+        durations.append(time.perf_counter() - started)
+    log(f"experiment {experiment.name}: all {len(cells)} cells done; results in {experiment.results}")

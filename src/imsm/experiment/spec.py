@@ -1,0 +1,210 @@
+"""The experiment file: shared settings plus named grids, expanded into cells and checked whole.
+
+    name: paper-tables
+    results: docs/results/experiments/paper   # per-cell JSON (small; meant to be committed)
+    work: runs/experiments/paper              # adapters and checkpoints (large; git-ignored)
+    model: smollm2-135m
+    data_dir: ../shared/data                  # optional (else $IMSM_DATA_DIR)
+    train: {limit: 256, epochs: 3}            # any `imsm train` option, shared by every cell
+    eval: {limit: 200, batch_size: 16, limits: {freebaseqa: 300}}
+    original: [mrpc, cola, ropes]             # the base model's row: these tasks, untrained
+    grids:
+      table1:                                 # every combination of the listed values
+        task: [mrpc, cola, ropes]
+        peft: [lora, ia3]
+        fusion: [none, imsm]
+        seed: [0, 1, 2]
+        evaluate: [target]                    # "target" = the cell's own training task
+
+A grid axis is any `imsm train` option (task, peft, fusion, seed, gate_rank, learning_rate, ...).
+A cell is one resolved training config; cells that several grids share (say, gate rank 8 in a
+rank sweep and in the main table) are trained once and evaluated on the union of what the grids
+ask. Every problem in the file is reported at once, before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imsm.errors import IMSMError
+
+TOP_LEVEL = {"name", "results", "work", "model", "data_dir", "train", "eval", "original", "grids"}
+EVAL_FIELDS = {"limit", "batch_size", "limits", "likelihood", "max_new_tokens"}
+# Options a grid may not set: the runner owns them.
+RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir"}
+# Fields that do not change what a cell computes, so they are left out of its identity.
+NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir"}
+TARGET = "target"
+GATE_OPTIONS = ("gate_rank", "gate_dropout", "gate_learning_rate")
+
+
+@dataclass
+class Cell:
+    """One training run and the tasks it is evaluated on."""
+
+    config: dict[str, Any]  # TrainConfig fields, without output
+    evaluate: list[str] = field(default_factory=list)
+    grids: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        identity = {k: v for k, v in sorted(self.config.items()) if k not in NOT_IDENTITY}
+        return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    @property
+    def name(self) -> str:
+        c = self.config
+        parts = [Path(str(c["task"])).stem, c["peft"], c["fusion"], f"r{c['gate_rank']}", f"s{c['seed']}"]
+        return "-".join(str(p) for p in parts) + f"-{self.key}"
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path
+    results: Path
+    work: Path
+    model: str
+    data_dir: str | None
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    original: list[str]
+    grids: dict[str, dict[str, Any]]
+    cells: list[Cell]
+
+    def shared_settings(self) -> dict[str, Any]:
+        """What every cell's numbers depend on; a results directory keeps to one set of them."""
+        return {"model": self.model, "train": self.train, "eval": self.eval}
+
+    def eval_limit(self, task: str) -> int | None:
+        return (self.eval.get("limits") or {}).get(task, self.eval.get("limit"))
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read, expand and check an experiment file; raise one IMSMError listing every problem."""
+    import yaml
+
+    from imsm.peft_methods.builders import PEFT_METHODS
+    from imsm.tasks import get_task
+    from imsm.train.config import TrainConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise IMSMError(f"experiment file {str(path)!r} does not exist; pass the path of a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise IMSMError(f"experiment file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise IMSMError(f"experiment file {str(path)!r} must hold a mapping (name, results, grids, ...)")
+
+    problems: list[str] = []
+    for key in sorted(set(raw) - TOP_LEVEL):
+        problems.append(f"unknown field {key!r} (known: {', '.join(sorted(TOP_LEVEL))})")
+    train_fields = set(TrainConfig.field_names())
+    train = raw.get("train") or {}
+    eval_settings = raw.get("eval") or {}
+    if not isinstance(train, dict):
+        problems.append("train: must be a mapping of `imsm train` options")
+        train = {}
+    if not isinstance(eval_settings, dict):
+        problems.append("eval: must be a mapping (limit, batch_size, limits, likelihood, max_new_tokens)")
+        eval_settings = {}
+    for key in sorted(set(train) - train_fields):
+        problems.append(f"train: unknown option {key!r}")
+    for key in sorted(set(train) & RUNNER_OWNED):
+        problems.append(f"train: {key!r} is set by the experiment itself, not per run")
+    for key in sorted(set(eval_settings) - EVAL_FIELDS):
+        problems.append(f"eval: unknown option {key!r} (known: {', '.join(sorted(EVAL_FIELDS))})")
+
+    def check_task(name: Any, where: str) -> None:
+        try:
+            get_task(str(name))
+        except IMSMError as error:
+            problems.append(f"{where}: {error}")
+
+    for task in eval_settings.get("limits") or {}:
+        check_task(task, "eval.limits")
+    original = [str(t) for t in _as_list(raw.get("original") or [])]
+    for task in original:
+        check_task(task, "original")
+
+    grids = raw.get("grids")
+    if not isinstance(grids, dict) or not grids:
+        problems.append("grids: give at least one named grid, e.g. grids: {main: {task: [mrpc], peft: [lora]}}")
+        grids = {}
+    model = str(raw.get("model", "smollm2-135m"))
+    defaults = TrainConfig(task="-", output="-").to_dict()
+    cells: dict[str, Cell] = {}
+    for grid_name, grid in grids.items():
+        where = f"grids.{grid_name}"
+        if not isinstance(grid, dict):
+            problems.append(f"{where}: must be a mapping of option -> value or list of values")
+            continue
+        evaluate = [str(t) for t in _as_list(grid.get("evaluate", [TARGET]))]
+        axes = {k: _as_list(v) for k, v in grid.items() if k != "evaluate"}
+        bad_axes = sorted(set(axes) - train_fields)
+        for axis in bad_axes:
+            problems.append(f"{where}: unknown option {axis!r}")
+        for axis in sorted(set(axes) & RUNNER_OWNED):
+            problems.append(f"{where}: {axis!r} is set by the experiment itself, not per grid")
+        no_task = "task" not in axes and "task" not in train
+        if no_task:
+            problems.append(f"{where}: no training task; add task: [...]")
+        for method in axes.get("peft", []):
+            try:
+                PEFT_METHODS.get(str(method))
+            except IMSMError as error:
+                problems.append(f"{where}: {error}")
+        for task in axes.get("task", []):
+            check_task(task, where)
+        for task in evaluate:
+            if task != TARGET:
+                check_task(task, f"{where}.evaluate")
+        if bad_axes or no_task:
+            continue
+        names = list(axes)
+        for values in itertools.product(*(axes[n] for n in names)):
+            settings = {**train, **dict(zip(names, values, strict=True)), "model": model}
+            try:
+                resolved = TrainConfig(output="-", **settings).to_dict()
+            except (IMSMError, TypeError) as error:
+                message = f"{where}: {error}"
+                if message not in problems:
+                    problems.append(message)
+                continue
+            resolved.pop("output")
+            if resolved["fusion"] == "none":  # no gate: its options must not split identical runs
+                resolved.update({k: defaults[k] for k in GATE_OPTIONS})
+            cell = Cell(resolved)
+            targets = [str(resolved["task"]) if t == TARGET else t for t in evaluate]
+            existing = cells.setdefault(cell.key, cell)
+            existing.evaluate += [t for t in targets if t not in existing.evaluate]
+            existing.grids += [grid_name] if grid_name not in existing.grids else []
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise IMSMError(f"experiment file {str(path)!r} has {len(problems)} problem(s):\n{listing}")
+
+    name = str(raw.get("name", path.stem))
+    return Experiment(
+        name=name,
+        path=path,
+        results=Path(raw.get("results", f"runs/experiments/{name}/results")),
+        work=Path(raw.get("work", f"runs/experiments/{name}/work")),
+        model=model,
+        data_dir=raw.get("data_dir"),
+        train=train,
+        eval=eval_settings,
+        original=original,
+        grids=grids,
+        cells=list(cells.values()),
+    )

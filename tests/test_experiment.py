@@ -1,0 +1,170 @@
+"""Experiment grids: every cell trained and evaluated once, resumable, reported honestly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import save_tiny_model
+from imsm import IMSMError
+from imsm.cli import main
+from imsm.experiment import runner
+from imsm.experiment.report import render_report
+from imsm.experiment.spec import load_experiment
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    save_tiny_model(root / "model")
+    rows = [{"q": f"w{3 + i} w{10 + i} w{20 + i}", "a": f"w{30 + i % 3}"} for i in range(8)]
+    (root / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "probe.yaml").write_text(
+        "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\n"
+    )
+    facts = [{"q": f"w{40 + i} w{50 + i}", "a": f"w{60 + i}"} for i in range(6)]
+    (root / "facts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in facts))
+    (root / "facts.yaml").write_text("name: facts\ndata: facts.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [contains]\n")
+    return root
+
+
+def write_config(workspace, tmp_path, **changes) -> str:
+    config = {
+        "name": "tiny",
+        "results": str(tmp_path / "results"),
+        "work": str(tmp_path / "work"),
+        "model": str(workspace / "model"),
+        "train": {"epochs": 1, "batch_size": 4, "micro_batch_size": 2, "learning_rate": 0.01, "dtype": "fp32"},
+        "eval": {"limit": 4, "batch_size": 4, "max_new_tokens": 3},
+        "original": [str(workspace / "facts.yaml")],
+        "grids": {
+            "main": {
+                "task": [str(workspace / "probe.yaml")],
+                "peft": ["lora", "ia3"],
+                "fusion": ["none", "imsm"],
+                "seed": [0, 1],
+                "evaluate": ["target", str(workspace / "facts.yaml")],
+            },
+            "rank": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "gate_rank": [4, 8], "seed": [0, 1]},
+        },
+    }
+    for key, value in changes.items():
+        config[key] = value
+    path = tmp_path / "experiment.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return str(path)
+
+
+def test_cells_are_expanded_deduplicated_and_vanilla_ignores_gate_options(workspace, tmp_path):
+    experiment = load_experiment(write_config(workspace, tmp_path))
+    # main: 2 methods x 2 fusions x 2 seeds = 8; rank: gate rank 8 repeats main's IMSM-LoRA cells.
+    assert len(experiment.cells) == 10
+    shared = [c for c in experiment.cells if c.grids == ["main", "rank"]]
+    assert len(shared) == 2 and all(c.config["gate_rank"] == 8 for c in shared)
+    assert all(len(c.evaluate) == 2 for c in shared)  # the union of both grids' evaluations
+    vanilla = [c for c in experiment.cells if c.config["fusion"] == "none"]
+    assert {c.config["gate_rank"] for c in vanilla} == {8}
+
+
+def test_every_problem_in_the_file_is_reported_at_once(workspace, tmp_path):
+    grids = {
+        "a": {"task": ["mrcp"], "peft": ["lorra"], "fusion": ["imsm"], "colour": ["red"]},
+        "b": {"task": ["mrpc"], "peft": ["lora"], "fusion": ["fancy"], "evaluate": ["webqq"]},
+    }
+    path = write_config(workspace, tmp_path, grids=grids, extra_field=1)
+    with pytest.raises(IMSMError) as error:
+        load_experiment(path)
+    message = str(error.value)
+    for expected in ("extra_field", "colour", "fusion mode", "webqq", "did you mean 'webq'", "lorra"):
+        assert expected in message, expected
+    assert "problem(s)" in message
+
+
+def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, monkeypatch):
+    path = write_config(workspace, tmp_path)
+    assert main(["experiment", path]) == 0
+    experiment = load_experiment(path)
+    for cell in experiment.cells:
+        result = runner.read_cell_result(experiment, cell)
+        assert set(result["metrics"]) == set(cell.evaluate)
+        assert result["settings"] == cell.config and result["trainable_parameters"] > 0
+    assert (experiment.results / "original" / "facts.json").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr("imsm.train.run.train", no_training)
+    monkeypatch.setattr("imsm.experiment.runner.evaluate_task", no_training, raising=False)
+    assert main(["experiment", path]) == 0
+
+    # A cell whose evaluation was lost is re-evaluated without retraining.
+    monkeypatch.undo()
+    victim = experiment.cells[0]
+    runner.cell_result_path(experiment, victim).unlink()
+    monkeypatch.setattr("imsm.train.run.train", no_training)
+    assert main(["experiment", path]) == 0
+    assert runner.read_cell_result(experiment, victim) is not None
+
+    # Report: a table per grid with mean ± std, t-tests of IMSM against vanilla, plots.
+    report = render_report(experiment, tmp_path / "plots")
+    assert "## main" in report and "## rank" in report
+    assert "IMSM-LoRA − LoRA" in report and "IMSM-(IA)3 − (IA)3" in report
+    assert "±" in report and "Original" in report and "Missing" not in report
+    assert (tmp_path / "plots" / "main.png").stat().st_size > 1000
+    assert "gate_rank=4" in report
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(workspace, tmp_path, monkeypatch):
+    grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "epochs": 2, "checkpoint_every": 1}}
+    path = write_config(workspace, tmp_path, grids=grids, original=[])
+    experiment = load_experiment(path)
+    calls = []
+    from imsm.train import run as train_run
+
+    real_train = train_run.train
+
+    def dying_train(config, *args, **kwargs):
+        calls.append(config.resume)
+        if len(calls) == 1:  # the first attempt dies after its first checkpoint
+            from imsm.train import loop
+
+            original = loop.save_checkpoint
+
+            def save_then_die(*a, **k):
+                original(*a, **k)
+                raise KeyboardInterrupt
+
+            monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+            try:
+                return real_train(config, *args, **kwargs)
+            finally:
+                monkeypatch.setattr(loop, "save_checkpoint", original)
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr("imsm.train.run.train", dying_train)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(experiment, log=lambda line: None)
+    runner.run_experiment(experiment, log=lambda line: None)
+    assert calls == [False, True]
+    assert runner.is_done(experiment, experiment.cells[0])
+
+
+def test_results_from_other_settings_are_refused(workspace, tmp_path):
+    path = write_config(workspace, tmp_path, original=[], grids={"g": {"task": str(workspace / "probe.yaml")}})
+    runner.check_results_directory(load_experiment(path))
+    changed = write_config(
+        workspace,
+        tmp_path,
+        original=[],
+        grids={"g": {"task": str(workspace / "probe.yaml")}},
+        eval={"limit": 5, "batch_size": 4},
+    )
+    with pytest.raises(IMSMError, match=r"other settings \(eval.limit, eval.max_new_tokens differ\)"):
+        runner.check_results_directory(load_experiment(changed))
+
+
+def test_report_on_partial_results_lists_what_is_missing(workspace, tmp_path):
+    path = write_config(workspace, tmp_path)
+    report = render_report(load_experiment(path), None)
+    assert "Missing (8 of 8 cells)" in report and "Original row missing for: " in report
