@@ -74,4 +74,14 @@ def get_imsm_model(
             raise IMSMError(
                 f"peft could not apply {peft_config.peft_type.value}: {str(error).splitlines()[0]}"
             ) from None
+    _freeze_adalora_rank_numbers(peft_model)
     return IMSMModel(peft_model, imsm_config)
+
+
+def _freeze_adalora_rank_numbers(peft_model: PeftModel) -> None:
+    """AdaLoRA's `ranknum` is a constant (the rank behind its scaling), frozen by peft, except
+    that peft re-creates it as a trainable parameter when the model sits on the meta device (big
+    models initialised empty, FSDP): an optimizer would then drift the adapter's scaling."""
+    for name, parameter in peft_model.named_parameters():
+        if ".ranknum." in name:
+            parameter.requires_grad_(False)

@@ -19,7 +19,7 @@ from imsm.train.loop import (
     seed_everything,
 )
 
-# The paper's target modules where its appendix names them (Llama-3; Qwen1.5 for LoRA);
+# The paper's target modules where its appendix names them (Tables 7-9: Llama-3, Qwen1.5);
 # peft's per-architecture defaults otherwise. Always overridable with --target-modules.
 PAPER_TARGET_MODULES = {
     ("lora", "llama"): ["q_proj", "v_proj"],
@@ -29,6 +29,7 @@ PAPER_TARGET_MODULES = {
     ("lora", "qwen2"): ["q_proj"],
     ("adalora", "qwen2"): ["q_proj"],
     ("ia3", "qwen2"): ["q_proj", "v_proj"],
+    ("dora", "qwen2"): ["q_proj", "v_proj"],
 }
 
 
