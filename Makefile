@@ -20,9 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/imsm generate --model smollm2-135m --max-new-tokens 64 \
-		--prompt "What is the capital of France?" \
-		--prompt "Give one sentence on why the sky is blue."
+	$(BIN)/imsm demo --output runs/demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -38,3 +38,46 @@ def test_bench_train_reports_a_failed_run_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the vanilla run (repeat 1) failed: model directory" in err[0]
     assert "does not exist" in err[0] and "Traceback" not in err[0]
+
+
+def test_bench_decode_times_every_decoder_on_the_same_prompts(tmp_path, capsys):
+    save_tiny_model(tmp_path / "model")
+    output = tmp_path / "decode.json"
+    code = main(
+        [
+            "bench", "decode", "--model", str(tmp_path / "model"), "--batch-size", "2", "--max-new-tokens", "6",
+            "--naive-tokens", "3", "--repeats", "1", "--dtype", "fp32", "--output", str(output),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(output.read_text())
+    for key in ("imsm_tokens_per_s", "vanilla_tokens_per_s", "merged_tokens_per_s", "naive_siamese_tokens_per_s"):
+        assert result[key] > 0, key
+    assert result["ratio"] == result["imsm_tokens_per_s"] / result["vanilla_tokens_per_s"]
+    assert result["batch_size"] == 2 and result["max_new_tokens"] == 6
+
+
+def test_bench_eval_compares_imsm_with_the_same_adapter_without_it(tmp_path):
+    save_tiny_model(tmp_path / "model")
+    rows = [{"q": f"w{3 + i} w{10 + i}", "a": "yes" if i % 2 else "no"} for i in range(6)]
+    (tmp_path / "yn.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "yn.yaml").write_text(
+        "name: yn\ndata: yn.jsonl\nprompt: '{q}'\nanswer: a\nanswer_type: yes_no\n"
+        "metrics: [accuracy]\nmax_new_tokens: 3\n"
+    )
+    output = tmp_path / "eval.json"
+    code = main(
+        [
+            "bench", "eval", "--model", str(tmp_path / "model"), "--task", str(tmp_path / "yn.yaml"),
+            "--limit", "6", "--batch-size", "3", "--repeats", "1", "--dtype", "fp32", "--output", str(output),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(output.read_text())
+    assert result["examples"] == 6 and result["likelihood"] is True
+    assert abs(result["ratio"] - result["imsm_examples_per_s"] / result["vanilla_examples_per_s"]) < 1e-9
+
+
+def test_bench_decode_refuses_unknown_skips(capsys):
+    assert main(["bench", "decode", "--skip", "fast"]) == 2
+    assert "--skip takes merged and/or naive" in capsys.readouterr().err

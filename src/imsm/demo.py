@@ -9,6 +9,7 @@ and WebQuestions the probe.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,23 @@ def format_demo_table(table: dict[str, dict[str, float]], target_name: str, prob
     return "\n".join(lines)
 
 
+def summarise_changes(table: dict[str, dict[str, float]], target_name: str, probe_name: str) -> list[str]:
+    """One line per fine-tuned row: what it learned and what it forgot, in points against Original."""
+    original = table["Original"]
+    lines = []
+    for row, values in table.items():
+        if row == "Original":
+            continue
+        learned = 100 * (values["target_accuracy"] - original["target_accuracy"])
+        kept = 100 * (values["probe_contains"] - original["probe_contains"])
+        hit = 100 * (values["probe_hit@5"] - original["probe_hit@5"])
+        lines.append(
+            f"{row}: {target_name} accuracy {learned:+.1f} points; {probe_name} contains {kept:+.1f}, "
+            f"hit@5 {hit:+.1f} points against the untouched model"
+        )
+    return lines
+
+
 def save_plot(table: dict[str, dict[str, float]], path: Path, target_name: str, probe_name: str) -> None:
     import matplotlib
 
@@ -106,6 +124,7 @@ def run_demo(args) -> dict[str, Any]:
     from imsm.train.config import TrainConfig
     from imsm.train.run import train
 
+    started = time.perf_counter()
     work = Path(args.output)
     work.mkdir(parents=True, exist_ok=True)
     train_task, train_split, data_dir, target, probe = _tasks(args, work)
@@ -150,6 +169,9 @@ def run_demo(args) -> dict[str, Any]:
 
     print()
     print(format_demo_table(table, target[0].name, probe[0].name))
+    print()
+    for line in summarise_changes(table, target[0].name, probe[0].name):
+        print(line)
     plot = work / "demo.png"
     save_plot(table, plot, target[0].name, probe[0].name)
     payload = {
@@ -159,7 +181,9 @@ def run_demo(args) -> dict[str, Any]:
         "table": table,
         "details": details,
         "settings": {k: v for k, v in vars(args).items() if k != "handler"},
+        "seconds": round(time.perf_counter() - started, 1),
     }
     write_atomically(work / "demo_results.json", json.dumps(payload, indent=2, default=str) + "\n")
-    print(f"\nplot: {plot}\nresults: {work / 'demo_results.json'}")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\nplot: {plot}\nresults: {work / 'demo_results.json'}\nfinished in {minutes:.1f} minutes")
     return payload

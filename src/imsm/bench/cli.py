@@ -37,6 +37,97 @@ def add_bench_parser(commands, positive_int) -> None:
     train.add_argument("--output", type=Path, help="write the results JSON here")
     train.set_defaults(handler=cmd_bench_train)
 
+    decode = modes.add_parser(
+        "decode",
+        help="greedy decoding tokens/s: IMSM, peft's generate, merged LoRA, the naive siamese decoder",
+        description="Decode the same chat prompts greedily with IMSM and with plain peft (EOS ignored).",
+    )
+    _common(decode, positive_int)
+    decode.add_argument("--batch-size", type=positive_int, default=1, help="prompts decoded together (1)")
+    decode.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per prompt (128)")
+    decode.add_argument("--prompt-repeat", type=positive_int, default=1, help="repeat each prompt k times (1)")
+    decode.add_argument("--naive-tokens", type=positive_int, default=16, help="tokens for the naive decoder (16)")
+    decode.add_argument("--skip", default="", help="comma-separated: merged, naive (skip those decoders)")
+    decode.set_defaults(handler=cmd_bench_decode)
+
+    evaluate = modes.add_parser(
+        "eval",
+        help="evaluation examples/s through imsm eval's code: IMSM against the same adapter without it",
+        description="Evaluate the same examples with IMSM and with vanilla PEFT (the same adapter).",
+    )
+    _common(evaluate, positive_int)
+    evaluate.add_argument("--task", default="mrpc", help="task (mrpc)")
+    evaluate.add_argument("--data-dir", help="data directory (else $IMSM_DATA_DIR)")
+    evaluate.add_argument("--limit", type=positive_int, default=200, help="examples (200)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16, help="evaluation batch size (16)")
+    evaluate.add_argument("--no-likelihood", action="store_true", help="generation only")
+    evaluate.set_defaults(handler=cmd_bench_eval)
+
+
+def _common(parser, positive_int) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="model (smollm2-135m)")
+    parser.add_argument("--peft", default="lora", help="peft method, paper defaults and target modules (lora)")
+    parser.add_argument("--dtype", default="auto", help="auto, bf16 or fp32")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions, medians (3)")
+    parser.add_argument("--output", type=Path, help="write the results JSON here")
+
+
+def _finish(args, kind: str, result: dict) -> int:
+    from imsm import __version__
+    from imsm.bench.machine import describe_machine
+
+    payload = {
+        "benchmark": kind,
+        "imsm_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": describe_machine(),
+        **result,
+    }
+    print(json.dumps(payload, indent=2))
+    if args.output:
+        _write_json(args.output, payload)
+        print(f"results: {args.output}")
+    return 0
+
+
+def cmd_bench_decode(args: argparse.Namespace) -> int:
+    from imsm.bench.decode import bench_decode
+    from imsm.errors import IMSMError
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - {"merged", "naive"}
+    if unknown:
+        raise IMSMError(f"--skip takes merged and/or naive, got {sorted(unknown)}")
+    result = bench_decode(
+        args.model,
+        args.peft,
+        args.dtype,
+        args.batch_size,
+        args.max_new_tokens,
+        args.repeats,
+        args.naive_tokens,
+        args.prompt_repeat,
+        include=tuple(x for x in ("merged", "naive") if x not in skip),
+    )
+    return _finish(args, "decode", result)
+
+
+def cmd_bench_eval(args: argparse.Namespace) -> int:
+    from imsm.bench.eval import bench_eval
+
+    result = bench_eval(
+        args.model,
+        args.peft,
+        args.dtype,
+        args.task,
+        args.data_dir,
+        args.limit,
+        args.batch_size,
+        args.repeats,
+        likelihood=not args.no_likelihood,
+    )
+    return _finish(args, "eval", result)
+
 
 def _write_json(path: Path, payload: dict) -> None:
     from imsm.evaluate import write_atomically

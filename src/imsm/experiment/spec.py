@@ -6,6 +6,8 @@
     model: smollm2-135m
     data_dir: ../shared/data                  # optional (else $IMSM_DATA_DIR)
     train: {limit: 256, epochs: 3}            # any `imsm train` option, shared by every cell
+    method_options: {lora: {learning_rate: 1e-3}}   # per peft method, over `train`
+    task_options: {ropes: {limit: 64}}              # per training task, over both
     eval: {limit: 200, batch_size: 16, limits: {freebaseqa: 300}}
     original: [mrpc, cola, ropes]             # the base model's row: these tasks, untrained
     grids:
@@ -33,7 +35,19 @@ from typing import Any
 
 from imsm.errors import IMSMError
 
-TOP_LEVEL = {"name", "results", "work", "model", "data_dir", "train", "eval", "original", "grids"}
+TOP_LEVEL = {
+    "name",
+    "results",
+    "work",
+    "model",
+    "data_dir",
+    "train",
+    "method_options",
+    "task_options",
+    "eval",
+    "original",
+    "grids",
+}
 EVAL_FIELDS = {"limit", "batch_size", "limits", "likelihood", "max_new_tokens"}
 # Options a grid may not set: the runner owns them.
 RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir"}
@@ -72,6 +86,8 @@ class Experiment:
     model: str
     data_dir: str | None
     train: dict[str, Any]
+    method_options: dict[str, dict[str, Any]]
+    task_options: dict[str, dict[str, Any]]
     eval: dict[str, Any]
     original: list[str]
     grids: dict[str, dict[str, Any]]
@@ -79,7 +95,13 @@ class Experiment:
 
     def shared_settings(self) -> dict[str, Any]:
         """What every cell's numbers depend on; a results directory keeps to one set of them."""
-        return {"model": self.model, "train": self.train, "eval": self.eval}
+        return {
+            "model": self.model,
+            "train": self.train,
+            "method_options": self.method_options,
+            "task_options": self.task_options,
+            "eval": self.eval,
+        }
 
     def eval_limit(self, task: str) -> int | None:
         return (self.eval.get("limits") or {}).get(task, self.eval.get("limit"))
@@ -87,6 +109,22 @@ class Experiment:
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def _option_table(raw, field_name, kind, problems, train_fields, lookup) -> dict[str, dict[str, Any]]:
+    """`method_options` / `task_options`: name -> `imsm train` options, each name and option checked."""
+    table = raw.get(field_name) or {}
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        problems.append(f"{field_name}: must map a {kind} to a mapping of `imsm train` options")
+        return {}
+    for name, options in table.items():
+        try:
+            lookup(str(name))
+        except IMSMError as error:
+            problems.append(f"{field_name}: {error}")
+        for key in sorted(set(options) - train_fields):
+            problems.append(f"{field_name}.{name}: unknown option {key!r}")
+    return table
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -123,6 +161,8 @@ def load_experiment(path: str | Path) -> Experiment:
         problems.append(f"train: unknown option {key!r}")
     for key in sorted(set(train) & RUNNER_OWNED):
         problems.append(f"train: {key!r} is set by the experiment itself, not per run")
+    method_options = _option_table(raw, "method_options", "peft method", problems, train_fields, PEFT_METHODS.get)
+    task_options = _option_table(raw, "task_options", "training task", problems, train_fields, get_task)
     for key in sorted(set(eval_settings) - EVAL_FIELDS):
         problems.append(f"eval: unknown option {key!r} (known: {', '.join(sorted(EVAL_FIELDS))})")
 
@@ -174,7 +214,11 @@ def load_experiment(path: str | Path) -> Experiment:
             continue
         names = list(axes)
         for values in itertools.product(*(axes[n] for n in names)):
-            settings = {**train, **dict(zip(names, values, strict=True)), "model": model}
+            chosen = dict(zip(names, values, strict=True))
+            # Per-method options sit between the shared ones and what the grid sets explicitly.
+            per_method = method_options.get(str(chosen.get("peft", train.get("peft", "lora"))), {})
+            per_task = task_options.get(str(chosen.get("task", train.get("task"))), {})
+            settings = {**train, **per_method, **per_task, **chosen, "model": model}
             try:
                 resolved = TrainConfig(output="-", **settings).to_dict()
             except (IMSMError, TypeError) as error:
@@ -203,6 +247,8 @@ def load_experiment(path: str | Path) -> Experiment:
         model=model,
         data_dir=raw.get("data_dir"),
         train=train,
+        method_options=method_options,
+        task_options=task_options,
         eval=eval_settings,
         original=original,
         grids=grids,

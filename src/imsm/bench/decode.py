@@ -1,0 +1,118 @@
+"""Decoding speed of IMSM against plain peft (`imsm bench decode`), same model, adapter and prompts.
+
+Every decoder is greedy and ignores EOS, so each decodes exactly `max_new_tokens` per row:
+- imsm: `IMSMModel.generate`, both branches in one doubled batch with one KV cache;
+- vanilla: peft's own `generate` on the same unmerged adapter (transformers' greedy search);
+- merged: the adapter merged into a copy of the base weights, plain transformers `generate` (the
+  floor: what any adapter decoding costs at best);
+- naive: the authors' style, both branches recomputed over the whole sequence for every token, no
+  cache (timed on fewer tokens, reported per token).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from imsm.bench.timing import interleaved_medians, median_seconds
+
+PROMPTS = [
+    "Explain in detail how photosynthesis turns light into chemical energy.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "List the planets of the solar system and describe each one briefly.",
+    "What are the main causes of the French Revolution?",
+]
+
+
+def adapted_model(model_name: str, dtype: str, peft: str, fusion: str = "imsm", seed: int = 0):
+    """The model with a peft adapter whose weights look trained (speed does not depend on values)."""
+    from imsm import IMSMConfig, get_imsm_model
+    from imsm.model.load import load_model_and_tokenizer
+    from imsm.peft_methods.builders import build_peft_config
+    from imsm.train.run import default_target_modules
+
+    base, tokenizer = load_model_and_tokenizer(model_name, dtype)
+    targets = default_target_modules(peft, base.config.model_type)
+    model = get_imsm_model(base, build_peft_config(peft, targets, total_step=100), IMSMConfig(fusion=fusion))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if model.parameter_group(name) == "peft" and ("lora_B" in name or "ia3_l" in name):
+                noise = torch.randn(parameter.shape, generator=generator) * 0.02
+                parameter.add_(noise.to(parameter.dtype))
+    return model.eval(), tokenizer
+
+
+def chat_batch(tokenizer, batch_size: int, prompt_repeat: int = 1):
+    """Left-padded prompts, in the chat template when the tokenizer has one."""
+    from imsm.prompting import PromptFormatter
+
+    formatter = PromptFormatter.for_tokenizer(tokenizer)
+    rows = [formatter.prompt_ids(" ".join([PROMPTS[i % len(PROMPTS)]] * prompt_repeat)) for i in range(batch_size)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[formatter.pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def bench_decode(
+    model_name: str = "smollm2-135m",
+    peft: str = "lora",
+    dtype: str = "auto",
+    batch_size: int = 1,
+    max_new_tokens: int = 128,
+    repetitions: int = 3,
+    naive_tokens: int = 16,
+    prompt_repeat: int = 1,
+    include: tuple[str, ...] = ("merged", "naive"),
+) -> dict[str, Any]:
+    from imsm.model.decode import naive_generate
+
+    model, tokenizer = adapted_model(model_name, dtype, peft)
+    ids, mask = chat_batch(tokenizer, batch_size, prompt_repeat)
+    new = max_new_tokens
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # EOS ignored everywhere: every decoder produces exactly max_new_tokens per row.
+    hf_greedy = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=pad)
+
+    def imsm():
+        return model.generate(ids, mask, max_new_tokens=new, eos_token_id=[])
+
+    def vanilla():
+        with torch.no_grad():
+            return model.peft_model.generate(input_ids=ids, attention_mask=mask, **hf_greedy)
+
+    functions = {"imsm": imsm, "vanilla": vanilla}
+    merged_model = None
+    if "merged" in include and hasattr(model.peft_model, "merge_and_unload"):
+        merged_model = copy.deepcopy(model.peft_model).merge_and_unload().eval()
+
+        def merged():
+            with torch.no_grad():
+                return merged_model.generate(input_ids=ids, attention_mask=mask, **hf_greedy)
+
+        functions["merged"] = merged
+    seconds = interleaved_medians(functions, repetitions)
+    tokens = batch_size * new
+    result: dict[str, Any] = {
+        "model": model_name,
+        "peft": peft,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "batch_size": batch_size,
+        "prompt_tokens": int(ids.shape[1]),
+        "max_new_tokens": new,
+        "repetitions": repetitions,
+    }
+    for name, value in seconds.items():
+        result[f"{name}_tokens_per_s"] = tokens / value
+    if "naive" in include:
+
+        def naive():
+            return naive_generate(model, ids, mask, max_new_tokens=naive_tokens, eos_token_id=[])
+
+        result["naive_siamese_tokens_per_s"] = batch_size * naive_tokens / median_seconds(naive, 1)
+        result["naive_tokens"] = naive_tokens
+    result["ratio"] = result["imsm_tokens_per_s"] / result["vanilla_tokens_per_s"]
+    return result

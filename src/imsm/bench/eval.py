@@ -1,0 +1,66 @@
+"""Evaluation throughput of IMSM against plain peft (`imsm bench eval`), through `imsm eval`'s code.
+
+Both evaluate the same examples with the same prompts, batch size, dtype and generation cap:
+greedy, KV-cached generation of the answers, then (unless --no-likelihood) the teacher-forced
+pass that gives the gold NLL and the yes/no margin. "vanilla" is the same peft adapter without
+the frozen branch and gate (fusion none), so the ratio isolates what IMSM adds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imsm.bench.timing import interleaved_medians
+
+
+def bench_eval(
+    model_name: str = "smollm2-135m",
+    peft: str = "lora",
+    dtype: str = "auto",
+    task_name: str = "mrpc",
+    data_dir=None,
+    limit: int = 200,
+    batch_size: int = 16,
+    repetitions: int = 3,
+    likelihood: bool = True,
+) -> dict[str, Any]:
+    from imsm.bench.decode import adapted_model
+    from imsm.data import load_examples, resolve_data_dir
+    from imsm.evaluate import score_targets
+    from imsm.generate import generate_answers
+    from imsm.prompting import PromptFormatter
+    from imsm.tasks import get_task
+
+    task = get_task(task_name)
+    records = load_examples(task, None, resolve_data_dir(data_dir), limit)
+    prompts = [task.prompt(r) for r in records]
+    targets = [task.target(r) for r in records]
+    # Two loads with the same seed: the same adapter weights, with and without the frozen branch.
+    imsm_model, tokenizer = adapted_model(model_name, dtype, peft, fusion="imsm")
+    vanilla_model, _ = adapted_model(model_name, dtype, peft, fusion="none")
+    formatter = PromptFormatter.for_tokenizer(tokenizer)
+    yes_no = task.answer_type == "yes_no"
+
+    def evaluate(model):
+        def run():
+            generate_answers(model, formatter, prompts, task.max_new_tokens, batch_size)
+            if likelihood:
+                score_targets(model, formatter, prompts, targets, batch_size, yes_no=yes_no)
+
+        return run
+
+    seconds = interleaved_medians({"imsm": evaluate(imsm_model), "vanilla": evaluate(vanilla_model)}, repetitions)
+    n = len(records)
+    return {
+        "model": model_name,
+        "peft": peft,
+        "task": task.name,
+        "examples": n,
+        "batch_size": batch_size,
+        "likelihood": likelihood,
+        "dtype": str(next(imsm_model.parameters()).dtype).removeprefix("torch."),
+        "repetitions": repetitions,
+        "imsm_examples_per_s": n / seconds["imsm"],
+        "vanilla_examples_per_s": n / seconds["vanilla"],
+        "ratio": seconds["vanilla"] / seconds["imsm"],
+    }
