@@ -28,6 +28,7 @@ def test_bench_train_compares_vanilla_and_imsm_in_fresh_processes(tmp_path, caps
     assert result["throughput_ratio"] == imsm["tokens_per_s"] / vanilla["tokens_per_s"]
     assert result["peak_memory_ratio"] == imsm["peak_rss_mib"] / vanilla["peak_rss_mib"]
     assert 50 < vanilla["peak_rss_mib"] < 10_000
+    assert 0 < vanilla["training_peak_rss_mib"] <= vanilla["peak_rss_mib"] + 1
     assert "cpus" in result["machine"] and result["settings"]["task"] == "animal_train"
     assert "IMSM / vanilla: throughput" in capsys.readouterr().out
 

@@ -165,13 +165,15 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
             print(
                 f"  {name:<8} run {repeat + 1}/{args.repeats}: {result['tokens_per_s']:.1f} tokens/s, "
                 f"{result['seconds']:.1f} s (frozen memories {result['frozen_cache_seconds']:.1f} s), "
-                f"peak {result['peak_rss_mib']:.0f} MiB",
+                f"peak {result['peak_rss_mib']:.0f} MiB (in training {result['training_peak_rss_mib'] or 0:.0f} MiB)",
                 flush=True,
             )
 
         summary = bench_train(config, args.repeats, on_result=report)
+    training_ratio = summary.get("training_peak_memory_ratio")
     print(
         f"IMSM / vanilla: throughput {summary['throughput_ratio']:.3f}, peak memory {summary['peak_memory_ratio']:.3f}"
+        + (f", peak memory in training {training_ratio:.3f}" if training_ratio else "")
     )
     if args.output:
         payload = {

@@ -4,6 +4,10 @@ Each run trains in a fresh Python process, so its peak resident memory (`ru_maxr
 and neither variant inherits the other's warmed allocator. Variants alternate (vanilla, IMSM,
 vanilla, ...) so slow drifts of a shared machine hit both alike; medians are reported.
 
+Memory: the process's peak resident set (`ru_maxrss`, model loading included) and, on Linux, the
+peak from the start of training on (the loaded model, the frozen memories, activations,
+gradients and optimizer state), which is what IMSM can add to.
+
 Throughput counts the real (non-padding) tokens of every optimizer step over the whole run,
 divided by the time from the first frozen-memory forward to the last optimizer step: IMSM pays
 for its frozen branch inside the measured time. Model loading and saving are outside it.
@@ -26,12 +30,42 @@ from imsm.errors import IMSMError
 VARIANTS = {"vanilla": "none", "imsm": "imsm"}
 
 
+def _reset_peak_rss() -> bool:
+    """Linux: restart the peak-RSS counter (VmHWM) from the current RSS; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_worker(config_json: str, result_path: str) -> None:
     """Inside the fresh process: train once, write the timings and the peak memory."""
+    from imsm.train import run
     from imsm.train.config import TrainConfig
-    from imsm.train.run import train
 
-    summary = train(TrainConfig(**json.loads(config_json)), progress=False)
+    # Loading the model dominates the process's peak (conversion buffers, the loader's copies),
+    # which would hide what training itself holds; so also measure the peak from the moment
+    # training starts, with the model loaded and built.
+    phases = {"reset": False}
+    start_training = run.run_training
+
+    def run_training_measured(*args, **kwargs):
+        phases["reset"] = _reset_peak_rss()
+        return start_training(*args, **kwargs)
+
+    run.run_training = run_training_measured
+    summary = run.train(TrainConfig(**json.loads(config_json)), progress=False)
     seconds = summary["seconds"] + summary["frozen_cache_seconds"]
     result = {
         "tokens": summary["tokens"],
@@ -41,6 +75,7 @@ def run_worker(config_json: str, result_path: str) -> None:
         "tokens_per_s": summary["tokens"] / seconds,
         # Linux reports ru_maxrss in KiB.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "training_peak_rss_mib": _peak_rss_mib() if phases["reset"] else None,
         "trainable_parameters": summary["resolved"]["trainable_parameters"],
         "final_loss": summary["final_loss"],
     }
@@ -88,6 +123,12 @@ def bench_train(
         summary[f"{name}_peak_rss_mib"] = statistics.median(r["peak_rss_mib"] for r in runs[name])
     summary["throughput_ratio"] = summary["imsm_tokens_per_s"] / summary["vanilla_tokens_per_s"]
     summary["peak_memory_ratio"] = summary["imsm_peak_rss_mib"] / summary["vanilla_peak_rss_mib"]
+    if all(r["training_peak_rss_mib"] for name in VARIANTS for r in runs[name]):
+        for name in VARIANTS:
+            summary[f"{name}_training_peak_rss_mib"] = statistics.median(r["training_peak_rss_mib"] for r in runs[name])
+        summary["training_peak_memory_ratio"] = (
+            summary["imsm_training_peak_rss_mib"] / summary["vanilla_training_peak_rss_mib"]
+        )
     return summary
 
 
