@@ -55,6 +55,7 @@ def test_bench_decode_times_every_decoder_on_the_same_prompts(tmp_path, capsys):
     for key in ("imsm_tokens_per_s", "vanilla_tokens_per_s", "merged_tokens_per_s", "naive_siamese_tokens_per_s"):
         assert result[key] > 0, key
     assert result["ratio"] == result["imsm_tokens_per_s"] / result["vanilla_tokens_per_s"]
+    assert result["doubled_batch_ceiling"] > 0
     assert result["batch_size"] == 2 and result["max_new_tokens"] == 6
 
 
@@ -81,4 +82,4 @@ def test_bench_eval_compares_imsm_with_the_same_adapter_without_it(tmp_path):
 
 def test_bench_decode_refuses_unknown_skips(capsys):
     assert main(["bench", "decode", "--skip", "fast"]) == 2
-    assert "--skip takes merged and/or naive" in capsys.readouterr().err
+    assert "--skip takes any of merged, doubled, naive" in capsys.readouterr().err

@@ -47,7 +47,7 @@ def add_bench_parser(commands, positive_int) -> None:
     decode.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per prompt (128)")
     decode.add_argument("--prompt-repeat", type=positive_int, default=1, help="repeat each prompt k times (1)")
     decode.add_argument("--naive-tokens", type=positive_int, default=16, help="tokens for the naive decoder (16)")
-    decode.add_argument("--skip", default="", help="comma-separated: merged, naive (skip those decoders)")
+    decode.add_argument("--skip", default="", help="comma-separated: merged, doubled, naive (skip those)")
     decode.set_defaults(handler=cmd_bench_decode)
 
     evaluate = modes.add_parser(
@@ -95,9 +95,10 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
     from imsm.errors import IMSMError
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = skip - {"merged", "naive"}
+    optional = ("merged", "doubled", "naive")
+    unknown = skip - set(optional)
     if unknown:
-        raise IMSMError(f"--skip takes merged and/or naive, got {sorted(unknown)}")
+        raise IMSMError(f"--skip takes any of {', '.join(optional)}, got {sorted(unknown)}")
     result = bench_decode(
         args.model,
         args.peft,
@@ -107,7 +108,7 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
         args.repeats,
         args.naive_tokens,
         args.prompt_repeat,
-        include=tuple(x for x in ("merged", "naive") if x not in skip),
+        include=tuple(x for x in optional if x not in skip),
     )
     return _finish(args, "decode", result)
 

@@ -41,15 +41,18 @@ def bench_eval(
     formatter = PromptFormatter.for_tokenizer(tokenizer)
     yes_no = task.answer_type == "yes_no"
 
-    def evaluate(model):
+    def evaluate(model, count: int | None = None):
         def run():
-            generate_answers(model, formatter, prompts, task.max_new_tokens, batch_size)
+            generate_answers(model, formatter, prompts[:count], task.max_new_tokens, batch_size)
             if likelihood:
-                score_targets(model, formatter, prompts, targets, batch_size, yes_no=yes_no)
+                score_targets(model, formatter, prompts[:count], targets[:count], batch_size, yes_no=yes_no)
 
         return run
 
-    seconds = interleaved_medians({"imsm": evaluate(imsm_model), "vanilla": evaluate(vanilla_model)}, repetitions)
+    for model in (imsm_model, vanilla_model):  # warm-up on one batch, not the whole set
+        evaluate(model, batch_size)()
+    functions = {"imsm": evaluate(imsm_model), "vanilla": evaluate(vanilla_model)}
+    seconds = interleaved_medians(functions, repetitions, warmup=False)
     n = len(records)
     return {
         "model": model_name,

@@ -19,10 +19,13 @@ def median_seconds(function: Callable[[], object], repetitions: int, warmup: boo
     return statistics.median(times)
 
 
-def interleaved_medians(functions: dict[str, Callable[[], object]], repetitions: int) -> dict[str, float]:
+def interleaved_medians(
+    functions: dict[str, Callable[[], object]], repetitions: int, warmup: bool = True
+) -> dict[str, float]:
     """Median seconds per function, calling them in turn each round so drifts of a shared machine
-    (other jobs, clock changes) hit every variant alike; one warm-up round first."""
-    for function in functions.values():
+    (other jobs, clock changes) hit every variant alike; one warm-up round first unless the
+    caller warmed up already."""
+    for function in functions.values() if warmup else ():
         function()
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repetitions):
