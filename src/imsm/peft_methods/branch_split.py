@@ -121,12 +121,28 @@ def _active(module: nn.Module, adapters: nn.ModuleDict | nn.ParameterDict) -> li
     return [name for name in module.active_adapters if name in adapters]
 
 
+def _may_update_in_place(result: torch.Tensor) -> bool:
+    """Without autograd, the base layer's fresh output can take the tuned half's update in place;
+    with it, autograd may need the tensor as it was (and a view's in-place update rewrites its
+    graph), so the update builds a new tensor."""
+    return not torch.is_grad_enabled() and not result.requires_grad
+
+
 def _lora_split(module: lora.Linear, x: torch.Tensor, half: int, *args, **kwargs) -> torch.Tensor:
     """LoRA and every LoRA variant (DoRA, ...): peft's `lora.Linear.forward` on the tuned half."""
     result = module.base_layer(x, *args, **kwargs)  # [2B, ..., out]: one read of the base weight
     result_dtype = result.dtype
     x_tuned, tuned = x[half:], result[half:]
-    for name in _active(module, module.lora_A):
+    active = _active(module, module.lora_A)
+    if _may_update_in_place(result) and not any(name in module.lora_variant for name in active):
+        # Decoding and evaluation: add into the tuned rows where they lie, no concatenated copy.
+        for name in active:
+            lora_A, lora_B = module.lora_A[name], module.lora_B[name]
+            x_tuned = module._cast_input_dtype(x_tuned, lora_A.weight.dtype)
+            delta = lora_B(lora_A(module.lora_dropout[name](x_tuned))) * module.scaling[name]
+            tuned.add_(delta.to(result_dtype))
+        return result
+    for name in active:
         lora_A, lora_B = module.lora_A[name], module.lora_B[name]
         x_tuned = module._cast_input_dtype(x_tuned, lora_A.weight.dtype)
         if name in module.lora_variant:  # DoRA and friends: base result in, adapted result out
