@@ -2,18 +2,22 @@
 
 The frozen and tuned branches run as one doubled batch [frozen rows | tuned rows] through the
 shared weights: each step reads every base weight once, the adapter touches the tuned half
-only, and the cache holds 2B rows. The query memory is taken once, at prefill; the gate and
-the head run on the last position only. `naive_generate` is the slow reference: both branches
-recomputed from scratch at every step, as in the authors' decoder.
+only, and the cache holds 2B rows. When the adapter leaves the lower layers alone, those run on
+B rows only and the batch doubles above them (`imsm.model.shared_layers`). The query memory is
+taken once, at prefill; the gate and the head run on the last position only. `naive_generate`
+is the slow reference: both branches recomputed from scratch at every step, as in the authors'
+decoder.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 
 from imsm.model.gate import fuse, masked_mean
+from imsm.model.shared_layers import doubled_from
 from imsm.model.siamese import IMSMModel, position_ids_from_mask
 
 
@@ -81,41 +85,47 @@ def generate(
     siamese = model.imsm_config.is_siamese
     copies = 2 if siamese else 1  # doubled batch: rows [0, B) frozen, [B, 2B) tuned
     branch = "split" if siamese else "tuned"
-    mask = attention_mask.repeat(copies, 1)  # [copies*B, T]
-    positions = position_ids_from_mask(mask)  # [copies*B, T]
+    # With k shared lower layers, B rows enter the stack and double at layer k: the layers below
+    # k run, and keep keys and values, for B rows, since both halves would hold the same there.
+    shared = model.shared_layer_count(doubled_batch=True)
+    entering = 1 if shared else copies  # copies of each prompt entering the stack
+    sharing = doubled_from(model.decoder_layers, shared, B) if shared else contextlib.nullcontext()
+    mask = attention_mask.repeat(entering, 1)  # [entering*B, T]
+    positions = position_ids_from_mask(mask)  # [entering*B, T]
 
-    # Prefill: both branches over the prompt, one forward.
-    output = model.branch_hidden_states(input_ids.repeat(copies, 1), mask, branch, positions, use_cache=True)
-    cache = output["cache"] if "cache" in output else output["past_key_values"]
-    hidden = output.last_hidden_state  # [copies*B, T, d]
-    query_term = None
-    if model.gate is not None:
-        # The query memory (eq. 3): mean over the whole prompt, padding excluded, computed once.
-        query_term = model.gate.query_term(
-            masked_mean(hidden[:B], attention_mask), masked_mean(hidden[B:], attention_mask)
-        )  # [B, r]
-
-    unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
-    new_tokens = []
-    last = hidden[:, -1]  # [copies*B, d]
-    position = positions[:, -1:]  # [copies*B, 1]
-    for _ in range(max_new_tokens):
-        frozen_last = last[:B] if siamese else None
-        fused = fuse(model.fusion, model.gate, frozen_last, last[-B:], query_term)  # [B, d]
-        token = model.output_head(fused).argmax(dim=-1)  # [B]
-        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
-        new_tokens.append(token)
-        if eos.numel():
-            unfinished &= ~torch.isin(token, eos)
-        if not bool(unfinished.any()) or len(new_tokens) == max_new_tokens:
-            break
-        # The same greedy token goes to both halves of the doubled batch.
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        position = position + 1
-        step_ids = token.repeat(copies)[:, None]  # [copies*B, 1]
-        output = model.branch_hidden_states(step_ids, mask, branch, position, cache=cache, use_cache=True)
+    with sharing:
+        # Prefill: both branches over the prompt, one forward.
+        output = model.branch_hidden_states(input_ids.repeat(entering, 1), mask, branch, positions, use_cache=True)
         cache = output["cache"] if "cache" in output else output["past_key_values"]
-        last = output.last_hidden_state[:, -1]  # [copies*B, d]
+        hidden = output.last_hidden_state  # [copies*B, T, d]
+        query_term = None
+        if model.gate is not None:
+            # The query memory (eq. 3): mean over the whole prompt, padding excluded, computed once.
+            query_term = model.gate.query_term(
+                masked_mean(hidden[:B], attention_mask), masked_mean(hidden[B:], attention_mask)
+            )  # [B, r]
+
+        unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
+        new_tokens = []
+        last = hidden[:, -1]  # [copies*B, d]
+        position = positions[:, -1:]  # [entering*B, 1]
+        for _ in range(max_new_tokens):
+            frozen_last = last[:B] if siamese else None
+            fused = fuse(model.fusion, model.gate, frozen_last, last[-B:], query_term)  # [B, d]
+            token = model.output_head(fused).argmax(dim=-1)  # [B]
+            token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+            new_tokens.append(token)
+            if eos.numel():
+                unfinished &= ~torch.isin(token, eos)
+            if not bool(unfinished.any()) or len(new_tokens) == max_new_tokens:
+                break
+            # The same greedy token goes to both halves of the doubled batch.
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            position = position + 1
+            step_ids = token.repeat(entering)[:, None]  # [entering*B, 1]
+            output = model.branch_hidden_states(step_ids, mask, branch, position, cache=cache, use_cache=True)
+            cache = output["cache"] if "cache" in output else output["past_key_values"]
+            last = output.last_hidden_state[:, -1]  # [copies*B, d]
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
 
 

@@ -20,6 +20,14 @@ from torch import nn
 
 from imsm.config import IMSMConfig
 from imsm.model.gate import FusionGate, fuse, masked_mean
+from imsm.model.shared_layers import (
+    DOUBLING_ATTENTION,
+    capture_input,
+    find_decoder_layers,
+    first_adapted_layer,
+    start_from,
+    trains_like_it_evaluates,
+)
 from imsm.peft_methods.branch_split import BranchRouter, install_router
 
 IGNORE_INDEX = -100
@@ -104,6 +112,16 @@ class IMSMModel(nn.Module):
         self._takes_position_ids = "position_ids" in parameters
         # transformers renamed `past_key_values` to `cache` in 5.x; accept either.
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        # Shared lower layers (imsm/model/shared_layers.py): decoder layers below the first
+        # adapted one give both branches the same states, so they run once. The switch exists
+        # for benchmarks and debugging; results are the same either way.
+        self.share_lower_layers = True
+        layers = find_decoder_layers(backbone, getattr(model.config, "num_hidden_layers", None))
+        object.__setattr__(self, "decoder_layers", layers)  # a handle, like backbone: not registered
+        self.first_adapted_layer = 0 if layers is None else first_adapted_layer(layers, self.router.layers, head)
+        self._lower_layers_train_like_eval = layers is not None and trains_like_it_evaluates(
+            backbone, layers, self.first_adapted_layer
+        )
         self.gate: FusionGate | None = None
         if imsm_config.has_gate:
             self.gate = FusionGate(
@@ -156,6 +174,24 @@ class IMSMModel(nn.Module):
     def print_trainable_parameters(self) -> None:
         trainable, total = self.trainable_parameter_count()
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    def shared_layer_count(self, doubled_batch: bool = False) -> int:
+        """k: how many lower decoder layers both branches share in the next forward; 0 for none.
+
+        Nothing is shared when the switch `share_lower_layers` is off, without a frozen branch,
+        when the adapter touches layer 0 or anything before the stack, or in training mode when
+        the layers below k have dropout (the frozen branch never sees dropout, the tuned one
+        would). `doubled_batch`: for one call whose batch doubles at layer k (decoding), which
+        also needs an attention implementation whose arguments can be repeated by rows.
+        """
+        k = self.first_adapted_layer
+        if not (self.share_lower_layers and self.imsm_config.is_siamese and 0 < k < len(self.decoder_layers or ())):
+            return 0
+        if self.causal_lm.training and not self._lower_layers_train_like_eval:
+            return 0
+        if doubled_batch and getattr(self.config, "_attn_implementation", None) not in DOUBLING_ATTENTION:
+            return 0
+        return k
 
     # ----------------------------------------------------------------------------------------
     # The two branches.
@@ -218,15 +254,23 @@ class IMSMModel(nn.Module):
     def _branches(self, input_ids, attention_mask, query_mask, memory: FrozenMemory | None = None):
         """h_M (without grad; None when `memory` stands in for it), h_M' (with grad) and the
         gate's query term."""
-        hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state  # [B, T, d]
         hidden_frozen = query_term = None
-        if self.imsm_config.is_siamese:
-            if memory is None:
+        shared = self.shared_layer_count() if memory is None else 0
+        if shared:
+            # The frozen branch runs whole and leaves layer k's input behind; the tuned branch
+            # starts there. Nothing below k is trainable, so the tuned branch loses no gradient.
+            with capture_input(self.decoder_layers[shared]) as captured:
                 hidden_frozen = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
-            if self.gate is not None:
-                query_frozen = memory.query if memory is not None else masked_mean(hidden_frozen, query_mask)  # [B, d]
-                query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
-                query_term = self.gate.query_term(query_frozen, query_tuned)  # [B, r] or None
+            with start_from(self.decoder_layers, shared, captured["hidden"]):
+                hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state
+        else:
+            hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state  # [B, T, d]
+            if self.imsm_config.is_siamese and memory is None:
+                hidden_frozen = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
+        if self.gate is not None:  # a gate implies a frozen branch
+            query_frozen = memory.query if memory is not None else masked_mean(hidden_frozen, query_mask)  # [B, d]
+            query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
+            query_term = self.gate.query_term(query_frozen, query_tuned)  # [B, r] or None
         return hidden_frozen, hidden_tuned, query_term
 
     def _fused_logits_at(self, branches, rows, cols, frozen_at_positions=None) -> torch.Tensor:
