@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from imsm.experiment.runner import original_path, read_cell_result
-from imsm.experiment.spec import TARGET, Cell, Experiment
+from imsm.experiment.spec import GATE_OPTIONS, TARGET, Cell, Experiment
 from imsm.experiment.stats import mean_std, paired_t_test
 
 FUSION_LABELS = {"none": "{}", "imsm": "IMSM-{}", "no-query": "IMSM-{} (no query)", "mean": "IMSM-{} (mean)"}
@@ -214,7 +214,7 @@ def significance_table(view: GridView) -> list[str]:
 
 def _same_but_gate(vanilla: dict[str, Any], imsm: dict[str, Any]) -> bool:
     """Vanilla cells have no gate, so their gate settings do not matter for the pairing."""
-    ignore = {"fusion", "gate_rank", "gate_dropout", "gate_learning_rate", "cache_frozen"}
+    ignore = {"fusion", "cache_frozen", *GATE_OPTIONS}
     return all(vanilla.get(k) == v for k, v in imsm.items() if k not in ignore)
 
 
