@@ -61,6 +61,9 @@ def add_bench_parser(commands, positive_int) -> None:
     evaluate.add_argument("--limit", type=positive_int, default=200, help="examples (200)")
     evaluate.add_argument("--batch-size", type=positive_int, default=16, help="evaluation batch size (16)")
     evaluate.add_argument("--no-likelihood", action="store_true", help="generation only")
+    evaluate.add_argument(
+        "--no-doubled", action="store_true", help="skip the ceiling run (vanilla on every example twice)"
+    )
     evaluate.set_defaults(handler=cmd_bench_eval)
 
 
@@ -126,6 +129,7 @@ def cmd_bench_eval(args: argparse.Namespace) -> int:
         args.batch_size,
         args.repeats,
         likelihood=not args.no_likelihood,
+        doubled=not args.no_doubled,
     )
     return _finish(args, "eval", result)
 

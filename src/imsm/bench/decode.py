@@ -70,9 +70,27 @@ def bench_decode(
     prompt_repeat: int = 1,
     include: tuple[str, ...] = ("merged", "doubled", "naive"),
 ) -> dict[str, Any]:
+    model, tokenizer = adapted_model(model_name, dtype, peft)
+    result = {"model": model_name, "peft": peft}
+    result.update(
+        time_decoders(model, tokenizer, batch_size, max_new_tokens, repetitions, naive_tokens, prompt_repeat, include)
+    )
+    return result
+
+
+def time_decoders(
+    model,
+    tokenizer,
+    batch_size: int,
+    max_new_tokens: int,
+    repetitions: int,
+    naive_tokens: int = 16,
+    prompt_repeat: int = 1,
+    include: tuple[str, ...] = ("merged", "doubled", "naive"),
+) -> dict[str, Any]:
+    """Tokens/s of each decoder on one batch shape, with an already built model (sweeps reuse it)."""
     from imsm.model.decode import naive_generate
 
-    model, tokenizer = adapted_model(model_name, dtype, peft)
     ids, mask = chat_batch(tokenizer, batch_size, prompt_repeat)
     new = max_new_tokens
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -107,8 +125,6 @@ def bench_decode(
     seconds = interleaved_medians(functions, repetitions)
     tokens = batch_size * new
     result: dict[str, Any] = {
-        "model": model_name,
-        "peft": peft,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "batch_size": batch_size,
         "prompt_tokens": int(ids.shape[1]),

@@ -3,7 +3,9 @@
 Both evaluate the same examples with the same prompts, batch size, dtype and generation cap:
 greedy, KV-cached generation of the answers, then (unless --no-likelihood) the teacher-forced
 pass that gives the gold NLL and the yes/no margin. "vanilla" is the same peft adapter without
-the frozen branch and gate (fusion none), so the ratio isolates what IMSM adds.
+the frozen branch and gate (fusion none), so the ratio isolates what IMSM adds. "doubled" is
+vanilla on every example twice: the arithmetic of both branches with none of IMSM's own work, so
+vanilla time / doubled time is the ceiling of the ratio when evaluation is compute-bound.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def bench_eval(
     batch_size: int = 16,
     repetitions: int = 3,
     likelihood: bool = True,
+    doubled: bool = True,
 ) -> dict[str, Any]:
     from imsm.bench.decode import adapted_model
     from imsm.data import load_examples, resolve_data_dir
@@ -41,20 +44,24 @@ def bench_eval(
     formatter = PromptFormatter.for_tokenizer(tokenizer)
     yes_no = task.answer_type == "yes_no"
 
-    def evaluate(model, count: int | None = None):
+    def evaluate(model, count: int | None = None, copies: int = 1):
+        some_prompts, some_targets = prompts[:count] * copies, targets[:count] * copies
+
         def run():
-            generate_answers(model, formatter, prompts[:count], task.max_new_tokens, batch_size)
+            generate_answers(model, formatter, some_prompts, task.max_new_tokens, batch_size)
             if likelihood:
-                score_targets(model, formatter, prompts[:count], targets[:count], batch_size, yes_no=yes_no)
+                score_targets(model, formatter, some_prompts, some_targets, batch_size, yes_no=yes_no)
 
         return run
 
     for model in (imsm_model, vanilla_model):  # warm-up on one batch, not the whole set
         evaluate(model, batch_size)()
     functions = {"imsm": evaluate(imsm_model), "vanilla": evaluate(vanilla_model)}
+    if doubled:
+        functions["doubled"] = evaluate(vanilla_model, copies=2)
     seconds = interleaved_medians(functions, repetitions, warmup=False)
     n = len(records)
-    return {
+    result = {
         "model": model_name,
         "peft": peft,
         "task": task.name,
@@ -67,3 +74,6 @@ def bench_eval(
         "vanilla_examples_per_s": n / seconds["vanilla"],
         "ratio": seconds["vanilla"] / seconds["imsm"],
     }
+    if doubled:
+        result["doubled_ceiling"] = seconds["vanilla"] / seconds["doubled"]
+    return result
