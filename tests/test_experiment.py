@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +13,7 @@ from conftest import save_tiny_model
 from imsm import IMSMError
 from imsm.cli import main
 from imsm.experiment import runner
+from imsm.experiment.claim import claimed
 from imsm.experiment.report import render_report
 from imsm.experiment.spec import load_experiment
 
@@ -168,3 +172,54 @@ def test_report_on_partial_results_lists_what_is_missing(workspace, tmp_path):
     path = write_config(workspace, tmp_path)
     report = render_report(load_experiment(path), None)
     assert "Missing (8 of 8 cells)" in report and "Original row missing for: " in report
+
+
+def test_a_claim_excludes_other_holders_until_released(tmp_path):
+    lock = tmp_path / "claims" / "cell.lock"
+    with claimed(lock) as first:
+        assert first
+        with claimed(lock) as second:  # another open of the file: another worker
+            assert not second
+    with claimed(lock) as again:
+        assert again
+
+
+def test_a_killed_workers_claim_is_free_at_once(tmp_path):
+    lock = tmp_path / "cell.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with claimed(lock) as mine:
+            assert not mine
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with claimed(lock) as mine:
+        assert mine
+
+
+HOLD_CLAIM = """
+import sys, time
+from pathlib import Path
+from imsm.experiment.claim import claimed
+with claimed(Path(sys.argv[1])) as mine:
+    print("held" if mine else "refused", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_cell_held_by_another_worker_is_left_to_it(workspace, tmp_path):
+    grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "seed": [0, 1]}}
+    path = write_config(workspace, tmp_path, grids=grids, original=[])
+    experiment = load_experiment(path)
+    busy, free = experiment.cells
+    lines = []
+    with claimed(runner.claim_path(experiment, busy.name)):
+        runner.run_experiment(experiment, log=lines.append)
+    assert runner.read_cell_result(experiment, busy) is None
+    assert runner.is_done(experiment, free)
+    assert any(busy.name in line and "another worker" in line for line in lines)
+    assert "1 cells were running in other workers" in lines[-1]
+    # Released, the next run takes it.
+    runner.run_experiment(experiment, log=lines.append)
+    assert runner.is_done(experiment, busy)

@@ -6,10 +6,13 @@ Layout (results: small JSON meant for git; work: adapters and checkpoints):
     RESULTS/original/<task>.json         the base model on each task of `original`
     RESULTS/cells/<cell>/result.json     settings, training summary, metrics per evaluated task
     WORK/<cell>/                         the training run directory (adapter, checkpoints)
+    WORK/.claims/<cell>.lock             held by the worker running the cell
 
 A cell's result is written the moment it finishes, and a finished cell is skipped. A cell whose
 training died resumes from its last checkpoint; a cell whose training finished but whose
-evaluation did not, only re-evaluates the missing tasks.
+evaluation did not, only re-evaluates the missing tasks. Several workers (`imsm experiment` started
+more than once on one config, e.g. one per GPU) share the grid: each takes the next cell no
+other worker holds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from imsm.errors import IMSMError
 from imsm.evaluate import write_atomically
+from imsm.experiment.claim import claimed
 from imsm.experiment.spec import Cell, Experiment
 
 SETTINGS = "experiment.json"
@@ -58,6 +62,10 @@ def _differences(new: Any, old: Any, prefix: str = "") -> list[str]:
 def original_path(experiment: Experiment, task: str) -> Path:
     # A spec path names its file by the spec's stem; a registry name is its own stem.
     return experiment.results / "original" / f"{Path(task).stem}.json"
+
+
+def claim_path(experiment: Experiment, name: str) -> Path:
+    return experiment.work / ".claims" / f"{name}.lock"
 
 
 def cell_result_path(experiment: Experiment, cell: Cell) -> Path:
@@ -108,13 +116,19 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
     if not missing:
         return
     log(f"original: evaluating the untrained model on {', '.join(missing)}")
-    base, tokenizer = load_model_and_tokenizer(experiment.model, experiment.train.get("dtype", "auto"))
-    model = IMSMModel(base, IMSMConfig(fusion="none")).eval()
+    model = tokenizer = None
     for task in missing:
-        summary = _evaluate(experiment, model, tokenizer, [task], data_dir)[task]
         path = original_path(experiment, task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, json.dumps({"task": task, "model": experiment.model, **summary}, indent=2) + "\n")
+        with claimed(claim_path(experiment, f"original-{Path(task).stem}")) as mine:
+            if not mine or path.exists():
+                log(f"original: {task} is another worker's")
+                continue
+            if model is None:
+                base, tokenizer = load_model_and_tokenizer(experiment.model, experiment.train.get("dtype", "auto"))
+                model = IMSMModel(base, IMSMConfig(fusion="none")).eval()
+            summary = _evaluate(experiment, model, tokenizer, [task], data_dir)[task]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, json.dumps({"task": task, "model": experiment.model, **summary}, indent=2) + "\n")
 
 
 def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any]:
@@ -182,13 +196,24 @@ def run_experiment(experiment: Experiment, log=print, only: str | None = None) -
     todo = [c for c in cells if not is_done(experiment, c)]
     log(f"experiment {experiment.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     durations: list[float] = []
+    elsewhere = []
     for index, cell in enumerate(todo, start=1):
-        started = time.perf_counter()
-        eta = ""
-        if durations:
-            left = sum(durations) / len(durations) * (len(todo) - index + 1)
-            eta = f", about {left / 3600:.1f} h left"
-        log(f"[{index}/{len(todo)}{eta}] {cell.name}")
-        run_cell(experiment, cell, data_dir, log)
-        durations.append(time.perf_counter() - started)
-    log(f"experiment {experiment.name}: all {len(cells)} cells done; results in {experiment.results}")
+        with claimed(claim_path(experiment, cell.name)) as mine:
+            # Checked again under the claim: another worker may have finished it meanwhile.
+            if not mine or is_done(experiment, cell):
+                if not mine:
+                    elsewhere.append(cell.name)
+                log(f"[{index}/{len(todo)}] {cell.name}: {'another worker has it' if not mine else 'done meanwhile'}")
+                continue
+            started = time.perf_counter()
+            eta = ""
+            if durations:
+                left = sum(durations) / len(durations) * (len(todo) - index + 1)
+                eta = f", about {left / 3600:.1f} h left"
+            log(f"[{index}/{len(todo)}{eta}] {cell.name}")
+            run_cell(experiment, cell, data_dir, log)
+            durations.append(time.perf_counter() - started)
+    if elsewhere:
+        log(f"experiment {experiment.name}: {len(elsewhere)} cells were running in other workers when reached")
+    else:
+        log(f"experiment {experiment.name}: all {len(cells)} cells done; results in {experiment.results}")
