@@ -174,6 +174,27 @@ def test_report_on_partial_results_lists_what_is_missing(workspace, tmp_path):
     assert "Missing (8 of 8 cells)" in report and "Original row missing for: " in report
 
 
+def test_report_carries_its_commands_and_the_authors_discussion(workspace, tmp_path, capsys):
+    grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "fusion": ["none", "imsm"]}}
+    path = write_config(workspace, tmp_path, grids=grids, original=[])
+    assert main(["experiment", path]) == 0
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Discussion\n\nIMSM did not help here.\n")
+    output = tmp_path / "report.md"
+    assert main(["report", path, "--output", str(output), "--discussion", str(notes)]) == 0
+    report = output.read_text()
+    assert f"imsm experiment {path}" in report and f"--discussion {notes}" in report
+    assert "2 of 2 cells finished" in report and "cpus" in report  # the machine line
+    # The discussion comes before the tables it discusses.
+    assert report.index("IMSM did not help here.") < report.index("## g")
+
+    capsys.readouterr()
+    assert main(["report", path, "--output", str(output), "--discussion", str(tmp_path / "absent.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.md" in err[0] and "does not exist" in err[0]
+    assert output.read_text() == report  # nothing overwritten on bad input
+
+
 def test_a_claim_excludes_other_holders_until_released(tmp_path):
     lock = tmp_path / "claims" / "cell.lock"
     with claimed(lock) as first:

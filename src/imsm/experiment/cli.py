@@ -27,6 +27,9 @@ def add_experiment_parsers(commands) -> None:
     report.add_argument("file", type=Path, help="the experiment YAML file whose results to report")
     report.add_argument("--output", type=Path, help="markdown file to write (default RESULTS/report.md)")
     report.add_argument("--plots", type=Path, help="directory for the PNG plots (default: beside --output)")
+    report.add_argument(
+        "--discussion", type=Path, help="markdown file with your reading of the results, placed before the tables"
+    )
     report.set_defaults(handler=cmd_report)
 
 
@@ -52,6 +55,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from imsm.errors import IMSMError
     from imsm.evaluate import write_atomically
     from imsm.experiment.report import render_report
     from imsm.experiment.spec import load_experiment
@@ -59,8 +63,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.file)
     output = args.output or experiment.results / "report.md"
     plots = args.plots or output.parent / "plots"
+    discussion = None
+    if args.discussion is not None:
+        if not args.discussion.is_file():
+            raise IMSMError(
+                f"discussion file {str(args.discussion)!r} does not exist; give a markdown file or drop --discussion"
+            )
+        discussion = args.discussion.read_text()
+    report_command = f"imsm report {args.file} --output {output} --plots {plots}"
+    if args.discussion is not None:
+        report_command += f" --discussion {args.discussion}"
+    commands = [f"imsm experiment {args.file}", report_command]
     output.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(experiment, plots, link_base=output.parent)
+    text = render_report(experiment, plots, link_base=output.parent, discussion=discussion, commands=commands)
     write_atomically(output, text)
     print(text)
     print(f"report: {output}; plots in {plots}")

@@ -260,8 +260,32 @@ def save_grid_plot(view: GridView, path: Path) -> None:
     plt.close(figure)
 
 
-def render_report(experiment: Experiment, plots: Path | None, link_base: Path | None = None) -> str:
-    """The markdown report; writes one PNG per grid into `plots` when given."""
+def provenance(experiment: Experiment, commands: list[str]) -> list[str]:
+    """How the numbers were made: the commands, the machines the cells ran on, the compute spent."""
+    results = [r for c in experiment.cells if (r := read_cell_result(experiment, c))]
+    machines = sorted({r["machine"] for r in results if r.get("machine")})
+    training = sum((r.get("training") or {}).get("seconds") or 0 for r in results)
+    evaluating = sum(e.get("seconds") or 0 for r in results for e in (r.get("evaluation") or {}).values())
+    lines = ["Made with:", "", "```bash", *commands, "```", ""]
+    if machines:
+        lines += [f"Machine{'s' if len(machines) > 1 else ''}: " + "; ".join(machines) + "."]
+        lines += [
+            f"{len(results)} of {len(experiment.cells)} cells finished, "
+            f"{training / 3600:.1f} h of training and {evaluating / 3600:.1f} h of evaluation in all.",
+            "",
+        ]
+    return lines
+
+
+def render_report(
+    experiment: Experiment,
+    plots: Path | None,
+    link_base: Path | None = None,
+    discussion: str | None = None,
+    commands: list[str] | None = None,
+) -> str:
+    """The markdown report; writes one PNG per grid into `plots` when given. `discussion` (the
+    author's reading of the numbers, markdown) goes right after the header, before the tables."""
     lines = [f"# Experiment `{experiment.name}`", ""]
     lines += [
         f"Model `{experiment.model}`; shared training options `{json.dumps(experiment.train)}`; "
@@ -270,6 +294,10 @@ def render_report(experiment: Experiment, plots: Path | None, link_base: Path | 
         "fewer finished seeds than planned.",
         "",
     ]
+    if commands:
+        lines += provenance(experiment, commands)
+    if discussion:
+        lines += [discussion.strip(), ""]
     total_missing = []
     for name in experiment.grids:
         view = GridView(experiment, name)
