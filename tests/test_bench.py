@@ -85,3 +85,37 @@ def test_bench_eval_compares_imsm_with_the_same_adapter_without_it(tmp_path):
 def test_bench_decode_refuses_unknown_skips(capsys):
     assert main(["bench", "decode", "--skip", "fast"]) == 2
     assert "--skip takes any of merged, doubled, naive" in capsys.readouterr().err
+
+
+def test_bench_decode_builds_an_architecture_with_random_weights(tmp_path):
+    # A config and a tokenizer, no weights: what a user has for a model too big to download.
+    directory = save_tiny_model(tmp_path / "architecture")
+    for weights in directory.glob("*.safetensors"):
+        weights.unlink()
+    output = tmp_path / "decode.json"
+    code = main(
+        [
+            "bench", "decode", "--random-weights", "--model", str(directory), "--max-new-tokens", "4",
+            "--repeats", "1", "--skip", "naive,merged", "--dtype", "fp32", "--output", str(output),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(output.read_text())
+    assert result["random_weights"] is True and result["imsm_tokens_per_s"] > 0
+
+
+def test_bench_decode_random_weights_need_a_config(tmp_path, capsys):
+    code = main(["bench", "decode", "--random-weights", "--model", str(tmp_path / "nothing.json")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs --model to be a config.json" in err[0]
+
+
+def test_the_shipped_llama3_8b_architecture_is_a_valid_config():
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    values = json.loads((Path(__file__).resolve().parents[1] / "configs/architectures/llama3-8b.json").read_text())
+    config = AutoConfig.for_model(**values)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads) == (4096, 32, 8)

@@ -48,6 +48,12 @@ def add_bench_parser(commands, positive_int) -> None:
     decode.add_argument("--prompt-repeat", type=positive_int, default=1, help="repeat each prompt k times (1)")
     decode.add_argument("--naive-tokens", type=positive_int, default=16, help="tokens for the naive decoder (16)")
     decode.add_argument("--skip", default="", help="comma-separated: merged, doubled, naive (skip those)")
+    decode.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="--model is a config.json (or its directory): build that architecture with random weights "
+        "(speed does not depend on them), e.g. configs/architectures/llama3-8b.json",
+    )
     decode.set_defaults(handler=cmd_bench_decode)
 
     evaluate = modes.add_parser(
@@ -112,6 +118,7 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
         args.naive_tokens,
         args.prompt_repeat,
         include=tuple(x for x in optional if x not in skip),
+        random_weights=args.random_weights,
     )
     return _finish(args, "decode", result)
 

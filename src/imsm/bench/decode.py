@@ -28,14 +28,19 @@ PROMPTS = [
 ]
 
 
-def adapted_model(model_name: str, dtype: str, peft: str, fusion: str = "imsm", seed: int = 0):
-    """The model with a peft adapter whose weights look trained (speed does not depend on values)."""
+def adapted_model(
+    model_name: str, dtype: str, peft: str, fusion: str = "imsm", seed: int = 0, random_weights: bool = False
+):
+    """The model with a peft adapter whose weights look trained (speed does not depend on values).
+    With `random_weights`, `model_name` is a config.json (or its directory) built with random weights."""
     from imsm import IMSMConfig, get_imsm_model
+    from imsm.bench.random_weights import random_model_and_tokenizer
     from imsm.model.load import load_model_and_tokenizer
     from imsm.peft_methods.builders import build_peft_config
     from imsm.train.run import default_target_modules
 
-    base, tokenizer = load_model_and_tokenizer(model_name, dtype)
+    load = random_model_and_tokenizer if random_weights else load_model_and_tokenizer
+    base, tokenizer = load(model_name, dtype)
     targets = default_target_modules(peft, base.config.model_type)
     model = get_imsm_model(base, build_peft_config(peft, targets, total_step=100), IMSMConfig(fusion=fusion))
     generator = torch.Generator().manual_seed(seed)
@@ -69,9 +74,10 @@ def bench_decode(
     naive_tokens: int = 16,
     prompt_repeat: int = 1,
     include: tuple[str, ...] = ("merged", "doubled", "naive"),
+    random_weights: bool = False,
 ) -> dict[str, Any]:
-    model, tokenizer = adapted_model(model_name, dtype, peft)
-    result = {"model": model_name, "peft": peft}
+    model, tokenizer = adapted_model(model_name, dtype, peft, random_weights=random_weights)
+    result = {"model": model_name, "peft": peft, "random_weights": random_weights}
     result.update(
         time_decoders(model, tokenizer, batch_size, max_new_tokens, repetitions, naive_tokens, prompt_repeat, include)
     )
