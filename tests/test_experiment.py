@@ -241,6 +241,10 @@ def test_a_cell_held_by_another_worker_is_left_to_it(workspace, tmp_path):
     assert runner.is_done(experiment, free)
     assert any(busy.name in line and "another worker" in line for line in lines)
     assert "1 cells were running in other workers" in lines[-1]
+    with claimed(runner.claim_path(experiment, busy.name)):
+        assert runner.cell_state(experiment, busy) == "running"
+    assert runner.cell_state(experiment, busy) == "to run"
+    assert runner.cell_state(experiment, free) == "done"
     # Released, the next run takes it.
     runner.run_experiment(experiment, log=lines.append)
     assert runner.is_done(experiment, busy)

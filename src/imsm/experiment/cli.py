@@ -34,7 +34,7 @@ def add_experiment_parsers(commands) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from imsm.experiment.runner import is_done, run_experiment
+    from imsm.experiment.runner import cell_state, run_experiment
     from imsm.experiment.spec import load_experiment
 
     experiment = load_experiment(args.file)
@@ -45,10 +45,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise IMSMError(unknown_name_message("grid", args.grid, list(experiment.grids)))
     if args.dry_run:
         cells = [c for c in experiment.cells if args.grid is None or args.grid in c.grids]
+        counts: dict[str, int] = {}
         for cell in cells:
-            state = "done" if is_done(experiment, cell) else "to run"
+            state = cell_state(experiment, cell)
+            counts[state] = counts.get(state, 0) + 1
             print(f"{cell.name}: {state}; evaluate on {', '.join(cell.evaluate)} ({', '.join(cell.grids)})")
-        print(f"{len(cells)} cells; original row on {', '.join(experiment.original) or 'nothing'}")
+        summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+        print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
         return 0
     run_experiment(experiment, log=lambda line: print(f"imsm experiment: {line}", flush=True), only=args.grid)
     return 0

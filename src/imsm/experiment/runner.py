@@ -82,6 +82,17 @@ def is_done(experiment: Experiment, cell: Cell) -> bool:
     return result is not None and all(task in result["metrics"] for task in cell.evaluate)
 
 
+def cell_state(experiment: Experiment, cell: Cell) -> str:
+    """ "done", "running" (a worker holds its claim) or "to run"."""
+    if is_done(experiment, cell):
+        return "done"
+    lock = claim_path(experiment, cell.name)
+    if not lock.exists():
+        return "to run"
+    with claimed(lock) as free:
+        return "to run" if free else "running"
+
+
 def _evaluate(experiment: Experiment, model, tokenizer, tasks: list[str], data_dir) -> dict[str, Any]:
     from imsm.data import load_examples
     from imsm.evaluate import evaluate_task
