@@ -36,7 +36,7 @@ def test_gold_nll_is_the_models_own_loss_on_the_target():
     model, tokenizer = imsm_model(), tiny_tokenizer()
     formatter = PromptFormatter(tokenizer, use_chat_template=False)
     prompts, targets = ["w3 w4 w5", "w7 w8"], ["w9 w10", "w11"]
-    nll, margins = score_targets(model, formatter, prompts, targets, batch_size=2)
+    nll, margins, _ = score_targets(model, formatter, prompts, targets, batch_size=2)
     for prompt, target, value in zip(prompts, targets, nll, strict=True):
         prompt_ids, target_ids = formatter.prompt_ids(prompt), formatter.answer_ids(target)
         input_ids = torch.tensor([prompt_ids + target_ids])
@@ -47,10 +47,29 @@ def test_gold_nll_is_the_models_own_loss_on_the_target():
     assert margins == [None, None]
 
 
+def test_gate_weight_on_the_frozen_branch_is_read_per_example():
+    model, tokenizer = imsm_model(), tiny_tokenizer()
+    formatter = PromptFormatter(tokenizer, use_chat_template=False)
+    prompts, targets = ["w3 w4 w5 w6", "w7", "w8 w9"], ["w9 w10 w11", "w11", "w12 w13"]
+    with torch.no_grad():
+        model.gate.W_B.normal_(std=0.5)  # a gate that differs between positions and examples
+    _, _, together = score_targets(model, formatter, prompts, targets, batch_size=3)
+    _, _, alone = score_targets(model, formatter, prompts, targets, batch_size=1)
+    # Batched with padding and in length order, each example still gets its own targets' gate.
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert len(set(round(w, 4) for w in together)) == 3 and all(0 < w < 1 for w in together)
+    with torch.no_grad():
+        model.gate.W_B.zero_()  # sigmoid(0): both memories weighed equally everywhere
+    _, _, even = score_targets(model, formatter, prompts, targets, batch_size=3)
+    assert even == pytest.approx([0.5, 0.5, 0.5])
+    vanilla = get_imsm_model(tiny_model("llama"), peft_config("lora", "llama"), IMSMConfig(fusion="none"))
+    assert score_targets(vanilla.eval(), formatter, prompts, targets)[2] == [None, None, None]
+
+
 def test_yes_no_margin_is_the_first_token_log_odds():
     model, tokenizer = imsm_model(), tiny_tokenizer()
     formatter = PromptFormatter(tokenizer, use_chat_template=False)
-    _, margins = score_targets(model, formatter, ["w3 w4"], ["yes"], yes_no=True)
+    _, margins, _ = score_targets(model, formatter, ["w3 w4"], ["yes"], yes_no=True)
     # In the tiny vocabulary "yes" and "no" are both the unknown token, so the log-odds are 0.
     assert margins == [pytest.approx(0.0, abs=1e-6)]
 
@@ -69,7 +88,10 @@ def test_evaluate_task_reports_metrics_and_examples(spec):
         "hit@5",
         "gold_nll",
         "answer_chars",
+        "gate_frozen_weight",
     }
+    weights = [e["gate_frozen_weight"] for e in result.examples]
+    assert result.metrics["gate_frozen_weight"] == pytest.approx(sum(weights) / len(weights), abs=1e-4)
     assert len(result.examples) == 6 and all(0 <= result.metrics[m] <= 1 for m in ("exact_match", "contains"))
     expected = model.generate(torch.tensor([[3, 10, 20]]), max_new_tokens=3)[0, 3:]
     words = " ".join(f"w{int(i)}" for i in expected if int(i) > 2)

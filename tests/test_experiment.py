@@ -117,6 +117,7 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     assert "±" in report and "Original" in report and "Missing" not in report
     assert (tmp_path / "plots" / "main.png").stat().st_size > 1000
     assert "gate_rank=4" in report
+    assert "Gate weight on the frozen branch" in report  # IMSM rows only; vanilla has no gate
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(workspace, tmp_path, monkeypatch):
@@ -248,3 +249,15 @@ def test_a_cell_held_by_another_worker_is_left_to_it(workspace, tmp_path):
     # Released, the next run takes it.
     runner.run_experiment(experiment, log=lines.append)
     assert runner.is_done(experiment, busy)
+
+
+def test_per_task_options_do_not_split_a_methods_row(workspace, tmp_path):
+    probe, facts = str(workspace / "probe.yaml"), str(workspace / "facts.yaml")
+    grids = {"g": {"task": [probe, facts], "peft": "lora", "fusion": ["none", "imsm"]}}
+    path = write_config(workspace, tmp_path, grids=grids, original=[], task_options={facts: {"limit": 4}})
+    experiment = load_experiment(path)
+    assert len({c.config.get("limit") for c in experiment.cells}) == 2  # the option took effect
+    report = render_report(experiment, None)
+    table = report.split("## g", 1)[1].split("\n\n")[1]
+    # One row per method and fusion, each with a column per training task.
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == ["| LoRA", "| IMSM-LoRA"]

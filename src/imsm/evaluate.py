@@ -5,7 +5,10 @@ For every example the model generates an answer (batched, KV-cached, greedy), wh
 metrics score. A second, teacher-forced pass reads the likelihood of the task's target answer:
 its mean negative log-likelihood per token (no generation involved), and for yes/no tasks the
 first-token margin log p(yes) - log p(no), whose AUC over the corpus ignores any global yes/no
-bias. Both passes run the same model (base, peft or IMSM) through `IMSMModel`.
+bias. Both passes run the same model (base, peft or IMSM) through `IMSMModel`. For a gated IMSM
+model the teacher-forced pass also reads the gate: the mean weight g it gives the frozen branch
+(h = g h_frozen + (1 - g) h_tuned) over the target's tokens and features, which says how much of
+each answer comes from the base model's memory.
 """
 
 from __future__ import annotations
@@ -78,11 +81,12 @@ def score_targets(
     batch_size: int = 8,
     yes_no: bool = False,
     on_batch_done=None,
-) -> tuple[list[float], list[float | None]]:
+) -> tuple[list[float], list[float | None], list[float | None]]:
     """Teacher-forced scores of `targets` after `prompts`.
 
     Returns:
-        (mean NLL per target token in nats, first-token yes-vs-no log-odds margin or None).
+        (mean NLL per target token in nats, first-token yes-vs-no log-odds margin or None, mean
+        gate weight on the frozen branch over the target's tokens, or None without a gate).
     """
     tokenizer = formatter.tokenizer
     pad_id = formatter.pad_id
@@ -92,39 +96,58 @@ def score_targets(
     order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
     nll: list[float] = [math.nan] * len(pairs)
     margins: list[float | None] = [None] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        query_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        labels = torch.full_like(input_ids, IGNORE_INDEX)
-        for row, index in enumerate(rows):  # right padding: prompt, target, pads
-            prompt_ids, target_ids = pairs[index]
-            ids = prompt_ids + target_ids
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-            query_mask[row, : len(prompt_ids)] = True
-            labels[row, len(prompt_ids) : len(ids)] = torch.tensor(target_ids)
-        select = labels[:, 1:] != IGNORE_INDEX  # positions predicting a target token
-        select = torch.cat([select, torch.zeros_like(select[:, :1])], dim=1)  # [B, T]
-        device = model.device
-        logits = model.logits_at(
-            input_ids.to(device), attention_mask.to(device), query_mask.to(device), select.to(device)
-        )
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # [N, V]
-        rows_of, cols_of = select.nonzero(as_tuple=True)
-        gold = labels[rows_of, cols_of + 1]
-        token_log_probs = log_probs.gather(1, gold[:, None])[:, 0]  # [N]
-        for row, index in enumerate(rows):
-            mine = rows_of == row
-            nll[index] = float(-token_log_probs[mine].mean())
-            if yes_no:
-                first = log_probs[mine.nonzero()[0, 0]]  # the distribution of the answer's first token
-                margins[index] = float(torch.logsumexp(first[yes_ids], 0) - torch.logsumexp(first[no_ids], 0))
-        if on_batch_done is not None:
-            on_batch_done(len(rows))
-    return nll, margins
+    frozen_weights: list[float | None] = [None] * len(pairs)
+    gate_values: list[torch.Tensor] = []  # the gate's [N, d] output of the current batch
+    gate_hook = None
+    if getattr(model, "gate", None) is not None:
+        gate_hook = model.gate.register_forward_hook(lambda module, args, output: gate_values.append(output))
+    try:
+        for start in range(0, len(order), batch_size):
+            gate_values.clear()
+            _score_batch(model, pairs, order[start : start + batch_size], pad_id, yes_no, yes_ids, no_ids, nll, margins)
+            if gate_values:
+                # logits_at runs the gate once, on the target positions only, in row-major order.
+                per_position = gate_values[-1].float().mean(dim=-1).cpu()  # [N]
+                rows = order[start : start + batch_size]
+                counts = [len(pairs[i][1]) for i in rows]
+                for index, part in zip(rows, torch.split(per_position, counts), strict=True):
+                    frozen_weights[index] = float(part.mean())
+            if on_batch_done is not None:
+                on_batch_done(len(order[start : start + batch_size]))
+    finally:
+        if gate_hook is not None:
+            gate_hook.remove()
+    return nll, margins, frozen_weights
+
+
+def _score_batch(model, pairs, rows, pad_id, yes_no, yes_ids, no_ids, nll, margins) -> None:
+    """One batch of `score_targets`: fills `nll` and `margins` at the batch's indices."""
+    width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    query_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for row, index in enumerate(rows):  # right padding: prompt, target, pads
+        prompt_ids, target_ids = pairs[index]
+        ids = prompt_ids + target_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        query_mask[row, : len(prompt_ids)] = True
+        labels[row, len(prompt_ids) : len(ids)] = torch.tensor(target_ids)
+    select = labels[:, 1:] != IGNORE_INDEX  # positions predicting a target token
+    select = torch.cat([select, torch.zeros_like(select[:, :1])], dim=1)  # [B, T]
+    device = model.device
+    logits = model.logits_at(input_ids.to(device), attention_mask.to(device), query_mask.to(device), select.to(device))
+    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # [N, V]
+    rows_of, cols_of = select.nonzero(as_tuple=True)
+    gold = labels[rows_of, cols_of + 1]
+    token_log_probs = log_probs.gather(1, gold[:, None])[:, 0]  # [N]
+    for row, index in enumerate(rows):
+        mine = rows_of == row
+        nll[index] = float(-token_log_probs[mine].mean())
+        if yes_no:
+            first = log_probs[mine.nonzero()[0, 0]]  # the distribution of the answer's first token
+            margins[index] = float(torch.logsumexp(first[yes_ids], 0) - torch.logsumexp(first[no_ids], 0))
 
 
 def evaluate_task(
@@ -149,9 +172,10 @@ def evaluate_task(
         )
         nll: list[float] = [math.nan] * len(records)
         margins: list[float | None] = [None] * len(records)
+        frozen_weights: list[float | None] = [None] * len(records)
         if likelihood:
             targets = [task.target(r) for r in records]
-            nll, margins = score_targets(
+            nll, margins, frozen_weights = score_targets(
                 model, formatter, prompts, targets, batch_size, task.answer_type == "yes_no", bar.update
             )
     metric_names = list(task.metrics)
@@ -165,6 +189,8 @@ def evaluate_task(
     metrics["answer_chars"] = mean([len(p) for p in predictions])
     if likelihood:
         metrics["gold_nll"] = mean([v for v in nll if not math.isnan(v)])
+        if any(w is not None for w in frozen_weights):
+            metrics["gate_frozen_weight"] = mean([w for w in frozen_weights if w is not None])
     if task.answer_type == "yes_no":
         gold_yes = [int(yes_no_label(g[0]) == "yes") for g in golds]
         metrics["predicted_yes_rate"] = mean([float(yes_no_label(p) == "yes") for p in predictions])
@@ -184,6 +210,7 @@ def evaluate_task(
                 "scores": {name: per_example[name][i] for name in metric_names},
                 "gold_nll": None if math.isnan(nll[i]) else round(nll[i], 5),
                 "yes_no_margin": None if margins[i] is None else round(margins[i], 5),
+                "gate_frozen_weight": None if frozen_weights[i] is None else round(frozen_weights[i], 5),
             }
         )
     return TaskResult(task, split, metrics, examples, time.perf_counter() - started)

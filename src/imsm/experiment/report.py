@@ -25,6 +25,7 @@ FUSION_LABELS = {"none": "{}", "imsm": "IMSM-{}", "no-query": "IMSM-{} (no query
 METHOD_LABELS = {"lora": "LoRA", "ia3": "(IA)3", "adalora": "AdaLoRA", "dora": "DoRA", "loramoe": "LoRAMoE"}
 # Scores reported beside the paper's metric, where the task has them; lower is better for NLL.
 SIDE_SCORES = ("hit@5", "gold_nll", "yes_no_auc", "predicted_yes_rate")
+GATE_SCORE = "gate_frozen_weight"
 UNSCALED = {"gold_nll", "mcc"}  # shown as they are; every other score is a proportion, shown in %
 
 
@@ -97,7 +98,10 @@ class GridView:
         self.seeds = len({c.config["seed"] for c in self.cells})
 
     def row_key(self, cell: Cell) -> str:
-        return json.dumps({k: v for k, v in cell.config.items() if k not in ("task", "seed")}, sort_keys=True)
+        # Options set per training task (e.g. a smaller ROPES subset) belong to the column, not the row.
+        per_task = {key for options in self.experiment.task_options.values() for key in options}
+        ignored = {"task", "seed", *(per_task - set(self.varying))}
+        return json.dumps({k: v for k, v in cell.config.items() if k not in ignored}, sort_keys=True)
 
     def values(self, row: str, column: Column, metric: str) -> dict[int, float]:
         """seed -> metric, over the finished cells of this row and column."""
@@ -180,6 +184,24 @@ def side_score_table(view: GridView) -> list[str]:
         for column, score in pairs:
             entries.append(_format(list(view.values(row, column, score).values()), score, view.seeds))
         lines.append("| " + " | ".join(entries) + " |")
+    return lines
+
+
+def gate_table(view: GridView) -> list[str]:
+    """The gate's mean weight on the frozen branch over the gold answers' tokens, per gated row:
+    how much of each answer the base model's memory supplies (0.5 = both memories equally)."""
+    several = len(view.train_tasks) > 1
+    rows = {
+        row: [_format(list(view.values(row, c, GATE_SCORE).values()), GATE_SCORE, view.seeds) for c in view.columns]
+        for row in view.rows
+    }
+    rows = {row: entries for row, entries in rows.items() if any(e != "–" for e in entries)}
+    if not rows:
+        return []
+    headers = ["method"] + [c.label(several) for c in view.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row, entries in rows.items():
+        lines.append("| " + " | ".join([row_label(view.rows[row][0].config, view.varying), *entries]) + " |")
     return lines
 
 
@@ -306,6 +328,10 @@ def render_report(
         side = side_score_table(view)
         if side:
             lines += ["Length- and bias-independent scores:", ""] + side + [""]
+        gates = gate_table(view)
+        if gates:
+            lines += ["Gate weight on the frozen branch over the gold answers' tokens (%; 50 = both equally):", ""]
+            lines += gates + [""]
         tests = significance_table(view)
         if tests:
             lines += ["Paired t-tests (IMSM variant − vanilla, same seeds; two-sided):", ""] + tests + [""]
