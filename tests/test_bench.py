@@ -109,6 +109,10 @@ def test_bench_decode_random_weights_need_a_config(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs --model to be a config.json" in err[0]
+    (tmp_path / "other.json").write_text('{"hidden_size": 8}')
+    assert main(["bench", "decode", "--random-weights", "--model", str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a transformers model config" in err[0]
 
 
 def test_the_shipped_llama3_8b_architecture_is_a_valid_config():

@@ -37,8 +37,10 @@ def random_model_and_tokenizer(source: str, dtype: str = "auto", device: str | N
     config_file = _config_file(source)
     try:
         values = json.loads(config_file.read_text())
+        if not isinstance(values, dict) or "model_type" not in values:
+            raise ValueError("no model_type")
         config = AutoConfig.for_model(**values)
-    except (ValueError, KeyError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise IMSMError(f"{config_file}: not a transformers model config ({error}); fix the file") from None
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = resolve_dtype(dtype, target)
