@@ -20,6 +20,7 @@ from pathlib import Path
 
 from imsm.bench.decode import adapted_model, time_decoders
 from imsm.bench.machine import describe_machine
+from imsm.bench.output import write_json
 
 SWEEPS = {
     "batch_size": [1, 2, 4, 8, 16],
@@ -123,10 +124,7 @@ def main() -> None:
         "points": points,
     }
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.output.with_suffix(".tmp")
-        temporary.write_text(json.dumps(payload, indent=2) + "\n")
-        temporary.replace(args.output)
+        write_json(args.output, payload)
     if args.plot:
         plot(points, args.plot, f"{args.model}, {args.peft}, {payload['dtype']}: {payload['machine']}")
 

@@ -19,6 +19,7 @@ import torch
 from peft import LoraConfig
 
 from imsm import IMSMConfig, IMSMModel, get_imsm_model
+from imsm.bench.output import write_json
 from imsm.data import load_examples, resolve_data_dir
 from imsm.evaluate import score_targets
 from imsm.generate import generate_answers
@@ -86,8 +87,7 @@ def main() -> None:
     results["imsm_vs_lora"] = results["imsm-lora"]["eval_examples_per_s"] / results["lora"]["eval_examples_per_s"]
     print(json.dumps(results, indent=2))
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(results, handle, indent=2)
+        write_json(args.output, results)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from peft import LoraConfig
 
 from imsm import IMSMConfig, get_imsm_model
 from imsm.bench.decode import chat_batch
+from imsm.bench.output import write_json
 from imsm.bench.timing import interleaved_medians
 from imsm.model.load import load_model_and_tokenizer
 
@@ -117,8 +118,7 @@ def main() -> None:
     }
     print(json.dumps(results, indent=2))
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(results, handle, indent=2)
+        write_json(args.output, results)
 
 
 if __name__ == "__main__":

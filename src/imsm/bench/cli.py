@@ -8,6 +8,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from imsm.bench.output import write_json
+
 
 def add_bench_parser(commands, positive_int) -> None:
     bench = commands.add_parser(
@@ -94,7 +96,7 @@ def _finish(args, kind: str, result: dict) -> int:
     }
     print(json.dumps(payload, indent=2))
     if args.output:
-        _write_json(args.output, payload)
+        write_json(args.output, payload)
         print(f"results: {args.output}")
     return 0
 
@@ -139,13 +141,6 @@ def cmd_bench_eval(args: argparse.Namespace) -> int:
         doubled=not args.no_doubled,
     )
     return _finish(args, "eval", result)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    from imsm.evaluate import write_atomically
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(payload, indent=2) + "\n")
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
@@ -196,6 +191,6 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
             "settings": {**config, "task": Path(config["task"]).stem, "repeats": args.repeats},
             **summary,
         }
-        _write_json(args.output, payload)
+        write_json(args.output, payload)
         print(f"results: {args.output}")
     return 0
