@@ -176,3 +176,77 @@ def test_eval_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, extra, mess
         code = exit_.code
     assert code == 2 and message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def _evaluate_with_journal(spec, journal, settings=None):
+    from imsm.data import load_examples
+
+    task = get_task(str(spec))
+    formatter = PromptFormatter(tiny_tokenizer(), use_chat_template=False)
+    return evaluate_task(
+        imsm_model(), formatter, task, load_examples(task), "test", batch_size=2, progress=False,
+        journal_path=journal, run_settings=settings or {"model": "tiny"},
+    )  # fmt: skip
+
+
+def test_an_interrupted_evaluation_resumes_from_its_journal_with_identical_results(spec, tmp_path, monkeypatch):
+    import imsm.evaluate as evaluate_module
+
+    journal = tmp_path / "run.probe.partial.jsonl"
+    uninterrupted = _evaluate_with_journal(spec, tmp_path / "other.jsonl")
+    real_score = evaluate_module.score_targets
+
+    def killed_after_one_batch(*args, on_batch_done=None, **kwargs):
+        def once(rows, triples):
+            on_batch_done(rows, triples)
+            raise KeyboardInterrupt  # the session ends mid-task
+
+        return real_score(*args, on_batch_done=once, **kwargs)
+
+    monkeypatch.setattr(
+        evaluate_module, "score_targets", lambda *a, **k: killed_after_one_batch(*a[:6], on_batch_done=a[6])
+    )
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate_with_journal(spec, journal)
+    with journal.open("a") as file:
+        file.write('{"i": 5, "predic')  # a line cut short by the kill
+    monkeypatch.setattr(evaluate_module, "score_targets", real_score)
+    generated, scored = [], []
+    real_generate = evaluate_module.generate_answers
+    monkeypatch.setattr(
+        evaluate_module,
+        "generate_answers",
+        lambda m, f, prompts, *a: generated.extend(prompts) or real_generate(m, f, prompts, *a),
+    )
+    monkeypatch.setattr(
+        evaluate_module,
+        "score_targets",
+        lambda m, f, prompts, *a: scored.extend(prompts) or real_score(m, f, prompts, *a),
+    )
+    resumed = _evaluate_with_journal(spec, journal)
+    # All six answers and the first scored batch (two examples) came from the journal.
+    assert generated == [] and len(scored) == 4 and resumed.resumed_examples == 6
+    assert resumed.examples == uninterrupted.examples
+    assert resumed.metrics == pytest.approx(uninterrupted.metrics)
+    assert resumed.summary()["resumed_examples"] == 6 and resumed.summary()["examples_per_s"] is None
+    # The rows appended after the cut line are whole: a third run needs no model call at all.
+    generated.clear(), scored.clear()
+    assert _evaluate_with_journal(spec, journal).examples == uninterrupted.examples and not generated and not scored
+
+
+def test_a_journal_from_other_settings_is_started_afresh(spec, tmp_path):
+    journal = tmp_path / "run.probe.partial.jsonl"
+    first = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "aaaa"})
+    assert first.resumed_examples == 0 and len(journal.read_text().splitlines()) == 1 + 6 + 6
+    again = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "aaaa"})
+    assert again.resumed_examples == 6
+    other = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "bbbb"})
+    assert other.resumed_examples == 0 and other.examples == first.examples
+
+
+def test_eval_cli_removes_its_journal_once_results_are_written(spec, tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    output = tmp_path / "out" / "run.json"
+    argv = ["eval", "--model", str(model_dir), "--task", str(spec), "--output", str(output), "--dtype", "fp32"]
+    assert main([*argv, "--chat-template", "off"]) == 0
+    assert sorted(p.name for p in output.parent.iterdir()) == ["run.json", "run.probe.jsonl"]

@@ -155,6 +155,48 @@ def test_interrupted_training_resumes_from_its_checkpoint(workspace, tmp_path, m
     assert runner.is_done(experiment, experiment.cells[0])
 
 
+def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(workspace, tmp_path, monkeypatch):
+    facts = str(workspace / "facts.yaml")
+    grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "evaluate": ["target", facts]}}
+    path = write_config(workspace, tmp_path, grids=grids, original=[], eval={"limit": 4, "batch_size": 2})
+    experiment = load_experiment(path)
+    cell = experiment.cells[0]
+    import imsm.evaluate as evaluate_module
+
+    real_score = evaluate_module.score_targets
+
+    def killed_in_facts(model, formatter, prompts, targets, batch_size, yes_no, on_batch_done):
+        def once(rows, triples):
+            on_batch_done(rows, triples)
+            if len(rows) and prompts == facts_prompts:
+                raise KeyboardInterrupt  # the session ends in the second task's scoring pass
+
+        return real_score(model, formatter, prompts, targets, batch_size, yes_no, once)
+
+    from imsm.data import load_examples
+    from imsm.tasks import get_task
+
+    facts_task = get_task(facts)
+    facts_prompts = [facts_task.prompt(r) for r in load_examples(facts_task, None, None, 4)]
+    monkeypatch.setattr(evaluate_module, "score_targets", killed_in_facts)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment(experiment, log=lambda line: None)
+    kept = runner.read_cell_result(experiment, cell)
+    assert list(kept["metrics"]) == [str(workspace / "probe.yaml")] and not runner.is_done(experiment, cell)
+    assert (experiment.work / cell.name / "eval.facts.partial.jsonl").exists()
+
+    evaluated = []
+    monkeypatch.setattr(evaluate_module, "score_targets", real_score)
+    monkeypatch.setattr("imsm.train.run.train", lambda *a, **k: pytest.fail("a trained cell was trained again"))
+    real_generate = evaluate_module.generate_answers
+    monkeypatch.setattr(
+        evaluate_module, "generate_answers", lambda m, f, p, *a: evaluated.extend(p) or real_generate(m, f, p, *a)
+    )
+    runner.run_experiment(experiment, log=lambda line: None)
+    assert runner.is_done(experiment, cell) and evaluated == []  # the journal held every answer
+    assert not (experiment.work / cell.name / "eval.facts.partial.jsonl").exists()
+
+
 def test_results_from_other_settings_are_refused(workspace, tmp_path):
     path = write_config(workspace, tmp_path, original=[], grids={"g": {"task": str(workspace / "probe.yaml")}})
     runner.check_results_directory(load_experiment(path))

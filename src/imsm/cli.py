@@ -90,7 +90,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from imsm import __version__
     from imsm.data import load_examples, resolve_data_dir
-    from imsm.evaluate import evaluate_task, format_table, write_results
+    from imsm.eval_journal import directory_digest
+    from imsm.evaluate import evaluate_task, format_table, journal_path, write_results
     from imsm.prompting import PromptFormatter
     from imsm.tasks import parse_task_list
 
@@ -120,9 +121,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "likelihood": not args.no_likelihood,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch_version()}",
     }
-    results = []
+    # What shapes the answers, for the resume journals: a journal made under other settings is
+    # started afresh. The batch size is left out: greedy answers do not depend on it.
+    run_settings = {
+        "model": args.model,
+        "adapter": directory_digest(Path(args.adapter)) if args.adapter else None,
+        "dtype": header["dtype"],
+        "chat_template": formatter.use_chat_template,
+        "system": args.system,
+    }
+    results, journals = [], []
     for task in tasks:
         split = args.split or task.eval_split
+        journal = None if args.no_resume else journal_path(output, task)
         result = evaluate_task(
             model,
             formatter,
@@ -132,9 +143,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.batch_size,
             args.max_new_tokens,
             likelihood=not args.no_likelihood,
+            journal_path=journal,
+            run_settings=run_settings,
         )
+        if result.resumed_examples:
+            print(f"imsm: {task.name}: {result.resumed_examples} examples came from an interrupted run ({journal})")
         results.append(result)
+        journals.append(journal)
         write_results(output, header, results)  # after every task, so finished tasks are kept
+    for journal in journals:  # all results are written: the journals have done their job
+        if journal is not None:
+            journal.unlink(missing_ok=True)
     print(format_table(results))
     print(f"metrics: {output}")
     return 0
@@ -294,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--system", help="system message for the chat template")
     evaluate.add_argument(
         "--no-likelihood", action="store_true", help="skip the teacher-forced pass (gold NLL, yes/no margin and AUC)"
+    )
+    evaluate.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start afresh; by default a rerun after an interruption evaluates only the examples "
+        "its journal (OUTPUT-stem.TASK.partial.jsonl) lacks",
     )
     evaluate.set_defaults(handler=cmd_eval)
 

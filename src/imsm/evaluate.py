@@ -18,13 +18,14 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from imsm.eval_journal import EvalJournal, fingerprint
 from imsm.generate import generate_answers
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
 from imsm.model.siamese import IGNORE_INDEX, IMSMModel
@@ -44,10 +45,10 @@ class TaskResult:
     metrics: dict[str, float]
     examples: list[dict[str, Any]]
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    resumed_examples: int = 0  # answered by an earlier, interrupted run (from its journal)
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "version": self.task.version,
             "split": self.split,
             "source": self.task.source,
@@ -56,6 +57,10 @@ class TaskResult:
             "seconds": round(self.seconds, 2),
             "examples_per_s": round(len(self.examples) / self.seconds, 3) if self.seconds else None,
         }
+        if self.resumed_examples:
+            # `seconds` covers this run only, so a throughput over all examples would mislead.
+            summary.update(resumed_examples=self.resumed_examples, examples_per_s=None)
+        return summary
 
 
 def _word_token_ids(tokenizer, words: Sequence[str], formatter: PromptFormatter) -> list[int]:
@@ -87,6 +92,8 @@ def score_targets(
     Returns:
         (mean NLL per target token in nats, first-token yes-vs-no log-odds margin or None, mean
         gate weight on the frozen branch over the target's tokens, or None without a gate).
+        After each batch `on_batch_done(indices, scores)` receives the batch's indices and their
+        (nll, margin, weight) triples.
     """
     tokenizer = formatter.tokenizer
     pad_id = formatter.pad_id
@@ -104,16 +111,16 @@ def score_targets(
     try:
         for start in range(0, len(order), batch_size):
             gate_values.clear()
-            _score_batch(model, pairs, order[start : start + batch_size], pad_id, yes_no, yes_ids, no_ids, nll, margins)
+            rows = order[start : start + batch_size]
+            _score_batch(model, pairs, rows, pad_id, yes_no, yes_ids, no_ids, nll, margins)
             if gate_values:
                 # logits_at runs the gate once, on the target positions only, in row-major order.
                 per_position = gate_values[-1].float().mean(dim=-1).cpu()  # [N]
-                rows = order[start : start + batch_size]
                 counts = [len(pairs[i][1]) for i in rows]
                 for index, part in zip(rows, torch.split(per_position, counts), strict=True):
                     frozen_weights[index] = float(part.mean())
             if on_batch_done is not None:
-                on_batch_done(len(order[start : start + batch_size]))
+                on_batch_done(rows, [(nll[i], margins[i], frozen_weights[i]) for i in rows])
     finally:
         if gate_hook is not None:
             gate_hook.remove()
@@ -160,24 +167,89 @@ def evaluate_task(
     max_new_tokens: int | None = None,
     likelihood: bool = True,
     progress: bool = True,
+    journal_path: Path | None = None,
+    run_settings: dict[str, Any] | None = None,
 ) -> TaskResult:
-    """Generate, score and aggregate one task."""
+    """Generate, score and aggregate one task.
+
+    With `journal_path`, every finished batch is journaled there, and examples a journal from an
+    earlier, interrupted run with the same `run_settings` (model, adapter, dtype, ...), task and
+    texts already holds are not evaluated again. The caller removes the journal once the results
+    are written.
+    """
     started = time.perf_counter()
     prompts = [task.prompt(r) for r in records]
     golds = [task.golds(r) for r in records]
+    targets = [task.target(r) for r in records] if likelihood else []
+    max_new_tokens = max_new_tokens or task.max_new_tokens
+    journal = None
+    if journal_path is not None:
+        settings = {
+            **(run_settings or {}),
+            "task": task.name,
+            "task_version": task.version,
+            "split": split,
+            "max_new_tokens": max_new_tokens,
+            "likelihood": likelihood,
+        }
+        journal = EvalJournal(journal_path, fingerprint(settings, prompts + targets))
+    predictions: list[str] = [""] * len(records)
+    scores: list[tuple[float, float | None, float | None]] = [(math.nan, None, None)] * len(records)
+    if journal is not None:
+        for index, text in journal.predictions.items():
+            predictions[index] = text
+        for index, triple in journal.scores.items():
+            scores[index] = triple
+    to_answer = [i for i in range(len(records)) if journal is None or i not in journal.predictions]
+    to_score = [i for i in range(len(records)) if journal is None or i not in journal.scores] if likelihood else []
     passes = 2 if likelihood else 1
-    with tqdm(total=passes * len(records), desc=task.name, unit="ex", disable=not progress, leave=False) as bar:
-        predictions = generate_answers(
-            model, formatter, prompts, max_new_tokens or task.max_new_tokens, batch_size, on_batch_done=bar.update
-        )
-        nll: list[float] = [math.nan] * len(records)
-        margins: list[float | None] = [None] * len(records)
-        frozen_weights: list[float | None] = [None] * len(records)
-        if likelihood:
-            targets = [task.target(r) for r in records]
-            nll, margins, frozen_weights = score_targets(
-                model, formatter, prompts, targets, batch_size, task.answer_type == "yes_no", bar.update
-            )
+    done_before = passes * len(records) - len(to_answer) - len(to_score)
+    try:
+        with tqdm(
+            total=passes * len(records),
+            initial=done_before,
+            desc=task.name,
+            unit="ex",
+            disable=not progress,
+            leave=False,
+        ) as bar:
+
+            def answered(rows: list[int], texts: list[str]) -> None:
+                indices = [to_answer[r] for r in rows]
+                for index, text in zip(indices, texts, strict=True):
+                    predictions[index] = text
+                if journal is not None:
+                    journal.add_predictions(indices, texts)
+                bar.update(len(rows))
+
+            def scored(rows: list[int], triples: list[tuple[float, float | None, float | None]]) -> None:
+                indices = [to_score[r] for r in rows]
+                for index, triple in zip(indices, triples, strict=True):
+                    scores[index] = triple
+                if journal is not None:
+                    journal.add_scores(indices, triples)
+                bar.update(len(rows))
+
+            if to_answer:
+                generate_answers(
+                    model, formatter, [prompts[i] for i in to_answer], max_new_tokens, batch_size, answered
+                )
+            if to_score:
+                score_targets(
+                    model,
+                    formatter,
+                    [prompts[i] for i in to_score],
+                    [targets[i] for i in to_score],
+                    batch_size,
+                    task.answer_type == "yes_no",
+                    scored,
+                )
+    finally:
+        if journal is not None:
+            journal.close()
+    nll = [s[0] for s in scores]
+    margins = [s[1] for s in scores]
+    frozen_weights = [s[2] for s in scores]
     metric_names = list(task.metrics)
     if task.answer_type == "text" and "hit@5" not in metric_names:
         metric_names.append("hit@5")  # the length-independent companion of "contains"
@@ -213,7 +285,8 @@ def evaluate_task(
                 "gate_frozen_weight": None if frozen_weights[i] is None else round(frozen_weights[i], 5),
             }
         )
-    return TaskResult(task, split, metrics, examples, time.perf_counter() - started)
+    resumed = len(records) - len(to_answer)
+    return TaskResult(task, split, metrics, examples, time.perf_counter() - started, resumed)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -227,6 +300,11 @@ def predictions_path(output: Path, task: Task) -> Path:
     """Per-example file beside the metrics file: `results.json` -> `results.mrpc.jsonl`."""
     safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task.name)
     return output.with_name(f"{output.stem}.{safe_name}.jsonl")
+
+
+def journal_path(output: Path, task: Task) -> Path:
+    """Resume journal beside the metrics file: `results.json` -> `results.mrpc.partial.jsonl`."""
+    return predictions_path(output, task).with_suffix(".partial.jsonl")
 
 
 def write_results(output: Path, header: dict[str, Any], results: list[TaskResult]) -> None:

@@ -17,11 +17,12 @@ def generate_answers(
     prompts: Sequence[str],
     max_new_tokens: int = 128,
     batch_size: int = 8,
-    on_batch_done: Callable[[int], None] | None = None,
+    on_batch_done: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
     """Greedy answers to `prompts`, decoded without special tokens, in input order.
 
-    Prompts are batched by length (longest first) so little padding is decoded.
+    Prompts are batched by length (longest first) so little padding is decoded. After each batch
+    `on_batch_done(indices, answers)` receives the batch's prompt indices and answers.
     """
     tokenizer = formatter.tokenizer
     pad_id = formatter.pad_id
@@ -44,8 +45,9 @@ def generate_answers(
             pad_token_id=pad_id,
         )
         texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        texts = [text.strip() for text in texts]
         for index, text in zip(rows, texts, strict=True):
-            answers[index] = text.strip()
+            answers[index] = text
         if on_batch_done is not None:
-            on_batch_done(len(rows))
+            on_batch_done(rows, texts)
     return answers

@@ -93,29 +93,28 @@ def cell_state(experiment: Experiment, cell: Cell) -> str:
         return "to run" if free else "running"
 
 
-def _evaluate(experiment: Experiment, model, tokenizer, tasks: list[str], data_dir) -> dict[str, Any]:
+def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, journal: Path, settings) -> dict[str, Any]:
+    """One task's summary; finished batches are journaled in `journal`, removed once done."""
     from imsm.data import load_examples
     from imsm.evaluate import evaluate_task
     from imsm.prompting import PromptFormatter
     from imsm.tasks import get_task
 
-    formatter = PromptFormatter.for_tokenizer(tokenizer)
-    outcome = {}
-    for name in tasks:
-        task = get_task(name)
-        records = load_examples(task, None, data_dir, experiment.eval_limit(name))
-        result = evaluate_task(
-            model,
-            formatter,
-            task,
-            records,
-            task.eval_split,
-            experiment.eval.get("batch_size", 16),
-            experiment.eval.get("max_new_tokens"),
-            likelihood=experiment.eval.get("likelihood", True),
-        )
-        outcome[name] = result.summary()
-    return outcome
+    task = get_task(name)
+    records = load_examples(task, None, data_dir, experiment.eval_limit(name))
+    result = evaluate_task(
+        model,
+        PromptFormatter.for_tokenizer(tokenizer),
+        task,
+        records,
+        task.eval_split,
+        experiment.eval.get("batch_size", 16),
+        experiment.eval.get("max_new_tokens"),
+        likelihood=experiment.eval.get("likelihood", True),
+        journal_path=journal,
+        run_settings=settings,
+    )
+    return result.summary()
 
 
 def run_original(experiment: Experiment, data_dir, log) -> None:
@@ -137,15 +136,18 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
             if model is None:
                 base, tokenizer = load_model_and_tokenizer(experiment.model, experiment.train.get("dtype", "auto"))
                 model = IMSMModel(base, IMSMConfig(fusion="none")).eval()
-            summary = _evaluate(experiment, model, tokenizer, [task], data_dir)[task]
+            journal = experiment.work / f"original.{Path(task).stem}.partial.jsonl"
+            summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, {"model": experiment.model})
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, json.dumps({"task": task, "model": experiment.model, **summary}, indent=2) + "\n")
+            journal.unlink(missing_ok=True)
 
 
 def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any]:
     """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json."""
     from imsm import IMSMModel
     from imsm.bench.machine import describe_machine
+    from imsm.eval_journal import directory_digest
     from imsm.model.load import load_model_and_tokenizer
     from imsm.train.checkpoint import latest_checkpoint
     from imsm.train.config import TrainConfig
@@ -167,15 +169,6 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
         log(f"{cell.name}: {'resuming' if resume else 'training'}")
         train(config)
     summary = json.loads((run / SUMMARY).read_text())
-    previous = read_cell_result(experiment, cell) or {"metrics": {}, "evaluation": {}}
-    missing = [t for t in cell.evaluate if t not in previous["metrics"]]
-    if missing:
-        log(f"{cell.name}: evaluating on {', '.join(missing)}")
-        base, tokenizer = load_model_and_tokenizer(cell.config["model"], cell.config["dtype"])
-        model = IMSMModel.from_pretrained(base, run).eval()
-        for task, task_summary in _evaluate(experiment, model, tokenizer, missing, data_dir).items():
-            previous["metrics"][task] = task_summary.pop("metrics")
-            previous["evaluation"][task] = task_summary
     result = {
         "cell": cell.name,
         "grids": cell.grids,
@@ -185,14 +178,36 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
             k: summary.get(k) for k in ("steps", "final_loss", "seconds", "frozen_cache_seconds", "tokens_per_s")
         },
         "examples": summary["resolved"]["examples"],
-        "metrics": previous["metrics"],
-        "evaluation": previous["evaluation"],
-        "machine": describe_machine(),
-        "updated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "metrics": {},
+        "evaluation": {},
     }
+    previous = read_cell_result(experiment, cell) or {}
+    result["metrics"].update(previous.get("metrics", {}))
+    result["evaluation"].update(previous.get("evaluation", {}))
     path = cell_result_path(experiment, cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(result, indent=2, default=str) + "\n")
+
+    def write_result() -> None:
+        result.update(
+            machine=describe_machine(), updated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(result, indent=2, default=str) + "\n")
+
+    missing = [t for t in cell.evaluate if t not in result["metrics"]]
+    if missing:
+        log(f"{cell.name}: evaluating on {', '.join(missing)}")
+        base, tokenizer = load_model_and_tokenizer(cell.config["model"], cell.config["dtype"])
+        model = IMSMModel.from_pretrained(base, run).eval()
+        settings = {"cell": cell.name, "adapter": directory_digest(run)}
+        for task in missing:  # each task's result is kept as soon as it is in
+            journal = run / f"eval.{Path(task).stem}.partial.jsonl"
+            task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings)
+            result["metrics"][task] = task_summary.pop("metrics")
+            result["evaluation"][task] = task_summary
+            write_result()
+            journal.unlink(missing_ok=True)
+    else:
+        write_result()
     return result
 
 
