@@ -10,7 +10,8 @@ import torch
 from conftest import peft_config, perturb_adapter, save_tiny_model, tiny_model, tiny_tokenizer
 from imsm import IMSMConfig, IMSMModel, get_imsm_model
 from imsm.cli import main
-from imsm.evaluate import evaluate_task, score_targets
+from imsm.evaluate import answer_and_score, evaluate_task, score_targets
+from imsm.generate import generate_answers
 from imsm.prompting import PromptFormatter
 from imsm.tasks import get_task
 
@@ -64,6 +65,28 @@ def test_gate_weight_on_the_frozen_branch_is_read_per_example():
     assert even == pytest.approx([0.5, 0.5, 0.5])
     vanilla = get_imsm_model(tiny_model("llama"), peft_config("lora", "llama"), IMSMConfig(fusion="none"))
     assert score_targets(vanilla.eval(), formatter, prompts, targets)[2] == [None, None, None]
+
+
+@pytest.mark.parametrize("fusion", ["imsm", "no-query", "mean", "none"])
+def test_one_pass_gives_the_separate_passes_answers_and_scores(fusion):
+    model = get_imsm_model(tiny_model("llama"), peft_config("lora", "llama"), IMSMConfig(fusion=fusion))
+    perturb_adapter(model)
+    if model.gate is not None:
+        torch.nn.init.normal_(model.gate.W_B, std=1.0)  # a gate that varies, so its weights are checked
+    model.eval()
+    formatter = PromptFormatter(tiny_tokenizer(), use_chat_template=False)
+    # Prompts of several lengths (left padding), targets of one to four tokens (right padding).
+    prompts = ["w3 w4 w5 w6 w7", "w8", "w9 w10 w11", "w12 w13", "w14 w15 w16 w17"]
+    targets = ["w20 w21 w22 w23", "w24", "w25 w26", "w27", "w28 w29 w30"]
+    answers, nll, margins, weights = answer_and_score(model, formatter, prompts, targets, 6, 3, yes_no=True)
+    assert answers == generate_answers(model, formatter, prompts, 6, 3)
+    expected_nll, expected_margins, expected_weights = score_targets(model, formatter, prompts, targets, 3, True)
+    assert nll == pytest.approx(expected_nll, abs=1e-5)
+    assert margins == pytest.approx(expected_margins, abs=1e-5)
+    if model.gate is None:
+        assert weights == expected_weights == [None] * 5
+    else:
+        assert weights == pytest.approx(expected_weights, abs=1e-5)
 
 
 def test_yes_no_margin_is_the_first_token_log_odds():
@@ -194,50 +217,70 @@ def test_an_interrupted_evaluation_resumes_from_its_journal_with_identical_resul
 
     journal = tmp_path / "run.probe.partial.jsonl"
     uninterrupted = _evaluate_with_journal(spec, tmp_path / "other.jsonl")
-    real_score = evaluate_module.score_targets
+    real_pass = evaluate_module.answer_and_score
 
-    def killed_after_one_batch(*args, on_batch_done=None, **kwargs):
-        def once(rows, triples):
-            on_batch_done(rows, triples)
+    def killed_after_one_batch(*args):
+        *arguments, on_batch_done = args
+
+        def once(rows, texts, triples):
+            on_batch_done(rows, texts, triples)
             raise KeyboardInterrupt  # the session ends mid-task
 
-        return real_score(*args, on_batch_done=once, **kwargs)
+        return real_pass(*arguments, once)
 
-    monkeypatch.setattr(
-        evaluate_module, "score_targets", lambda *a, **k: killed_after_one_batch(*a[:6], on_batch_done=a[6])
-    )
+    monkeypatch.setattr(evaluate_module, "answer_and_score", killed_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
         _evaluate_with_journal(spec, journal)
     with journal.open("a") as file:
         file.write('{"i": 5, "predic')  # a line cut short by the kill
-    monkeypatch.setattr(evaluate_module, "score_targets", real_score)
-    generated, scored = [], []
-    real_generate = evaluate_module.generate_answers
-    monkeypatch.setattr(
-        evaluate_module,
-        "generate_answers",
-        lambda m, f, prompts, *a: generated.extend(prompts) or real_generate(m, f, prompts, *a),
-    )
+    calls = {"one pass": [], "answers": [], "scores": []}
+
+    def counting(name, real):
+        return lambda model, formatter, prompts, *rest: (
+            calls[name].extend(prompts) or real(model, formatter, prompts, *rest)
+        )
+
+    monkeypatch.setattr(evaluate_module, "answer_and_score", counting("one pass", real_pass))
+    monkeypatch.setattr(evaluate_module, "generate_answers", counting("answers", evaluate_module.generate_answers))
+    monkeypatch.setattr(evaluate_module, "score_targets", counting("scores", evaluate_module.score_targets))
+    resumed = _evaluate_with_journal(spec, journal)
+    # The first batch (two examples) came from the journal; the other four ran in one pass.
+    assert [len(v) for v in calls.values()] == [4, 0, 0] and resumed.resumed_examples == 2
+    assert resumed.examples == uninterrupted.examples
+    assert resumed.metrics == pytest.approx(uninterrupted.metrics)
+    assert resumed.summary()["resumed_examples"] == 2 and resumed.summary()["examples_per_s"] is None
+    # The rows appended after the cut line are whole: a third run needs no model call at all.
+    for seen in calls.values():
+        seen.clear()
+    assert _evaluate_with_journal(spec, journal).examples == uninterrupted.examples
+    assert not any(calls.values())
+
+
+def test_half_an_example_in_a_journal_is_completed_by_the_missing_pass(spec, tmp_path, monkeypatch):
+    import imsm.evaluate as evaluate_module
+
+    journal = tmp_path / "run.probe.partial.jsonl"
+    complete = _evaluate_with_journal(spec, journal)
+    lines = journal.read_text().splitlines()
+    rows = [json.loads(line) for line in lines[1:]]
+    # Keep every answer but only two scores, as the separate passes of an older run would.
+    kept = [r for r in rows if "prediction" in r] + [r for r in rows if "nll" in r][:2]
+    journal.write_text("".join(line + "\n" for line in [lines[0], *map(json.dumps, kept)]))
+    scored = []
+    real_score = evaluate_module.score_targets
     monkeypatch.setattr(
         evaluate_module,
         "score_targets",
-        lambda m, f, prompts, *a: scored.extend(prompts) or real_score(m, f, prompts, *a),
+        lambda m, f, prompts, *rest: scored.extend(prompts) or real_score(m, f, prompts, *rest),
     )
     resumed = _evaluate_with_journal(spec, journal)
-    # All six answers and the first scored batch (two examples) came from the journal.
-    assert generated == [] and len(scored) == 4 and resumed.resumed_examples == 6
-    assert resumed.examples == uninterrupted.examples
-    assert resumed.metrics == pytest.approx(uninterrupted.metrics)
-    assert resumed.summary()["resumed_examples"] == 6 and resumed.summary()["examples_per_s"] is None
-    # The rows appended after the cut line are whole: a third run needs no model call at all.
-    generated.clear(), scored.clear()
-    assert _evaluate_with_journal(spec, journal).examples == uninterrupted.examples and not generated and not scored
+    assert len(scored) == 4 and resumed.examples == complete.examples
 
 
 def test_a_journal_from_other_settings_is_started_afresh(spec, tmp_path):
     journal = tmp_path / "run.probe.partial.jsonl"
     first = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "aaaa"})
-    assert first.resumed_examples == 0 and len(journal.read_text().splitlines()) == 1 + 6 + 6
+    assert first.resumed_examples == 0 and len(journal.read_text().splitlines()) == 1 + 6 + 6  # answers, scores
     again = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "aaaa"})
     assert again.resumed_examples == 6
     other = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "bbbb"})

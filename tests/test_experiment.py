@@ -163,22 +163,22 @@ def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(wor
     cell = experiment.cells[0]
     import imsm.evaluate as evaluate_module
 
-    real_score = evaluate_module.score_targets
+    real_pass = evaluate_module.answer_and_score
 
-    def killed_in_facts(model, formatter, prompts, targets, batch_size, yes_no, on_batch_done):
-        def once(rows, triples):
-            on_batch_done(rows, triples)
-            if len(rows) and prompts == facts_prompts:
-                raise KeyboardInterrupt  # the session ends in the second task's scoring pass
+    def killed_in_facts(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, on_batch_done):
+        def once(rows, texts, triples):
+            on_batch_done(rows, texts, triples)
+            if prompts == facts_prompts:
+                raise KeyboardInterrupt  # the session ends in the second task, after one batch
 
-        return real_score(model, formatter, prompts, targets, batch_size, yes_no, once)
+        return real_pass(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, once)
 
     from imsm.data import load_examples
     from imsm.tasks import get_task
 
     facts_task = get_task(facts)
     facts_prompts = [facts_task.prompt(r) for r in load_examples(facts_task, None, None, 4)]
-    monkeypatch.setattr(evaluate_module, "score_targets", killed_in_facts)
+    monkeypatch.setattr(evaluate_module, "answer_and_score", killed_in_facts)
     with pytest.raises(KeyboardInterrupt):
         runner.run_experiment(experiment, log=lambda line: None)
     kept = runner.read_cell_result(experiment, cell)
@@ -186,14 +186,12 @@ def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(wor
     assert (experiment.work / cell.name / "eval.facts.partial.jsonl").exists()
 
     evaluated = []
-    monkeypatch.setattr(evaluate_module, "score_targets", real_score)
     monkeypatch.setattr("imsm.train.run.train", lambda *a, **k: pytest.fail("a trained cell was trained again"))
-    real_generate = evaluate_module.generate_answers
     monkeypatch.setattr(
-        evaluate_module, "generate_answers", lambda m, f, p, *a: evaluated.extend(p) or real_generate(m, f, p, *a)
+        evaluate_module, "answer_and_score", lambda m, f, p, *a: evaluated.extend(p) or real_pass(m, f, p, *a)
     )
     runner.run_experiment(experiment, log=lambda line: None)
-    assert runner.is_done(experiment, cell) and evaluated == []  # the journal held every answer
+    assert runner.is_done(experiment, cell) and len(evaluated) == 2  # the journal held the first batch
     assert not (experiment.work / cell.name / "eval.facts.partial.jsonl").exists()
 
 

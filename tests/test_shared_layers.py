@@ -15,7 +15,7 @@ from peft import IA3Config, LoraConfig
 
 from conftest import ARCHITECTURES, perturb_adapter, random_batch, tiny_model
 from imsm import IMSMConfig, get_imsm_model
-from imsm.model.decode import naive_generate
+from imsm.model.decode import generate_and_score, naive_generate
 
 LAYERS = 4
 UPPER = [2, 3]
@@ -140,6 +140,27 @@ def test_a_prompt_decodes_the_same_alone_and_in_a_padded_batch_with_shared_layer
         model.share_lower_layers = True
         assert torch.equal(alone, reference)
         assert torch.equal(alone[0, prompt.shape[1] :], batched[row, T:])
+
+
+def test_one_pass_scoring_with_shared_layers_reads_the_full_forwards_log_probs(architecture, method):
+    """Targets fed through the prefilled cache (with the batch doubling at the first adapted
+    layer), then cut off again: the scores are a full forward's, the answers `generate`'s."""
+    model = build(architecture, adapter_config(method, architecture))
+    input_ids, attention_mask = random_batch(batch_size=3, length=7)
+    targets = [[5, 6, 7], [8], [9, 10]]
+    model.share_lower_layers = True
+    ids, scores = generate_and_score(model, input_ids, attention_mask, targets, max_new_tokens=4, eos_token_id=[])
+    assert torch.equal(ids, naive_generate(model, input_ids, attention_mask, max_new_tokens=4, eos_token_id=[]))
+    for row, target in enumerate(targets):
+        prompt = input_ids[row][attention_mask[row].bool()].tolist()
+        full = torch.tensor([prompt + target])
+        query_mask = torch.tensor([[True] * len(prompt) + [False] * len(target)])
+        with torch.no_grad():
+            logits = model(full, query_mask=query_mask).logits[0].float()  # [T, V]
+        expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)  # the positions predicting the target
+        gathered = expected.gather(1, torch.tensor(target)[:, None])[:, 0]
+        assert torch.allclose(scores.log_probs[row], gathered, atol=1e-4)
+        assert torch.allclose(scores.first_log_probs[row], expected[0], atol=1e-4)
 
 
 def test_eager_attention_decodes_the_same_with_shared_layers():

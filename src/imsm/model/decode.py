@@ -12,7 +12,9 @@ decoder.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -52,6 +54,23 @@ def _prepare(model: IMSMModel, input_ids, attention_mask, eos_token_id, pad_toke
     return input_ids, attention_mask, eos_ids, pad_token_id
 
 
+@dataclass
+class TargetScores:
+    """What one teacher-forced target reads, taken from the prompt's prefill (`generate_and_score`).
+
+    Attributes:
+        log_probs: per row, log p of each target token given the prompt and the tokens before
+            it, fp32 [L_i].
+        first_log_probs: log-distribution of each row's first answer token, fp32 [B, V].
+        frozen_weights: per row, the gate's mean weight on the frozen branch over the positions
+            that predict the target; None for models without a gate.
+    """
+
+    log_probs: list[torch.Tensor]
+    first_log_probs: torch.Tensor
+    frozen_weights: list[float | None]
+
+
 @torch.no_grad()
 def generate(
     model: IMSMModel,
@@ -73,6 +92,35 @@ def generate(
 
     A row stops at its first EOS; decoding stops when every row has, or at the cap.
     """
+    return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id)[0]
+
+
+@torch.no_grad()
+def generate_and_score(
+    model: IMSMModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    targets: Sequence[Sequence[int]],
+    max_new_tokens: int = 64,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+) -> tuple[torch.Tensor, TargetScores]:
+    """`generate`, plus the teacher-forced scores of a given target after each prompt.
+
+    Evaluation wants both the greedy answer and the gold answer's likelihood. Both start from the
+    same prompt, so the prompt is encoded once: after prefill the targets (one per row, at least
+    one token each) run through the cache, the cache is cut back to the prompt, and decoding goes
+    on exactly as `generate` would. The answers are `generate`'s; the scores equal a separate
+    teacher-forced pass over prompt + target.
+    """
+    if len(targets) != input_ids.shape[0] or any(len(t) == 0 for t in targets):
+        raise ValueError("generate_and_score needs one non-empty target per prompt")
+    ids, scores = _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, targets)
+    return ids, scores
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, targets=None):
+    """Prefill, optionally score `targets` from the prompt's cache, then decode greedily."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     model.router.check_unmerged()
@@ -92,6 +140,7 @@ def generate(
     sharing = doubled_from(model.decoder_layers, shared, B) if shared else contextlib.nullcontext()
     mask = attention_mask.repeat(entering, 1)  # [entering*B, T]
     positions = position_ids_from_mask(mask)  # [entering*B, T]
+    scores = None
 
     with sharing:
         # Prefill: both branches over the prompt, one forward.
@@ -104,11 +153,20 @@ def generate(
             query_term = model.gate.query_term(
                 masked_mean(hidden[:B], attention_mask), masked_mean(hidden[B:], attention_mask)
             )  # [B, r]
+        last = hidden[:, -1]  # [copies*B, d]
+        position = positions[:, -1:]  # [entering*B, 1]
+        if targets is not None:
+            croppable = hasattr(cache, "crop")  # transformers' caches; a copy for anything else
+            scoring_cache = cache if croppable else copy.deepcopy(cache)
+            scores = _score_from_cache(
+                model, scoring_cache, mask, position, last, query_term, targets, entering, branch
+            )
+            added = max(len(t) for t in targets) - 1  # target tokens fed through the cache
+            if croppable and added:
+                cache.crop(-added)  # back to the prompt alone (a negative count in every version)
 
         unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
-        last = hidden[:, -1]  # [copies*B, d]
-        position = positions[:, -1:]  # [entering*B, 1]
         for _ in range(max_new_tokens):
             frozen_last = last[:B] if siamese else None
             fused = fuse(model.fusion, model.gate, frozen_last, last[-B:], query_term)  # [B, d]
@@ -126,7 +184,63 @@ def generate(
             output = model.branch_hidden_states(step_ids, mask, branch, position, cache=cache, use_cache=True)
             cache = output["cache"] if "cache" in output else output["past_key_values"]
             last = output.last_hidden_state[:, -1]  # [copies*B, d]
-    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1), scores
+
+
+_LOGIT_SLICE = 2048  # target positions whose logits are held at once
+
+
+def _score_from_cache(model, cache, mask, position, last, query_term, targets, entering, branch) -> TargetScores:
+    """Teacher-forced log-probabilities of `targets` after the prefilled prompts in `cache`.
+
+    Position j of a target is predicted by the prompt's last state (j = 0) or by target token
+    j - 1, so only the first L - 1 target tokens run through the model: a one-token answer
+    ("yes") costs no forward at all.
+    """
+    B = len(targets)
+    L = max(len(t) for t in targets)
+    device = mask.device
+    target_ids = torch.zeros((B, L), dtype=torch.long, device=device)
+    target_mask = torch.zeros((B, L), dtype=torch.bool, device=device)
+    for row, ids in enumerate(targets):  # right padding: a row's pads follow its last token
+        target_ids[row, : len(ids)] = torch.tensor(list(ids), device=device)
+        target_mask[row, : len(ids)] = True
+    states = last[:, None]  # [copies*B, 1, d]
+    if L > 1:
+        fed = target_ids[:, : L - 1].repeat(entering, 1)  # [entering*B, L-1]
+        fed_mask = torch.cat([mask, target_mask[:, : L - 1].to(mask.dtype).repeat(entering, 1)], dim=1)
+        fed_positions = position + torch.arange(1, L, device=device)  # [entering*B, L-1]
+        output = model.branch_hidden_states(fed, fed_mask, branch, fed_positions, cache=cache, use_cache=True)
+        states = torch.cat([states, output.last_hidden_state], dim=1)  # [copies*B, L, d]
+    rows, cols = target_mask.nonzero(as_tuple=True)  # [N] row-major: each row's targets in order
+    tuned = states[-B:][rows, cols]  # [N, d]
+    frozen = states[:B][rows, cols] if model.imsm_config.is_siamese else None
+    selected_query = None if query_term is None else query_term[rows]  # [N, r]
+    fused = fuse(model.fusion, model.gate, frozen, tuned, selected_query)  # [N, d]
+    gold = target_ids[rows, cols]  # [N]
+    counts = [len(t) for t in targets]
+    first_rows = torch.tensor([sum(counts[:row]) for row in range(B)], device=device)  # [B] index in N
+    # Logits in slices: long targets (GSM8K's worked answers) times a 50k vocabulary would
+    # otherwise hold gigabytes at once.
+    token_log_probs = torch.empty(len(gold), dtype=torch.float32, device=device)  # [N]
+    first_log_probs = None  # [B, V]
+    for start in range(0, len(gold), _LOGIT_SLICE):
+        end = min(start + _LOGIT_SLICE, len(gold))
+        log_probs = torch.log_softmax(model.output_head(fused[start:end]).float(), dim=-1)  # [n, V]
+        token_log_probs[start:end] = log_probs.gather(1, gold[start:end, None])[:, 0]
+        if first_log_probs is None:
+            first_log_probs = torch.empty((B, log_probs.shape[1]), dtype=torch.float32, device=device)
+        here = (first_rows >= start) & (first_rows < end)  # rows whose first target token is in the slice
+        first_log_probs[here] = log_probs[first_rows[here] - start]
+    frozen_weights: list[float | None] = [None] * B
+    if model.gate is not None:
+        g = model.gate(frozen, tuned, selected_query).float().mean(dim=-1)  # [N]
+        frozen_weights = [float(part.mean()) for part in torch.split(g.cpu(), counts)]
+    return TargetScores(
+        log_probs=list(torch.split(token_log_probs.cpu(), counts)),
+        first_log_probs=first_log_probs.cpu(),
+        frozen_weights=frozen_weights,
+    )
 
 
 @torch.no_grad()
