@@ -118,6 +118,7 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     assert (tmp_path / "plots" / "main.png").stat().st_size > 1000
     assert "gate_rank=4" in report
     assert "Gate weight on the frozen branch" in report  # IMSM rows only; vanilla has no gate
+    assert "facts answer_chars" in report  # the length "contains" moves with, beside hit@5
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(workspace, tmp_path, monkeypatch):
@@ -301,3 +302,11 @@ def test_per_task_options_do_not_split_a_methods_row(workspace, tmp_path):
     table = report.split("## g", 1)[1].split("\n\n")[1]
     # One row per method and fusion, each with a column per training task.
     assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == ["| LoRA", "| IMSM-LoRA"]
+
+
+def test_report_scales_proportions_and_mcc_to_percent_but_not_nll_or_lengths():
+    from imsm.experiment.report import _format
+
+    assert _format([0.253, 0.247], "mcc", 2) == "25.0 ± 0.4"  # as the paper prints CoLA
+    assert _format([0.5], "accuracy", 1) == "50.0"
+    assert _format([4.8765], "gold_nll", 1) == "4.877" and _format([14.92], "answer_chars", 3) == "14.9 (n=1)"

@@ -26,7 +26,8 @@ METHOD_LABELS = {"lora": "LoRA", "ia3": "(IA)3", "adalora": "AdaLoRA", "dora": "
 # Scores reported beside the paper's metric, where the task has them; lower is better for NLL.
 SIDE_SCORES = ("hit@5", "gold_nll", "yes_no_auc", "predicted_yes_rate")
 GATE_SCORE = "gate_frozen_weight"
-UNSCALED = {"gold_nll", "mcc"}  # shown as they are; every other score is a proportion, shown in %
+# Shown as they are; every other score is a proportion shown in %, and MCC x 100 as the paper does.
+UNSCALED = {"gold_nll", "answer_chars"}
 
 
 @dataclass
@@ -161,7 +162,8 @@ def metric_table(view: GridView, metric_for) -> list[str]:
 
 
 def side_score_table(view: GridView) -> list[str]:
-    """hit@5 / gold NLL / yes-no AUC / predicted-yes rate, where each task has them."""
+    """hit@5 / gold NLL / yes-no AUC / predicted-yes rate where each task has them, and the
+    answers' length in characters beside "contains"."""
     several = len(view.train_tasks) > 1
     pairs = []
     for column in view.columns:
@@ -169,6 +171,9 @@ def side_score_table(view: GridView) -> list[str]:
             (r["metrics"].get(column.eval_task, {}) for r in view.results.values() if r), {}
         )
         pairs += [(column, score) for score in SIDE_SCORES if score in sample]
+        if "hit@5" in sample and "answer_chars" in sample:
+            # Not a length-independent score but what "contains" moves with: the answer's length.
+            pairs.append((column, "answer_chars"))
     if not pairs:
         return []
     headers = ["method"] + [f"{c.label(several)} {score}" for c, score in pairs]
@@ -311,9 +316,9 @@ def render_report(
     lines = [f"# Experiment `{experiment.name}`", ""]
     lines += [
         f"Model `{experiment.model}`; shared training options `{json.dumps(experiment.train)}`; "
-        f"evaluation `{json.dumps(experiment.eval)}`. Metrics in %, except MCC (×100 too) and gold NLL "
-        "(nats per token, lower is better); mean ± sample std over seeds; (n=k) marks rows with "
-        "fewer finished seeds than planned.",
+        f"evaluation `{json.dumps(experiment.eval)}`. Metrics in % (MCC ×100, as the paper shows it), except "
+        "gold NLL (nats per token, lower is better) and answer length (characters); mean ± sample "
+        "std over seeds; (n=k) marks rows with fewer finished seeds than planned.",
         "",
     ]
     if commands:
@@ -327,7 +332,7 @@ def render_report(
         lines += metric_table(view, primary_metric) + [""]
         side = side_score_table(view)
         if side:
-            lines += ["Length- and bias-independent scores:", ""] + side + [""]
+            lines += ["Length- and bias-independent scores (and answer length in characters):", ""] + side + [""]
         gates = gate_table(view)
         if gates:
             lines += ["Gate weight on the frozen branch over the gold answers' tokens (%; 50 = both equally):", ""]
