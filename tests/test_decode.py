@@ -7,7 +7,7 @@ import torch
 
 from conftest import peft_config, perturb_adapter, random_batch, tiny_model
 from imsm import FUSION_MODES, IMSMConfig, get_imsm_model
-from imsm.model.decode import naive_generate
+from imsm.model.decode import generate_and_score, naive_generate
 
 
 def build(architecture: str, method: str, fusion: str = "imsm"):
@@ -97,3 +97,38 @@ def test_decoding_leaves_the_model_in_tuned_mode():
     input_ids, attention_mask = random_batch()
     model.generate(input_ids, attention_mask, max_new_tokens=3, eos_token_id=[])
     assert model.router.mode == "tuned"
+
+
+def _reference_log_probs(model, input_ids, attention_mask, row, target):
+    """log p of `target` after row `row`'s prompt, from one full forward without a cache."""
+    prompt = input_ids[row][attention_mask[row].bool()].tolist()
+    query_mask = torch.tensor([[True] * len(prompt) + [False] * len(target)])
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + target]), query_mask=query_mask).logits[0].float()
+    expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)  # [L, V]
+    return expected.gather(1, torch.tensor(target)[:, None])[:, 0], expected[0]
+
+
+@pytest.mark.parametrize("sliding_window", [None, 4])
+def test_targets_scored_from_the_prefill_leave_decoding_unchanged(sliding_window):
+    """Gold tokens run through the prompt's cache and are cut off again (or, past a sliding
+    window, scored on a copy): the answers are the naive decoder's, the scores a full forward's."""
+    config = tiny_model("qwen2").config.to_dict()
+    config.pop("layer_types", None)  # rebuilt from the window settings
+    if sliding_window:
+        config.update(use_sliding_window=True, sliding_window=sliding_window, max_window_layers=0)
+    torch.manual_seed(0)
+    base = type(tiny_model("qwen2"))(type(tiny_model("qwen2")).config_class(**config)).eval()
+    assert ("sliding_attention" in base.config.layer_types) == bool(sliding_window)
+    model = get_imsm_model(base, peft_config("lora", "qwen2"), IMSMConfig())
+    perturb_adapter(model)
+    model.eval()
+    input_ids, attention_mask = random_batch(batch_size=3, length=8)
+    targets = [[5, 6, 7], [8], [9, 10]]
+    ids, scores = generate_and_score(model, input_ids, attention_mask, targets, max_new_tokens=4, eos_token_id=[])
+    assert torch.equal(ids, naive_generate(model, input_ids, attention_mask, max_new_tokens=4, eos_token_id=[]))
+    for row, target in enumerate(targets):
+        expected, first = _reference_log_probs(model, input_ids, attention_mask, row, target)
+        assert torch.allclose(scores.log_probs[row], expected, atol=1e-4)
+        assert torch.allclose(scores.first_log_probs[row], first, atol=1e-4)
+    assert all(0 < w < 1 for w in scores.frozen_weights)

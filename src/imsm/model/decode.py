@@ -156,7 +156,9 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_
         last = hidden[:, -1]  # [copies*B, d]
         position = positions[:, -1:]  # [entering*B, 1]
         if targets is not None:
-            croppable = hasattr(cache, "crop")  # transformers' caches; a copy for anything else
+            # Full-attention transformers caches are cut back in place; a sliding-window layer may
+            # refuse to roll back once its window is full, so those (and unknown caches) are copied.
+            croppable = hasattr(cache, "crop") and not any(getattr(cache, "is_sliding", None) or ())
             scoring_cache = cache if croppable else copy.deepcopy(cache)
             scores = _score_from_cache(
                 model, scoring_cache, mask, position, last, query_term, targets, entering, branch
