@@ -94,6 +94,11 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
         assert set(result["metrics"]) == set(cell.evaluate)
         assert result["settings"] == cell.config and result["trainable_parameters"] > 0
     assert (experiment.results / "original" / "facts.json").exists()
+    # Per-example rows stay in the work directory, for paired analyses; no journal is left.
+    rows = (experiment.work / experiment.cells[0].name / "eval.facts.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and {"prediction", "golds", "gold_nll"} <= set(json.loads(rows[0]))
+    assert len((experiment.work / "original.facts.jsonl").read_text().splitlines()) == 4
+    assert not list(experiment.work.rglob("*.partial.jsonl"))
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")

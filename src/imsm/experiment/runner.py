@@ -94,7 +94,9 @@ def cell_state(experiment: Experiment, cell: Cell) -> str:
 
 
 def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, journal: Path, settings) -> dict[str, Any]:
-    """One task's summary; finished batches are journaled in `journal`, removed once done."""
+    """One task's summary. Finished batches are journaled in `journal` (WORK/.../eval.TASK.partial.jsonl,
+    which the caller removes once the summary is kept); the per-example rows (prediction, golds,
+    scores) go beside it as eval.TASK.jsonl, for paired analyses the summaries cannot give."""
     from imsm.data import load_examples
     from imsm.evaluate import evaluate_task
     from imsm.prompting import PromptFormatter
@@ -114,6 +116,9 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
         journal_path=journal,
         run_settings=settings,
     )
+    rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(journal.with_name(journal.name.replace(".partial.jsonl", ".jsonl")), rows)
     return result.summary()
 
 
