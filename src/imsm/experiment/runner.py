@@ -219,6 +219,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
 def run_experiment(experiment: Experiment, log=print, only: str | None = None) -> None:
     """Every cell not yet done, in file order, with progress and an estimate of what is left."""
     from imsm.data import resolve_data_dir
+    from imsm.train.loop import SUMMARY
 
     data_dir = resolve_data_dir(experiment.data_dir)
     check_results_directory(experiment)
@@ -242,8 +243,10 @@ def run_experiment(experiment: Experiment, log=print, only: str | None = None) -
                 left = sum(durations) / len(durations) * (len(todo) - index + 1)
                 eta = f", about {left / 3600:.1f} h left"
             log(f"[{index}/{len(todo)}{eta}] {cell.name}")
+            trained_before = (experiment.work / cell.name / SUMMARY).exists()
             run_cell(experiment, cell, data_dir, log)
-            durations.append(time.perf_counter() - started)
+            if not trained_before:  # a cell that only finished its evaluation says little of the rest
+                durations.append(time.perf_counter() - started)
     if elsewhere:
         log(f"experiment {experiment.name}: {len(elsewhere)} cells were running in other workers when reached")
     else:
