@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from imsm.eval_journal import EvalJournal, fingerprint
-from imsm.generate import generate_answers
+from imsm.generate import generate_answers, left_padded
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
 from imsm.model.siamese import IGNORE_INDEX, IMSMModel
 from imsm.prompting import PromptFormatter
@@ -162,12 +162,8 @@ def answer_and_score(
     triples: list[tuple[float, float | None, float | None]] = [(math.nan, None, None)] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, index in enumerate(rows):  # left padding
-            input_ids[row, width - len(encoded[index]) :] = torch.tensor(encoded[index])
-            attention_mask[row, width - len(encoded[index]) :] = 1
+        input_ids, attention_mask = left_padded([encoded[i] for i in rows], pad_id)
+        width = input_ids.shape[1]
         output, scores = generate_and_score(
             model,
             input_ids.to(model.device),

@@ -10,6 +10,17 @@ from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
 
 
+def left_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a left-padded batch: (input_ids [B, T], attention_mask [B, T])."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids) :] = torch.tensor(list(ids))
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def generate_answers(
     model: IMSMModel,
@@ -31,13 +42,8 @@ def generate_answers(
     answers: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, index in enumerate(rows):  # left padding
-            ids = encoded[index]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = left_padded([encoded[i] for i in rows], pad_id)
+        width = input_ids.shape[1]
         output = model.generate(
             input_ids.to(model.device),
             attention_mask=attention_mask.to(model.device),
