@@ -315,3 +315,23 @@ def test_report_scales_proportions_and_mcc_to_percent_but_not_nll_or_lengths():
     assert _format([0.253, 0.247], "mcc", 2) == "25.0 ± 0.4"  # as the paper prints CoLA
     assert _format([0.5], "accuracy", 1) == "50.0"
     assert _format([4.8765], "gold_nll", 1) == "4.877" and _format([14.92], "answer_chars", 3) == "14.9 (n=1)"
+
+
+def test_a_gate_option_axis_keeps_one_vanilla_row_paired_with_every_gated_row(workspace, tmp_path):
+    probe = str(workspace / "probe.yaml")
+    grids = {"g": {"task": [probe], "peft": "lora", "fusion": ["none", "imsm"], "gate_learning_rate": [1e-3, 3e-2]}}
+    experiment = load_experiment(write_config(workspace, tmp_path, grids=grids, original=[]))
+    assert len(experiment.cells) == 3  # the vanilla cell has no gate, so the axis does not copy it
+    report = render_report(experiment, None)
+    table = report.split("## g", 1)[1].split("\n\n")[1]
+    labels = [line.split(" | ")[0] for line in table.splitlines()[2:]]
+    assert labels == [
+        "| LoRA",
+        "| IMSM-LoRA [gate_learning_rate=0.001]",
+        "| IMSM-LoRA [gate_learning_rate=0.03]",
+    ]
+    comparisons = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ") and " − " in line]
+    assert comparisons == [
+        "| IMSM-LoRA [gate_learning_rate=0.001] − LoRA",
+        "| IMSM-LoRA [gate_learning_rate=0.03] − LoRA",
+    ]

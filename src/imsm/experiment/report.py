@@ -64,7 +64,8 @@ def _format(values: list[float], metric: str, expected: int) -> str:
 def row_label(settings: dict[str, Any], varying: list[str]) -> str:
     method = METHOD_LABELS.get(settings["peft"], settings["peft"])
     label = FUSION_LABELS.get(settings["fusion"], "{} (" + settings["fusion"] + ")").format(method)
-    extras = [f"{axis}={settings[axis]}" for axis in varying if axis not in ("peft", "fusion", "task", "seed")]
+    fixed = ("peft", "fusion", "task", "seed", *(GATE_OPTIONS if settings["fusion"] == "none" else ()))
+    extras = [f"{axis}={settings[axis]}" for axis in varying if axis not in fixed]
     return label + (f" [{', '.join(extras)}]" if extras else "")
 
 
