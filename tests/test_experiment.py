@@ -99,6 +99,14 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     assert len(rows) == 4 and {"prediction", "golds", "gold_nll"} <= set(json.loads(rows[0]))
     assert len((experiment.work / "original.facts.jsonl").read_text().splitlines()) == 4
     assert not list(experiment.work.rglob("*.partial.jsonl"))
+    # Every question's scores are kept with the results too (small, committed), one row apart.
+    questions = runner.read_cell_result(experiment, experiment.cells[0])["questions"]
+    assert set(questions) == set(experiment.cells[0].evaluate)
+    facts = questions[str(workspace / "facts.yaml")]
+    assert facts["index"] == [0, 1, 2, 3] and len(facts["contains"]) == len(facts["gold_nll"]) == 4
+    assert facts["answer_chars"] == [len(json.loads(r)["prediction"]) for r in rows]
+    original = json.loads((experiment.results / "original" / "facts.json").read_text())
+    assert len(original["questions"]["index"]) == 4
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
@@ -124,6 +132,7 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     assert "gate_rank=4" in report
     assert "Gate weight on the frozen branch" in report  # IMSM rows only; vanilla has no gate
     assert "facts answer_chars" in report  # the length "contains" moves with, beside hit@5
+    assert "question by question" in report and "| 4 × 2 |" in report  # 4 facts questions, 2 seeds
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(workspace, tmp_path, monkeypatch):

@@ -4,8 +4,9 @@ Every grid becomes a table shaped like the paper's: one row per setting (peft me
 gate rank, ...), one column per evaluated task, mean ± sample std over seeds of the task's paper
 metric, and the trainable parameters. Beside it: the length-independent scores (hit@5, gold NLL,
 yes/no AUC and the predicted-yes rate), and, where a grid holds vanilla cells (fusion none), a
-paired t-test of every IMSM variant against its vanilla twin, pairs sharing a seed. Missing
-cells are listed, never silently dropped.
+paired t-test of every IMSM variant against its vanilla twin, pairs sharing a seed, and the same
+comparison question by question where the results keep per-question scores. Missing cells are
+listed, never silently dropped.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imsm.experiment.questions import paired_over_questions
 from imsm.experiment.runner import original_path, read_cell_result
 from imsm.experiment.spec import GATE_OPTIONS, TARGET, Cell, Experiment
-from imsm.experiment.stats import mean_std, paired_t_test
+from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
 
 FUSION_LABELS = {"none": "{}", "imsm": "IMSM-{}", "no-query": "IMSM-{} (no query)", "mean": "IMSM-{} (mean)"}
 METHOD_LABELS = {"lora": "LoRA", "ia3": "(IA)3", "adalora": "AdaLoRA", "dora": "DoRA", "loramoe": "LoRAMoE"}
@@ -105,19 +107,50 @@ class GridView:
         ignored = {"task", "seed", *(per_task - set(self.varying))}
         return json.dumps({k: v for k, v in cell.config.items() if k not in ignored}, sort_keys=True)
 
+    def _results_in(self, row: str, column: Column) -> dict[int, dict[str, Any]]:
+        """seed -> result.json of the finished cells of this row trained for this column."""
+        out = {}
+        for cell in self.rows[row]:
+            trained_on = str(cell.config["task"])
+            if trained_on != (column.train_task if column.train_task is not None else column.eval_task):
+                continue
+            result = self.results.get(cell.key)
+            if result is not None:
+                out[cell.config["seed"]] = result
+        return out
+
     def values(self, row: str, column: Column, metric: str) -> dict[int, float]:
         """seed -> metric, over the finished cells of this row and column."""
         out = {}
-        for cell in self.rows[row]:
-            if column.train_task is not None and str(cell.config["task"]) != column.train_task:
-                continue
-            if column.train_task is None and str(cell.config["task"]) != column.eval_task:
-                continue
-            result = self.results.get(cell.key)
-            value = (result or {}).get("metrics", {}).get(column.eval_task, {}).get(metric)
+        for seed, result in self._results_in(row, column).items():
+            value = result.get("metrics", {}).get(column.eval_task, {}).get(metric)
             if value is not None and not math.isnan(value):
-                out[cell.config["seed"]] = value
+                out[seed] = value
         return out
+
+    def questions(self, row: str, column: Column) -> dict[int, dict[str, list[Any]]]:
+        """seed -> per-question columns (see `imsm.experiment.questions`) of this row and column."""
+        out = {}
+        for seed, result in self._results_in(row, column).items():
+            columns = result.get("questions", {}).get(column.eval_task)
+            if columns:
+                out[seed] = columns
+        return out
+
+    def twins(self) -> list[tuple[str, str]]:
+        """(gated row, the vanilla row with the same other settings), for every gated row that has one."""
+        settings = {row: json.loads(row) for row in self.rows}
+        pairs = []
+        for row, mine in settings.items():
+            if mine["fusion"] == "none":
+                continue
+            twin = next((r for r, s in settings.items() if s["fusion"] == "none" and _same_but_gate(s, mine)), None)
+            if twin is not None:
+                pairs.append((row, twin))
+        return pairs
+
+    def label(self, row: str) -> str:
+        return row_label(self.rows[row][0].config, self.varying)
 
     def missing(self) -> list[str]:
         names = []
@@ -211,17 +244,19 @@ def gate_table(view: GridView) -> list[str]:
     return lines
 
 
+def _test_cells(test: PairedTest, metric: str) -> tuple[str, str, str]:
+    """Mean difference (in the metric's display scale), t and p, with dashes where undefined."""
+    difference = "–" if math.isnan(test.mean_difference) else f"{_scale(metric, test.mean_difference):+.2f}"
+    t = "–" if math.isnan(test.t) else f"{test.t:.2f}"
+    p = "–" if math.isnan(test.p) else f"{test.p:.3f}"
+    return difference, t, p
+
+
 def significance_table(view: GridView) -> list[str]:
     """Each IMSM row against the vanilla row with the same other settings, paired by seed."""
-    by_key = {row: json.loads(row) for row in view.rows}
     lines = []
     several = len(view.train_tasks) > 1
-    for row, settings in by_key.items():
-        if settings["fusion"] == "none":
-            continue
-        twin = next((r for r, s in by_key.items() if s["fusion"] == "none" and _same_but_gate(s, settings)), None)
-        if twin is None:
-            continue
+    for row, twin in view.twins():
         for column in view.columns:
             metric = primary_metric(column.eval_task)
             treated, control = view.values(row, column, metric), view.values(twin, column, metric)
@@ -232,11 +267,37 @@ def significance_table(view: GridView) -> list[str]:
                     "| comparison | task (metric) | seeds | mean difference | t | p |",
                     "|---|---|---|---|---|---|",
                 ]
-            label = f"{row_label(settings, view.varying)} − {row_label(by_key[twin], view.varying)}"
-            p = "–" if math.isnan(test.p) else f"{test.p:.3f}"
-            t = "–" if math.isnan(test.t) else f"{test.t:.2f}"
-            difference = "–" if math.isnan(test.mean_difference) else f"{_scale(metric, test.mean_difference):+.2f}"
+            difference, t, p = _test_cells(test, metric)
+            label = f"{view.label(row)} − {view.label(twin)}"
             lines.append(f"| {label} | {column.label(several)} ({metric}) | {test.n} | {difference} | {t} | {p} |")
+    return lines
+
+
+def question_table(view: GridView) -> list[str]:
+    """Each IMSM row against its vanilla twin question by question: every question's score averaged
+    over the seeds both finished, then a paired t-test over questions, for the paper's metric and
+    for the gold answer's NLL."""
+    lines = []
+    several = len(view.train_tasks) > 1
+    for row, twin in view.twins():
+        for column in view.columns:
+            treated, control = view.questions(row, column), view.questions(twin, column)
+            metric = primary_metric(column.eval_task)
+            by_metric, seeds = paired_over_questions(treated, control, metric)
+            by_nll, _ = paired_over_questions(treated, control, "gold_nll")
+            if seeds == 0:
+                continue
+            if not lines:
+                lines = [
+                    "| comparison | task | questions × seeds | Δ metric | p | Δ gold NLL | p |",
+                    "|---|---|---|---|---|---|---|",
+                ]
+            metric_difference, _, metric_p = _test_cells(by_metric, metric)
+            nll_difference, _, nll_p = _test_cells(by_nll, "gold_nll")
+            lines.append(
+                f"| {view.label(row)} − {view.label(twin)} | {column.label(several)} ({metric}) | "
+                f"{by_metric.n} × {seeds} | {metric_difference} | {metric_p} | {nll_difference} | {nll_p} |"
+            )
     return lines
 
 
@@ -341,6 +402,16 @@ def render_report(
         tests = significance_table(view)
         if tests:
             lines += ["Paired t-tests (IMSM variant − vanilla, same seeds; two-sided):", ""] + tests + [""]
+        by_question = question_table(view)
+        if by_question:
+            lines += [
+                "The same comparisons question by question (each question averaged over the seeds both "
+                "finished; paired t-test over questions, two-sided). This says whether a difference holds "
+                "across questions for these trained adapters, not whether it survives other seeds:",
+                "",
+                *by_question,
+                "",
+            ]
         if plots is not None and view.cells:
             plot = plots / f"{name}.png"
             save_grid_plot(view, plot)

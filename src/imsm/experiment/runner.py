@@ -4,8 +4,10 @@ Layout (results: small JSON meant for git; work: adapters and checkpoints):
 
     RESULTS/experiment.json              the shared settings every number depends on
     RESULTS/original/<task>.json         the base model on each task of `original`
-    RESULTS/cells/<cell>/result.json     settings, training summary, metrics per evaluated task
-    WORK/<cell>/                         the training run directory (adapter, checkpoints)
+    RESULTS/cells/<cell>/result.json     settings, training summary, metrics per evaluated task,
+                                         and every question's scores (`questions`, by column)
+    WORK/<cell>/                         the training run directory (adapter, checkpoints), and
+                                         eval.TASK.jsonl: every example's prompt, answer and scores
     WORK/.claims/<cell>.lock             held by the worker running the cell
 
 A cell's result is written the moment it finishes, and a finished cell is skipped. A cell whose
@@ -26,6 +28,7 @@ from typing import Any
 from imsm.errors import IMSMError
 from imsm.evaluate import write_atomically
 from imsm.experiment.claim import claimed
+from imsm.experiment.questions import question_columns
 from imsm.experiment.spec import Cell, Experiment
 
 SETTINGS = "experiment.json"
@@ -93,10 +96,24 @@ def cell_state(experiment: Experiment, cell: Cell) -> str:
         return "to run" if free else "running"
 
 
+def result_text(result: dict[str, Any]) -> str:
+    """Indented JSON, except the per-question columns: one line per task instead of one per number."""
+    rest = {k: v for k, v in result.items() if k != "questions"}
+    text = json.dumps(rest, indent=2, default=str)
+    questions = result.get("questions")
+    if questions is None:
+        return text + "\n"
+    tasks = ",\n".join(f"    {json.dumps(t)}: {json.dumps(c, separators=(',', ':'))}" for t, c in questions.items())
+    block = f'"questions": {{\n{tasks}\n  }}' if questions else '"questions": {}'
+    head = text[:-1].rstrip()  # the object without its closing brace
+    return head + ("," if rest else "") + f"\n  {block}\n}}\n"
+
+
 def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, journal: Path, settings) -> dict[str, Any]:
-    """One task's summary. Finished batches are journaled in `journal` (WORK/.../eval.TASK.partial.jsonl,
-    which the caller removes once the summary is kept); the per-example rows (prediction, golds,
-    scores) go beside it as eval.TASK.jsonl, for paired analyses the summaries cannot give."""
+    """One task's summary, with its per-question scores under "questions". Finished batches are
+    journaled in `journal` (WORK/.../eval.TASK.partial.jsonl, which the caller removes once the
+    summary is kept); the full per-example rows (prompt, prediction, golds, scores) go beside it as
+    eval.TASK.jsonl."""
     from imsm.data import load_examples
     from imsm.evaluate import evaluate_task
     from imsm.prompting import PromptFormatter
@@ -119,7 +136,7 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
     rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
     journal.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(journal.with_name(journal.name.replace(".partial.jsonl", ".jsonl")), rows)
-    return result.summary()
+    return {**result.summary(), "questions": question_columns(result.examples)}
 
 
 def run_original(experiment: Experiment, data_dir, log) -> None:
@@ -144,7 +161,7 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
             journal = experiment.work / f"original.{Path(task).stem}.partial.jsonl"
             summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, {"model": experiment.model})
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, json.dumps({"task": task, "model": experiment.model, **summary}, indent=2) + "\n")
+            write_atomically(path, result_text({"task": task, "model": experiment.model, **summary}))
             journal.unlink(missing_ok=True)
 
 
@@ -185,10 +202,11 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
         "examples": summary["resolved"]["examples"],
         "metrics": {},
         "evaluation": {},
+        "questions": {},
     }
     previous = read_cell_result(experiment, cell) or {}
-    result["metrics"].update(previous.get("metrics", {}))
-    result["evaluation"].update(previous.get("evaluation", {}))
+    for key in ("metrics", "evaluation", "questions"):
+        result[key].update(previous.get(key, {}))
     path = cell_result_path(experiment, cell)
 
     def write_result() -> None:
@@ -196,7 +214,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
             machine=describe_machine(), updated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, json.dumps(result, indent=2, default=str) + "\n")
+        write_atomically(path, result_text(result))
 
     missing = [t for t in cell.evaluate if t not in result["metrics"]]
     if missing:
@@ -208,6 +226,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
             journal = run / f"eval.{Path(task).stem}.partial.jsonl"
             task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings)
             result["metrics"][task] = task_summary.pop("metrics")
+            result["questions"][task] = task_summary.pop("questions")
             result["evaluation"][task] = task_summary
             write_result()
             journal.unlink(missing_ok=True)
