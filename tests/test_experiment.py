@@ -129,6 +129,9 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     assert "IMSM-LoRA − LoRA" in report and "IMSM-(IA)3 − (IA)3" in report
     assert "±" in report and "Original" in report and "Missing" not in report
     assert (tmp_path / "plots" / "main.png").stat().st_size > 1000
+    # What the probe keeps: trained on probe, evaluated on facts, against the Original's facts NLL.
+    assert (tmp_path / "plots" / "main-forgetting.png").stat().st_size > 1000
+    assert not (tmp_path / "plots" / "rank-forgetting.png").exists()  # target only: nothing to forget
     assert "gate_rank=4" in report
     assert "Gate weight on the frozen branch" in report  # IMSM rows only; vanilla has no gate
     assert "facts answer_chars" in report  # the length "contains" moves with, beside hit@5
