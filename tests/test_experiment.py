@@ -136,6 +136,11 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     assert "Gate weight on the frozen branch" in report  # IMSM rows only; vanilla has no gate
     assert "facts answer_chars" in report  # the length "contains" moves with, beside hit@5
     assert "question by question" in report and "| 4 × 2 |" in report  # 4 facts questions, 2 seeds
+    # A grid with probes carries the paper's "Avg." over its columns, and tests it.
+    main_table = report.split("## main", 1)[1].split("\n\n")[1].splitlines()
+    assert main_table[0].endswith("| avg. |") and all(line.count("|") == 6 for line in main_table)
+    assert "| IMSM-LoRA − LoRA | avg. | 2 |" in report
+    assert "avg." not in report.split("## rank", 1)[1]  # target-only grid: no average
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(workspace, tmp_path, monkeypatch):

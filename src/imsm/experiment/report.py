@@ -29,7 +29,9 @@ METHOD_LABELS = {"lora": "LoRA", "ia3": "(IA)3", "adalora": "AdaLoRA", "dora": "
 SIDE_SCORES = ("hit@5", "gold_nll", "yes_no_auc", "predicted_yes_rate")
 GATE_SCORE = "gate_frozen_weight"
 # Shown as they are; every other score is a proportion shown in %, and MCC x 100 as the paper does.
-UNSCALED = {"gold_nll", "answer_chars"}
+# The paper's "Avg." over a row's columns, already in display scale.
+AVERAGE = "avg."
+UNSCALED = {"gold_nll", "answer_chars", AVERAGE}
 
 
 @dataclass
@@ -149,6 +151,20 @@ class GridView:
                 pairs.append((row, twin))
         return pairs
 
+    def has_probes(self) -> bool:
+        """Whether cells are evaluated on tasks beyond their own (the paper's forgetting tables)."""
+        return any(c.train_task is not None and c.eval_task != c.train_task for c in self.columns)
+
+    def averages(self, row: str) -> dict[int, float]:
+        """seed -> mean of the columns' paper metrics in display scale (the paper's "Avg."), over
+        the seeds that have every column."""
+        per_column = []
+        for column in self.columns:
+            metric = primary_metric(column.eval_task)
+            per_column.append({seed: _scale(metric, v) for seed, v in self.values(row, column, metric).items()})
+        seeds = set.intersection(*(set(values) for values in per_column)) if per_column else set()
+        return {seed: sum(values[seed] for values in per_column) / len(per_column) for seed in sorted(seeds)}
+
     def label(self, row: str) -> str:
         return row_label(self.rows[row][0].config, self.varying)
 
@@ -175,15 +191,22 @@ def _original(experiment: Experiment, task: str) -> dict[str, float] | None:
 
 
 def metric_table(view: GridView, metric_for) -> list[str]:
+    """The paper-shaped table; grids with probes get the paper's Table 2 "Avg." column too."""
     several = len(view.train_tasks) > 1
+    averaged = view.has_probes()
     headers = ["method", "trainable params"] + [f"{c.label(several)} ({metric_for(c.eval_task)})" for c in view.columns]
+    headers += [AVERAGE] if averaged else []
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     original = ["Original", "0"]
     if any(_original(view.experiment, c.eval_task) for c in view.columns):
+        scores = []
         for column in view.columns:
             metrics = _original(view.experiment, column.eval_task) or {}
             metric = metric_for(column.eval_task)
             original.append(_format([metrics[metric]], metric, 1) if metric in metrics else "–")
+            scores.append(_scale(metric, metrics[metric]) if metric in metrics else None)
+        if averaged:
+            original.append(_format([sum(scores) / len(scores)], AVERAGE, 1) if None not in scores else "–")
         lines.append("| " + " | ".join(original) + " |")
     for row, cells in view.rows.items():
         count = view.trainable(row)
@@ -191,6 +214,8 @@ def metric_table(view: GridView, metric_for) -> list[str]:
         for column in view.columns:
             metric = metric_for(column.eval_task)
             entries.append(_format(list(view.values(row, column, metric).values()), metric, view.seeds))
+        if averaged:
+            entries.append(_format(list(view.averages(row).values()), AVERAGE, view.seeds))
         lines.append("| " + " | ".join(entries) + " |")
     return lines
 
@@ -253,13 +278,20 @@ def _test_cells(test: PairedTest, metric: str) -> tuple[str, str, str]:
 
 
 def significance_table(view: GridView) -> list[str]:
-    """Each IMSM row against the vanilla row with the same other settings, paired by seed."""
+    """Each IMSM row against the vanilla row with the same other settings, paired by seed; for
+    grids with probes, their averages too (the paper's "overall performance")."""
     lines = []
     several = len(view.train_tasks) > 1
     for row, twin in view.twins():
+        label = f"{view.label(row)} − {view.label(twin)}"
+        compared = []
         for column in view.columns:
             metric = primary_metric(column.eval_task)
             treated, control = view.values(row, column, metric), view.values(twin, column, metric)
+            compared.append((f"{column.label(several)} ({metric})", metric, treated, control))
+        if view.has_probes():
+            compared.append((AVERAGE, AVERAGE, view.averages(row), view.averages(twin)))
+        for name, metric, treated, control in compared:
             seeds = sorted(set(treated) & set(control))
             test = paired_t_test([treated[s] for s in seeds], [control[s] for s in seeds])
             if not lines:
@@ -268,8 +300,7 @@ def significance_table(view: GridView) -> list[str]:
                     "|---|---|---|---|---|---|",
                 ]
             difference, t, p = _test_cells(test, metric)
-            label = f"{view.label(row)} − {view.label(twin)}"
-            lines.append(f"| {label} | {column.label(several)} ({metric}) | {test.n} | {difference} | {t} | {p} |")
+            lines.append(f"| {label} | {name} | {test.n} | {difference} | {t} | {p} |")
     return lines
 
 
