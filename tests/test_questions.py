@@ -38,3 +38,15 @@ def test_a_question_missing_from_a_seed_or_unscored_is_left_out():
     assert seeds == 1 and test.n == 2 and test.mean_difference == pytest.approx(0.75)
     test, seeds = paired_over_questions(treated, control, "absent")
     assert seeds == 0 and test.n == 0 and math.isnan(test.p)
+
+
+def test_result_files_keep_each_tasks_questions_on_one_line():
+    import json
+
+    from imsm.experiment.runner import result_text
+
+    result = {"metrics": {"webq": {"contains": 0.5}}, "questions": {"webq": {"index": list(range(50))}, "mrpc": {}}}
+    text = result_text(result)
+    assert json.loads(text) == result
+    assert sum('"index":[0,1,2' in line for line in text.splitlines()) == 1  # not one line per number
+    assert json.loads(result_text({"metrics": {}})) == {"metrics": {}}
