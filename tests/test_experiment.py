@@ -362,3 +362,21 @@ def test_a_gate_option_axis_keeps_one_vanilla_row_paired_with_every_gated_row(wo
         "| IMSM-LoRA [gate_learning_rate=0.001] − LoRA",
         "| IMSM-LoRA [gate_learning_rate=0.03] − LoRA",
     ]
+
+
+def test_a_corpus_level_metric_is_compared_question_by_question_through_accuracy(workspace, tmp_path):
+    rows = [{"q": f"w{3 + i} w{10 + i}", "a": "yes" if i % 2 else "no"} for i in range(6)]
+    (tmp_path / "yn.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "yn.yaml"
+    spec.write_text(
+        "name: yn\ndata: yn.jsonl\nprompt: '{q}'\nanswer: a\nanswer_type: yes_no\nmetrics: [mcc, accuracy]\n"
+    )
+    grids = {"g": {"task": [str(spec)], "peft": "lora", "fusion": ["none", "imsm"]}}
+    path = write_config(workspace, tmp_path, grids=grids, original=[])
+    assert main(["experiment", path]) == 0
+    experiment = load_experiment(path)
+    questions = runner.read_cell_result(experiment, experiment.cells[0])["questions"][str(spec)]
+    assert "mcc" not in questions and len(questions["accuracy"]) == 4  # MCC has no per-question value
+    report = render_report(experiment, None)
+    assert "| IMSM-LoRA − LoRA | yn (mcc) | 1 |" in report  # the seed-level test keeps the paper's metric
+    assert "| IMSM-LoRA − LoRA | yn (accuracy) | 4 × 1 |" in report

@@ -50,3 +50,8 @@ def test_result_files_keep_each_tasks_questions_on_one_line():
     assert json.loads(text) == result
     assert sum('"index":[0,1,2' in line for line in text.splitlines()) == 1  # not one line per number
     assert json.loads(result_text({"metrics": {}})) == {"metrics": {}}
+
+
+def test_corpus_level_metrics_are_not_kept_per_question():
+    rows = [{"index": 0, "prediction": "yes", "scores": {"mcc": (1, 0), "accuracy": 0.0}}]
+    assert question_columns(rows) == {"index": [0], "accuracy": [0.0], "answer_chars": [3]}

@@ -30,11 +30,16 @@ def _round(value: Any) -> Any:
 def question_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     """Evaluation rows (`TaskResult.examples`) -> {"index": [...], metric or field: [...]}, in row order.
 
-    Fields that are missing on every row (e.g. the yes/no margin of a QA task) are left out."""
+    Fields that are missing on every row (e.g. the yes/no margin of a QA task) are left out, and so
+    are metrics that only mean something over the whole corpus (MCC, F1)."""
     columns: dict[str, list[Any]] = {"index": [row["index"] for row in rows]}
     metric_names = list(dict.fromkeys(name for row in rows for name in row.get("scores", {})))
     for name in metric_names:
-        columns[name] = [_round(row.get("scores", {}).get(name)) for row in rows]
+        values = [row.get("scores", {}).get(name) for row in rows]
+        # Corpus-level metrics (MCC, F1) score an example as a (prediction, gold) pair; only
+        # per-example numbers can be compared question by question.
+        if all(v is None or isinstance(v, int | float) for v in values):
+            columns[name] = [_round(v) for v in values]
     for name in KEPT_FIELDS:
         values = [_round(row.get(name)) for row in rows]
         if any(v is not None for v in values):

@@ -304,6 +304,12 @@ def significance_table(view: GridView) -> list[str]:
     return lines
 
 
+def _per_question_metric(task_name: str, columns: list[dict[str, list[Any]]]) -> str:
+    """The paper's metric if it is scored per question; else (MCC, F1: corpus-level) accuracy."""
+    metric = primary_metric(task_name)
+    return metric if any(metric in c for c in columns) or not columns else "accuracy"
+
+
 def question_table(view: GridView) -> list[str]:
     """Each IMSM row against its vanilla twin question by question: every question's score averaged
     over the seeds both finished, then a paired t-test over questions, for the paper's metric and
@@ -313,7 +319,7 @@ def question_table(view: GridView) -> list[str]:
     for row, twin in view.twins():
         for column in view.columns:
             treated, control = view.questions(row, column), view.questions(twin, column)
-            metric = primary_metric(column.eval_task)
+            metric = _per_question_metric(column.eval_task, [*treated.values(), *control.values()])
             by_metric, seeds = paired_over_questions(treated, control, metric)
             by_nll, _ = paired_over_questions(treated, control, "gold_nll")
             if seeds == 0:
