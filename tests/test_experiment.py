@@ -317,11 +317,12 @@ def test_a_cell_held_by_another_worker_is_left_to_it(workspace, tmp_path):
 def test_time_left_counts_unfinished_cells_shared_with_the_workers_holding_one(workspace, tmp_path):
     grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "seed": [0, 1, 2, 3, 4]}}
     experiment = load_experiment(write_config(workspace, tmp_path, grids=grids, original=[]))
-    mine, held, *rest = experiment.cells
+    held, mine, *rest = experiment.cells
     minutes = [600.0]  # this worker's cells took 10 min each
-    assert runner._time_left(experiment, experiment.cells, minutes) == "about 0.8 h left"  # 5 x 10 min
-    with claimed(runner.claim_path(experiment, held.name)):  # another worker is on a cell
-        assert runner._time_left(experiment, experiment.cells, minutes) == "about 0.4 h left with 2 workers"
+    assert runner._time_left(experiment, experiment.cells, mine, minutes) == "about 0.7 h left"  # 4 x 10 min
+    # Another worker on a cell, even one this worker has passed, shares what is left.
+    with claimed(runner.claim_path(experiment, held.name)):
+        assert runner._time_left(experiment, experiment.cells, mine, minutes) == "about 0.3 h left with 2 workers"
 
 
 def test_per_task_options_do_not_split_a_methods_row(workspace, tmp_path):

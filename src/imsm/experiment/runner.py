@@ -235,11 +235,12 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
     return result
 
 
-def _time_left(experiment: Experiment, ahead: list[Cell], durations: list[float]) -> str:
-    """Time left for the cells ahead (this one first) that are not done, shared among this worker and
-    the others that now hold a cell: a rough guide, from this worker's own cells so far."""
+def _time_left(experiment: Experiment, todo: list[Cell], current: Cell, durations: list[float]) -> str:
+    """Time left for the cells from `current` on that are not done, shared among this worker and the
+    others that now hold a cell of `todo`: a rough guide, from this worker's own cells so far."""
+    ahead = todo[todo.index(current) :]
     remaining = [c for c in ahead if not is_done(experiment, c)]
-    workers = 1 + sum(cell_state(experiment, c) == "running" for c in remaining[1:])
+    workers = 1 + sum(c is not current and cell_state(experiment, c) == "running" for c in todo)
     left = sum(durations) / len(durations) * len(remaining) / workers
     return f"about {left / 3600:.1f} h left" + (f" with {workers} workers" if workers > 1 else "")
 
@@ -266,7 +267,7 @@ def run_experiment(experiment: Experiment, log=print, only: str | None = None) -
                 log(f"[{index}/{len(todo)}] {cell.name}: {'another worker has it' if not mine else 'done meanwhile'}")
                 continue
             started = time.perf_counter()
-            eta = f", {_time_left(experiment, todo[index - 1 :], durations)}" if durations else ""
+            eta = f", {_time_left(experiment, todo, cell, durations)}" if durations else ""
             log(f"[{index}/{len(todo)}{eta}] {cell.name}")
             trained_before = (experiment.work / cell.name / SUMMARY).exists()
             run_cell(experiment, cell, data_dir, log)
