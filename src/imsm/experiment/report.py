@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imsm.experiment.questions import paired_over_questions
-from imsm.experiment.runner import original_path, read_cell_result
+from imsm.experiment.runner import is_done, original_path, read_cell_result
 from imsm.experiment.spec import GATE_OPTIONS, TARGET, Cell, Experiment
 from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
 
@@ -461,8 +461,10 @@ def provenance(experiment: Experiment, commands: list[str]) -> list[str]:
     lines = ["Made with:", "", "```bash", *commands, "```", ""]
     if machines:
         lines += [f"Machine{'s' if len(machines) > 1 else ''}: " + "; ".join(machines) + "."]
+        finished = sum(is_done(experiment, c) for c in experiment.cells)
+        partly = f" ({len(results) - finished} more partly evaluated)" if len(results) > finished else ""
         lines += [
-            f"{len(results)} of {len(experiment.cells)} cells finished, "
+            f"{finished} of {len(experiment.cells)} cells finished{partly}, "
             f"{training / 3600:.1f} h of training and {evaluating / 3600:.1f} h of evaluation in all.",
             "",
         ]
