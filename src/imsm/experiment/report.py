@@ -208,9 +208,9 @@ def metric_table(view: GridView, metric_for) -> list[str]:
         if averaged:
             original.append(_format([sum(scores) / len(scores)], AVERAGE, 1) if None not in scores else "–")
         lines.append("| " + " | ".join(original) + " |")
-    for row, cells in view.rows.items():
+    for row in view.rows:
         count = view.trainable(row)
-        entries = [row_label(cells[0].config, view.varying), f"{count:,}" if count else "–"]
+        entries = [view.label(row), f"{count:,}" if count else "–"]
         for column in view.columns:
             metric = metric_for(column.eval_task)
             entries.append(_format(list(view.values(row, column, metric).values()), metric, view.seeds))
@@ -243,8 +243,8 @@ def side_score_table(view: GridView) -> list[str]:
             metrics = _original(view.experiment, column.eval_task) or {}
             entries.append(_format([metrics[score]], score, 1) if score in metrics else "–")
         lines.append("| " + " | ".join(entries) + " |")
-    for row, cells in view.rows.items():
-        entries = [row_label(cells[0].config, view.varying)]
+    for row in view.rows:
+        entries = [view.label(row)]
         for column, score in pairs:
             entries.append(_format(list(view.values(row, column, score).values()), score, view.seeds))
         lines.append("| " + " | ".join(entries) + " |")
@@ -265,7 +265,7 @@ def gate_table(view: GridView) -> list[str]:
     headers = ["method"] + [c.label(several) for c in view.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row, entries in rows.items():
-        lines.append("| " + " | ".join([row_label(view.rows[row][0].config, view.varying), *entries]) + " |")
+        lines.append("| " + " | ".join([view.label(row), *entries]) + " |")
     return lines
 
 
