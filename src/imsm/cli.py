@@ -240,6 +240,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect_gate(args: argparse.Namespace) -> int:
+    import copy
+
+    from imsm.data import load_examples, resolve_data_dir
+    from imsm.gate_inspection import format_report, initial_gate, inspect_gate, reports_to_json
+    from imsm.model.load import load_model_and_tokenizer
+    from imsm.model.persist import check_adapter_directory, read_imsm_config
+    from imsm.model.siamese import IMSMModel
+    from imsm.prompting import PromptFormatter
+    from imsm.tasks import parse_task_list
+
+    output = Path(args.output) if args.output else None
+    if output is not None and output.suffix != ".json":
+        raise IMSMError(f"--output must name a .json file, got {str(output)!r}")
+    adapter = check_adapter_directory(args.adapter)
+    saved = read_imsm_config(adapter) or {}
+    if saved.get("imsm", {}).get("fusion", "none") not in ("imsm", "no-query"):
+        raise IMSMError(f"{args.adapter} holds no IMSM gate (a vanilla or mean-fusion adapter); pass an IMSM adapter")
+    tasks = parse_task_list(args.task)
+    if not tasks:
+        raise IMSMError("--task is empty; name one or more tasks, e.g. --task ropes,webq")
+    data_dir = resolve_data_dir(args.data_dir)
+    data = {task.name: (task, load_examples(task, args.split, data_dir, args.limit)) for task in tasks}
+    base, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.device, args.trust_remote_code)
+    initial = None if args.no_initial else initial_gate(adapter, copy.deepcopy(base))
+    model = IMSMModel.from_pretrained(base, adapter).eval()
+    formatter = PromptFormatter.for_tokenizer(tokenizer, args.chat_template, args.system)
+    reports = inspect_gate(model, formatter, data, initial)
+    print(format_report(reports))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        header = {"adapter": str(adapter), "model": args.model, "limit": args.limit, "split": args.split}
+        temporary = output.with_name(output.name + ".tmp")
+        temporary.write_text(reports_to_json(reports, header))
+        os.replace(temporary, output)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imsm.demo import run_demo
 
@@ -353,6 +391,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dtype", default="auto", help="auto (bf16 only where computed natively), bf16 or fp32")
     demo.add_argument("--config", type=Path, help="YAML file setting any of these options (the command line wins)")
     demo.set_defaults(handler=cmd_demo)
+
+    inspect = commands.add_parser(
+        "inspect-gate",
+        help="what a trained gate does: how decided, how far it moved, its effect on gold answers",
+        description="Open up a trained IMSM gate on the gold answers of some tasks: its mean weight, how "
+        "decided it is per feature (0 = every feature mixed 50/50, 1 = each feature takes one branch), how "
+        "far it moved from the run's initial gate, how differently it treats each task, and the gold "
+        "answers' NLL under the trained gate, the initial one, a fixed 50/50 mix, the tuned branch alone "
+        "and the frozen branch alone.",
+    )
+    _add_model_arguments(inspect)
+    inspect.add_argument("--adapter", required=True, help="IMSM adapter directory (an `imsm train` output)")
+    inspect.add_argument("--task", required=True, help="task name(s), comma-separated, or a task spec file")
+    inspect.add_argument("--limit", type=_positive_int, default=16, help="examples per task (16)")
+    inspect.add_argument("--split", help="split to read (default: each task's evaluation split)")
+    inspect.add_argument("--data-dir", help="directory laid out like shared/data (default: $IMSM_DATA_DIR)")
+    inspect.add_argument("--output", help="also write the numbers to this .json file")
+    inspect.add_argument(
+        "--chat-template", choices=["auto", "on", "off"], default="auto", help="as for `imsm eval` (auto)"
+    )
+    inspect.add_argument("--system", help="system message for the chat template")
+    inspect.add_argument(
+        "--no-initial", action="store_true", help="skip rebuilding the run's initial gate (saves one model copy)"
+    )
+    inspect.set_defaults(handler=cmd_inspect_gate)
 
     from imsm.bench.cli import add_bench_parser
 
