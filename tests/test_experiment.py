@@ -381,3 +381,32 @@ def test_a_corpus_level_metric_is_compared_question_by_question_through_accuracy
     report = render_report(experiment, None)
     assert "| IMSM-LoRA − LoRA | yn (mcc) | 1 |" in report  # the seed-level test keeps the paper's metric
     assert "| IMSM-LoRA − LoRA | yn (accuracy) | 4 × 1 |" in report
+
+
+def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows_them(workspace, tmp_path, capsys):
+    grid = {"task": [str(workspace / "probe.yaml")], "peft": "lora", "fusion": ["none", "imsm"], "seed": [0, 1]}
+    grid["evaluate"] = ["target", str(workspace / "facts.yaml")]
+    path = write_config(workspace, tmp_path, grids={"g": grid}, original=[])
+    experiment = load_experiment(path)
+    assert main(["experiment", path, "--inspect-gates"]) == 0  # nothing finished yet: nothing to do
+    assert "0 finished gated cells" in capsys.readouterr().out
+    assert main(["experiment", path]) == 0
+    assert main(["experiment", path, "--inspect-gates", "--gate-examples", "3"]) == 0
+    from imsm.experiment.gates import gate_report_path, read_gate_report
+
+    for cell in experiment.cells:
+        report = read_gate_report(experiment, cell)
+        if cell.config["fusion"] == "none":
+            assert report is None  # no gate to open
+            continue
+        tasks = report["tasks"]
+        assert [t["task"] for t in tasks] == ["probe", "facts"] and report["limit"] == 3
+        assert tasks[0]["examples"] == 3 and tasks[0]["moved"] is not None
+        assert set(tasks[0]["gold_nll"]) == {"gate", "initial", "half", "tuned_only", "frozen_only"}
+    gated = next(c for c in experiment.cells if c.config["fusion"] == "imsm")
+    written = gate_report_path(experiment, gated).stat().st_mtime_ns
+    assert main(["experiment", path, "--inspect-gates"]) == 0  # a second pass skips what it has
+    assert gate_report_path(experiment, gated).stat().st_mtime_ns == written
+    report = render_report(experiment, None)
+    assert "The gate opened up" in report
+    assert "| IMSM-LoRA | probe | 2 |" in report and "| IMSM-LoRA | facts | 2 |" in report

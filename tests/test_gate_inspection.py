@@ -166,4 +166,4 @@ def test_the_command_prints_a_table_and_writes_json(workspace, tmp_path, capsys)
     assert "| alpha |" in table and "| beta |" in table and "NLL tuned only" in table
     written = json.loads(output.read_text())
     assert [row["task"] for row in written["tasks"]] == ["alpha", "beta"]
-    assert written["tasks"][0]["moved"] is not None and not list(tmp_path.glob("*.tmp"))
+    assert written["tasks"][0]["moved"] is not None and not list(tmp_path.glob(".*tmp*"))

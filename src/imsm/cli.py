@@ -244,6 +244,7 @@ def cmd_inspect_gate(args: argparse.Namespace) -> int:
     import copy
 
     from imsm.data import load_examples, resolve_data_dir
+    from imsm.evaluate import write_atomically
     from imsm.gate_inspection import format_report, initial_gate, inspect_gate, reports_to_json
     from imsm.model.load import load_model_and_tokenizer
     from imsm.model.persist import check_adapter_directory, read_imsm_config
@@ -272,9 +273,7 @@ def cmd_inspect_gate(args: argparse.Namespace) -> int:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         header = {"adapter": str(adapter), "model": args.model, "limit": args.limit, "split": args.split}
-        temporary = output.with_name(output.name + ".tmp")
-        temporary.write_text(reports_to_json(reports, header))
-        os.replace(temporary, output)
+        write_atomically(output, reports_to_json(reports, header))
     return 0
 
 

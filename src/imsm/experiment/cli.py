@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def add_experiment_parsers(commands) -> None:
+    from imsm.cli import _positive_int
+
     experiment = commands.add_parser(
         "experiment",
         help="run a grid of training + evaluation cells from a YAML file, resumably",
@@ -16,6 +18,15 @@ def add_experiment_parsers(commands) -> None:
     experiment.add_argument("file", type=Path, help="experiment YAML file (see docs/experiments.md)")
     experiment.add_argument("--grid", help="run only this grid's cells")
     experiment.add_argument("--dry-run", action="store_true", help="check the file and list the cells, run nothing")
+    experiment.add_argument(
+        "--inspect-gates",
+        action="store_true",
+        help="instead of training, open up the gate of every finished IMSM cell (`imsm inspect-gate` on its "
+        "evaluation tasks) into RESULTS/cells/CELL/gate.json; the report then shows the gates' anatomy",
+    )
+    experiment.add_argument(
+        "--gate-examples", type=_positive_int, default=16, help="examples per task for --inspect-gates (16)"
+    )
     experiment.set_defaults(handler=cmd_experiment)
 
     report = commands.add_parser(
@@ -53,7 +64,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{n} {state}" for state, n in counts.items())
         print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
         return 0
-    run_experiment(experiment, log=lambda line: print(f"imsm experiment: {line}", flush=True), only=args.grid)
+    log = lambda line: print(f"imsm experiment: {line}", flush=True)  # noqa: E731
+    if args.inspect_gates:
+        from imsm.experiment.gates import inspect_gates
+
+        inspect_gates(experiment, log=log, only=args.grid, limit=args.gate_examples)
+        return 0
+    run_experiment(experiment, log=log, only=args.grid)
     return 0
 
 

@@ -269,6 +269,50 @@ def gate_table(view: GridView) -> list[str]:
     return lines
 
 
+GATE_NLL_LABELS = {
+    "gate": "gate",
+    "initial": "initial gate",
+    "half": "50/50",
+    "tuned_only": "tuned only",
+    "frozen_only": "frozen only",
+}
+
+
+def gate_anatomy_table(view: GridView) -> list[str]:
+    """From the cells' gate.json (`imsm experiment --inspect-gates`): per gated row and task, the
+    gate's shape and the gold answers' NLL under it and its stand-ins, averaged over seeds."""
+    from imsm.experiment.gates import read_gate_report
+
+    several = len(view.train_tasks) > 1
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row, cells in view.rows.items():
+        for cell in cells:
+            report = read_gate_report(view.experiment, cell)
+            for task in (report or {}).get("tasks", []):
+                trained_on = Path(str(cell.config["task"])).stem
+                label = task["task"] if not several or task["task"] == trained_on else f"{task['task']} ({trained_on})"
+                groups[(row, label)].append(task)
+    if not groups:
+        return []
+    headers = ["method", "task", "seeds", "mean g", "decisiveness", "moved", "specificity (initial)"]
+    headers += [f"NLL {label}" for label in GATE_NLL_LABELS.values()]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+
+    def average(values: list[float | None]) -> str:
+        present = [v for v in values if v is not None]
+        return f"{sum(present) / len(present):.3f}" if present else "–"
+
+    for (row, label), tasks in groups.items():
+        cells = [view.label(row), label, str(len(tasks))]
+        cells += [average([t[key] for t in tasks]) for key in ("frozen_weight", "decisiveness", "moved")]
+        cells.append(
+            f"{average([t['specificity'] for t in tasks])} ({average([t['initial_specificity'] for t in tasks])})"
+        )
+        cells += [average([t["gold_nll"].get(key) for t in tasks]) for key in GATE_NLL_LABELS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _test_cells(test: PairedTest, metric: str) -> tuple[str, str, str]:
     """Mean difference (in the metric's display scale), t and p, with dashes where undefined."""
     difference = "–" if math.isnan(test.mean_difference) else f"{_scale(metric, test.mean_difference):+.2f}"
@@ -504,6 +548,21 @@ def render_report(
         if gates:
             lines += ["Gate weight on the frozen branch over the gold answers' tokens (%; 50 = both equally):", ""]
             lines += gates + [""]
+        anatomy = gate_anatomy_table(view)
+        if anatomy:
+            lines += [
+                "The gate opened up (`imsm experiment FILE --inspect-gates`; teacher-forced on each task's first "
+                "examples): mean g is the weight on the frozen branch; decisiveness is mean |2g − 1| over "
+                "features and tokens (0: every feature mixed 50/50, 1: every feature takes one branch); moved is "
+                "mean |g − g_initial| against the run's own initial gate; specificity is how far a task's "
+                "per-feature mean gate lies from the average over the tasks (the initial gate's in brackets: "
+                "the baseline a gate that learned nothing has). Then the gold answers' NLL under the trained "
+                "gate, the initial gate, a fixed 50/50 mix, the tuned branch alone (the adapter without "
+                "fusion) and the frozen branch alone (the base model):",
+                "",
+                *anatomy,
+                "",
+            ]
         tests = significance_table(view)
         if tests:
             lines += ["Paired t-tests (IMSM variant − vanilla, same seeds; two-sided):", ""] + tests + [""]

@@ -1,0 +1,69 @@
+"""`imsm experiment FILE --inspect-gates`: open up the gate of every finished IMSM cell.
+
+Each gated cell gets RESULTS/cells/CELL/gate.json: `imsm.gate_inspection` over the tasks the cell
+was evaluated on, the first `limit` examples of each. Cells that have one are skipped, so the
+pass can be stopped and restarted, and run beside the grid's workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from imsm.experiment.claim import claimed
+from imsm.experiment.runner import cell_result_path, claim_path, is_done
+from imsm.experiment.spec import Cell, Experiment
+
+GATE_FILE = "gate.json"
+GATED_FUSIONS = ("imsm", "no-query")
+
+
+def gate_report_path(experiment: Experiment, cell: Cell) -> Path:
+    return cell_result_path(experiment, cell).with_name(GATE_FILE)
+
+
+def read_gate_report(experiment: Experiment, cell: Cell) -> dict[str, Any] | None:
+    path = gate_report_path(experiment, cell)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) -> None:
+    from imsm.data import load_examples
+    from imsm.evaluate import write_atomically
+    from imsm.gate_inspection import initial_gate, inspect_gate, reports_to_json
+    from imsm.model.load import load_model_and_tokenizer
+    from imsm.model.siamese import IMSMModel
+    from imsm.prompting import PromptFormatter
+    from imsm.tasks import get_task
+
+    run = experiment.work / cell.name
+    tasks = [get_task(name) for name in cell.evaluate]
+    data = {task.name: (task, load_examples(task, None, data_dir, limit)) for task in tasks}
+    base, tokenizer = load_model_and_tokenizer(cell.config["model"], cell.config["dtype"])
+    initial = initial_gate(run, copy.deepcopy(base))
+    model = IMSMModel.from_pretrained(base, run).eval()
+    reports = inspect_gate(model, PromptFormatter.for_tokenizer(tokenizer), data, initial)
+    header = {"cell": cell.name, "limit": limit, "command": f"imsm inspect-gate --adapter {run} --limit {limit}"}
+    write_atomically(gate_report_path(experiment, cell), reports_to_json(reports, header))
+
+
+def inspect_gates(experiment: Experiment, log=print, only: str | None = None, limit: int = 16) -> None:
+    """A gate.json for every finished gated cell (of grid `only`, if given) that lacks one."""
+    from imsm.data import resolve_data_dir
+
+    data_dir = resolve_data_dir(experiment.data_dir)
+    cells = [
+        c
+        for c in experiment.cells
+        if (only is None or only in c.grids) and c.config.get("fusion") in GATED_FUSIONS and is_done(experiment, c)
+    ]
+    todo = [c for c in cells if not gate_report_path(experiment, c).exists()]
+    log(f"gates of {experiment.name}: {len(cells)} finished gated cells, {len(todo)} to inspect")
+    for index, cell in enumerate(todo, start=1):
+        with claimed(claim_path(experiment, f"gate-{cell.name}")) as mine:
+            if not mine or gate_report_path(experiment, cell).exists():
+                continue
+            log(f"[{index}/{len(todo)}] {cell.name}: inspecting the gate on {', '.join(cell.evaluate)}")
+            inspect_cell_gate(experiment, cell, data_dir, limit)
