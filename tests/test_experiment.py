@@ -386,7 +386,8 @@ def test_a_corpus_level_metric_is_compared_question_by_question_through_accuracy
 def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows_them(workspace, tmp_path, capsys):
     grid = {"task": [str(workspace / "probe.yaml")], "peft": "lora", "fusion": ["none", "imsm"], "seed": [0, 1]}
     grid["evaluate"] = ["target", str(workspace / "facts.yaml")]
-    path = write_config(workspace, tmp_path, grids={"g": grid}, original=[])
+    target_only = {key: value for key, value in grid.items() if key != "evaluate"}  # the same cells
+    path = write_config(workspace, tmp_path, grids={"g": grid, "t": target_only}, original=[])
     experiment = load_experiment(path)
     assert main(["experiment", path, "--inspect-gates"]) == 0  # nothing finished yet: nothing to do
     assert "0 finished gated cells" in capsys.readouterr().out
@@ -409,4 +410,6 @@ def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows
     assert gate_report_path(experiment, gated).stat().st_mtime_ns == written
     report = render_report(experiment, None)
     assert "The gate opened up" in report
-    assert "| IMSM-LoRA | probe | 2 |" in report and "| IMSM-LoRA | facts | 2 |" in report
+    grid_g, grid_t = report.split("## t", 1)
+    assert "| IMSM-LoRA | probe | 2 |" in grid_g and "| IMSM-LoRA | facts | 2 |" in grid_g
+    assert "| IMSM-LoRA | probe | 2 |" in grid_t and "| IMSM-LoRA | facts |" not in grid_t  # only its columns

@@ -284,12 +284,16 @@ def gate_anatomy_table(view: GridView) -> list[str]:
     from imsm.experiment.gates import read_gate_report
 
     several = len(view.train_tasks) > 1
+    # A cell shared with another grid may have been inspected on tasks this grid does not show.
+    shown = {(Path(c.train_task or c.eval_task).stem, Path(c.eval_task).stem) for c in view.columns}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row, cells in view.rows.items():
         for cell in cells:
             report = read_gate_report(view.experiment, cell)
             for task in (report or {}).get("tasks", []):
                 trained_on = Path(str(cell.config["task"])).stem
+                if (trained_on, task["task"]) not in shown:
+                    continue
                 label = task["task"] if not several or task["task"] == trained_on else f"{task['task']} ({trained_on})"
                 groups[(row, label)].append(task)
     if not groups:
@@ -551,14 +555,12 @@ def render_report(
         anatomy = gate_anatomy_table(view)
         if anatomy:
             lines += [
-                "The gate opened up (`imsm experiment FILE --inspect-gates`; teacher-forced on each task's first "
-                "examples): mean g is the weight on the frozen branch; decisiveness is mean |2g − 1| over "
-                "features and tokens (0: every feature mixed 50/50, 1: every feature takes one branch); moved is "
-                "mean |g − g_initial| against the run's own initial gate; specificity is how far a task's "
-                "per-feature mean gate lies from the average over the tasks (the initial gate's in brackets: "
-                "the baseline a gate that learned nothing has). Then the gold answers' NLL under the trained "
-                "gate, the initial gate, a fixed 50/50 mix, the tuned branch alone (the adapter without "
-                "fusion) and the frozen branch alone (the base model):",
+                "The gate opened up (`imsm experiment FILE --inspect-gates`, each task's first examples, mean "
+                "over seeds): mean g on the frozen branch; decisiveness, mean |2g − 1| (0: every feature "
+                "mixed evenly, 1: each feature takes one branch); moved, mean |g − g_initial|; specificity "
+                "of each task's per-feature gate, the initial gate's in brackets; the gold answers' NLL under "
+                "the gate and its stand-ins (tuned only = the adapter without fusion, frozen only = the base "
+                "model). See docs/experiments.md:",
                 "",
                 *anatomy,
                 "",
