@@ -134,6 +134,8 @@ def test_the_initial_gate_is_the_runs_own(workspace, tmp_path):
             assert torch.allclose(initial.W_B, model.gate.W_B, atol=1e-8)
         (report,) = inspect_gate(model, formatter, data, initial)
         moved[run.name] = report.moved
+        if run is still:
+            assert report.initial_decisiveness == pytest.approx(report.decisiveness, abs=1e-6)
     assert moved["still"] < 1e-6 < 1e-3 < moved["moving"]
     assert "NLL initial" in format_report([report])
 

@@ -47,6 +47,7 @@ class TaskGateReport:
     tokens: int
     frozen_weight: float  # mean g, as the evaluation reports it
     decisiveness: float
+    initial_decisiveness: float | None  # the same for the initial gate: what training changed
     moved: float | None
     specificity: float | None  # set once every task is measured
     initial_specificity: float | None
@@ -124,7 +125,7 @@ def inspect_gate(
     partial, feature_means, initial_means = [], {}, {}
     for name, (task, records) in data.items():
         nll: dict[str, list[float]] = {key: [] for key in ("gate", *STAND_INS) if key != "initial" or initial}
-        decisiveness, moved, tokens = [], [], 0
+        decisiveness, initial_decisiveness, moved, tokens = [], [], [], 0
         gate_sum = initial_sum = 0.0
         for record in records:
             answer_ids = formatter.answer_ids(task.target(record))
@@ -139,6 +140,7 @@ def inspect_gate(
             if initial is not None:
                 gates["initial"] = _gate_values(initial, frozen, tuned, query_frozen, query_tuned)
                 moved.append(float((g - gates["initial"]).abs().mean()))
+                initial_decisiveness.append(float((2 * gates["initial"] - 1).abs().mean()))
                 initial_sum = initial_sum + gates["initial"].sum(dim=0)
             for key, values in gates.items():
                 fused = (tuned + values * (frozen - tuned)).to(dtype)  # eq. 5, as `fuse` computes it
@@ -159,6 +161,7 @@ def inspect_gate(
                 tokens=tokens,
                 frozen_weight=float(feature_means[name].mean()),
                 decisiveness=mean(decisiveness),
+                initial_decisiveness=mean(initial_decisiveness) if initial_decisiveness else None,
                 moved=mean(moved) if moved else None,
                 gold_nll={key: mean(values) for key, values in nll.items()},
             )
@@ -184,7 +187,7 @@ def _specificity(means: Mapping[str, torch.Tensor]) -> dict[str, float]:
 def format_report(reports: Sequence[TaskGateReport]) -> str:
     """A markdown table: the gate's shape, then the gold NLL under the trained gate and each stand-in."""
     keys = [key for key in ("gate", *STAND_INS) if key in reports[0].gold_nll]
-    header = ["task", "examples", "mean g", "decisiveness", "moved", "specificity (initial)"]
+    header = ["task", "examples", "mean g", "decisiveness (initial)", "moved", "specificity (initial)"]
     header += [f"NLL {key.replace('_', ' ')}" for key in keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
@@ -192,7 +195,8 @@ def format_report(reports: Sequence[TaskGateReport]) -> str:
         return "–" if value is None else f"{value:.{digits}f}"
 
     for report in reports:
-        cells = [report.task, str(report.examples), number(report.frozen_weight), number(report.decisiveness)]
+        cells = [report.task, str(report.examples), number(report.frozen_weight)]
+        cells.append(f"{number(report.decisiveness)} ({number(report.initial_decisiveness)})")
         cells += [number(report.moved), f"{number(report.specificity)} ({number(report.initial_specificity)})"]
         cells += [number(report.gold_nll[key]) for key in keys]
         lines.append("| " + " | ".join(cells) + " |")

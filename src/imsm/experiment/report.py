@@ -298,7 +298,7 @@ def gate_anatomy_table(view: GridView) -> list[str]:
                 groups[(row, label)].append(task)
     if not groups:
         return []
-    headers = ["method", "task", "seeds", "mean g", "decisiveness", "moved", "specificity (initial)"]
+    headers = ["method", "task", "seeds", "mean g", "decisiveness (initial)", "moved", "specificity (initial)"]
     headers += [f"NLL {label}" for label in GATE_NLL_LABELS.values()]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
 
@@ -308,10 +308,11 @@ def gate_anatomy_table(view: GridView) -> list[str]:
 
     for (row, label), tasks in groups.items():
         cells = [view.label(row), label, str(len(tasks))]
-        cells += [average([t[key] for t in tasks]) for key in ("frozen_weight", "decisiveness", "moved")]
-        cells.append(
-            f"{average([t['specificity'] for t in tasks])} ({average([t['initial_specificity'] for t in tasks])})"
-        )
+        cells.append(average([t["frozen_weight"] for t in tasks]))
+        for key in ("decisiveness", "moved", "specificity"):
+            value = average([t[key] for t in tasks])
+            initial = average([t.get(f"initial_{key}") for t in tasks])  # absent from older gate.json
+            cells.append(value if key == "moved" else f"{value} ({initial})")
         cells += [average([t["gold_nll"].get(key) for t in tasks]) for key in GATE_NLL_LABELS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
