@@ -413,3 +413,9 @@ def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows
     grid_g, grid_t = report.split("## t", 1)
     assert "| IMSM-LoRA | probe | 2 |" in grid_g and "| IMSM-LoRA | facts | 2 |" in grid_g
     assert "| IMSM-LoRA | probe | 2 |" in grid_t and "| IMSM-LoRA | facts |" not in grid_t  # only its columns
+    # Beside the gate, the vanilla twin's NLL on the same (first 3) questions, same seeds.
+    vanilla = [c for c in experiment.cells if c.config["fusion"] == "none"]
+    facts = [runner.read_cell_result(experiment, c)["questions"][str(workspace / "facts.yaml")] for c in vanilla]
+    expected = sum(sum(q["gold_nll"][:3]) / 3 for q in facts) / len(facts)
+    facts_row = next(line for line in grid_g.splitlines() if line.startswith("| IMSM-LoRA | facts | 2 |"))
+    assert facts_row.endswith(f"| {expected:.3f} |")

@@ -34,7 +34,7 @@ AVERAGE = "avg."
 UNSCALED = {"gold_nll", "answer_chars", AVERAGE}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Column:
     train_task: str | None  # None: each row's own training task (the "target" column)
     eval_task: str
@@ -280,40 +280,57 @@ GATE_NLL_LABELS = {
 
 def gate_anatomy_table(view: GridView) -> list[str]:
     """From the cells' gate.json (`imsm experiment --inspect-gates`): per gated row and task, the
-    gate's shape and the gold answers' NLL under it and its stand-ins, averaged over seeds."""
+    gate's shape and the gold answers' NLL under it and its stand-ins, averaged over seeds, and
+    beside them the vanilla twin's NLL on the same questions (from its per-question scores)."""
     from imsm.experiment.gates import read_gate_report
 
     several = len(view.train_tasks) > 1
     # A cell shared with another grid may have been inspected on tasks this grid does not show.
-    shown = {(Path(c.train_task or c.eval_task).stem, Path(c.eval_task).stem) for c in view.columns}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    columns = {(Path(c.train_task or c.eval_task).stem, Path(c.eval_task).stem): c for c in view.columns}
+    twins = dict(view.twins())
+    groups: dict[tuple[str, Column], list[dict[str, Any]]] = defaultdict(list)
+    limits: dict[tuple[str, Column], set[int]] = defaultdict(set)
+    seeds: dict[tuple[str, Column], set[int]] = defaultdict(set)
     for row, cells in view.rows.items():
         for cell in cells:
-            report = read_gate_report(view.experiment, cell)
-            for task in (report or {}).get("tasks", []):
-                trained_on = Path(str(cell.config["task"])).stem
-                if (trained_on, task["task"]) not in shown:
-                    continue
-                label = task["task"] if not several or task["task"] == trained_on else f"{task['task']} ({trained_on})"
-                groups[(row, label)].append(task)
+            report = read_gate_report(view.experiment, cell) or {}
+            for task in report.get("tasks", []):
+                column = columns.get((Path(str(cell.config["task"])).stem, task["task"]))
+                if column is not None:
+                    groups[(row, column)].append(task)
+                    limits[(row, column)].add(report["limit"])
+                    seeds[(row, column)].add(cell.config["seed"])
     if not groups:
         return []
     headers = ["method", "task", "seeds", "mean g", "decisiveness (initial)", "moved", "specificity (initial)"]
-    headers += [f"NLL {label}" for label in GATE_NLL_LABELS.values()]
+    headers += [f"NLL {label}" for label in GATE_NLL_LABELS.values()] + ["NLL vanilla twin"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
 
     def average(values: list[float | None]) -> str:
         present = [v for v in values if v is not None]
         return f"{sum(present) / len(present):.3f}" if present else "–"
 
-    for (row, label), tasks in groups.items():
-        cells = [view.label(row), label, str(len(tasks))]
-        cells.append(average([t["frozen_weight"] for t in tasks]))
+    def twin_nll(row: str, column: Column) -> str:
+        if row not in twins or len(limits[(row, column)]) != 1:
+            return "–"
+        (limit,) = limits[(row, column)]
+        per_seed = []
+        for seed, questions in view.questions(twins[row], column).items():
+            if seed not in seeds[(row, column)]:
+                continue  # the same seeds as the inspected gates
+            shown = [n for i, n in zip(questions["index"], questions.get("gold_nll", []), strict=False) if i < limit]
+            if shown:
+                per_seed.append(sum(shown) / len(shown))
+        return average(per_seed)
+
+    for (row, column), tasks in groups.items():
+        cells = [view.label(row), column.label(several), str(len(tasks)), average([t["frozen_weight"] for t in tasks])]
         for key in ("decisiveness", "moved", "specificity"):
             value = average([t[key] for t in tasks])
             initial = average([t.get(f"initial_{key}") for t in tasks])  # absent from older gate.json
             cells.append(value if key == "moved" else f"{value} ({initial})")
         cells += [average([t["gold_nll"].get(key) for t in tasks]) for key in GATE_NLL_LABELS]
+        cells.append(twin_nll(row, column))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -561,7 +578,7 @@ def render_report(
                 "mixed evenly, 1: each feature takes one branch); moved, mean |g − g_initial|; specificity "
                 "of each task's per-feature gate, the initial gate's in brackets; the gold answers' NLL under "
                 "the gate and its stand-ins (tuned only = the adapter without fusion, frozen only = the base "
-                "model). See docs/experiments.md:",
+                "model), and the vanilla adapter's on the same questions. See docs/experiments.md:",
                 "",
                 *anatomy,
                 "",
