@@ -419,3 +419,15 @@ def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows
     expected = sum(sum(q["gold_nll"][:3]) / 3 for q in facts) / len(facts)
     facts_row = next(line for line in grid_g.splitlines() if line.startswith("| IMSM-LoRA | facts | 2 |"))
     assert facts_row.endswith(f"| {expected:.3f} |")
+
+
+def test_pairs_that_all_differ_equally_get_no_p_value_rather_than_zero():
+    import math
+
+    from imsm.experiment.report import _test_cells
+    from imsm.experiment.stats import paired_t_test
+
+    test = paired_t_test([0.02, 0.03, 0.05], [0.01, 0.02, 0.04])  # one question more on each seed
+    assert math.isinf(test.t)
+    difference, t, p = _test_cells(test, "contains")
+    assert difference == "+1.00" and t == "–" and "all pairs differ equally" in p

@@ -340,6 +340,10 @@ def _test_cells(test: PairedTest, metric: str) -> tuple[str, str, str]:
     difference = "–" if math.isnan(test.mean_difference) else f"{_scale(metric, test.mean_difference):+.2f}"
     t = "–" if math.isnan(test.t) else f"{test.t:.2f}"
     p = "–" if math.isnan(test.p) else f"{test.p:.3f}"
+    if math.isinf(test.t):
+        # Every pair differs by the same amount: with a few seeds and counts of questions this
+        # happens by chance, and p = 0 would read as certainty; no test is possible.
+        t, p = "–", "– (all pairs differ equally)"
     return difference, t, p
 
 

@@ -80,7 +80,7 @@ def paired_t_test(treatment: Sequence[float], control: Sequence[float]) -> Paire
     mu, sd = mean_std(differences)
     if n < 2:
         return PairedTest(n, mu, math.nan, math.nan)
-    if sd == 0.0:
+    if sd < 1e-12:  # identical up to rounding (0.03 - 0.02 != 0.02 - 0.01 in floats)
         t = math.nan if mu == 0.0 else math.copysign(math.inf, mu)
         return PairedTest(n, mu, t, 1.0 if mu == 0.0 else 0.0)
     t = mu / (sd / math.sqrt(n))

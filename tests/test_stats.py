@@ -1,0 +1,34 @@
+"""The statistics behind the report: p-values against printed t tables, and the paired test."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from imsm.experiment.stats import mean_std, paired_t_test, student_t_two_sided_p
+
+
+@pytest.mark.parametrize(
+    ("t", "df", "p"),
+    [(12.706, 1, 0.05), (4.303, 2, 0.05), (2.776, 4, 0.05), (2.228, 10, 0.05), (9.925, 2, 0.01), (0.0, 3, 1.0)],
+)
+def test_two_sided_p_values_match_the_t_table(t, df, p):
+    assert student_t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
+    assert student_t_two_sided_p(-t, df) == pytest.approx(p, abs=2e-4)  # two-sided: symmetric
+
+
+def test_paired_test_works_on_the_differences():
+    treatment, control = [3.0, 5.0, 4.0, 6.0], [1.0, 2.0, 2.0, 3.0]  # differences 2, 3, 2, 3
+    test = paired_t_test(treatment, control)
+    mu, sd = mean_std([2.0, 3.0, 2.0, 3.0])
+    assert test.n == 4 and test.mean_difference == pytest.approx(2.5)
+    assert test.t == pytest.approx(mu / (sd / 2)) and test.t == pytest.approx(8.660, abs=1e-3)
+    assert test.p == pytest.approx(student_t_two_sided_p(test.t, 3))
+
+
+def test_too_few_pairs_or_no_difference_give_no_false_certainty():
+    assert math.isnan(paired_t_test([1.0], [0.5]).p)
+    assert paired_t_test([1.0, 2.0], [1.0, 2.0]).p == 1.0
+    with pytest.raises(ValueError):
+        paired_t_test([1.0, 2.0], [1.0])
