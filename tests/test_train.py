@@ -133,8 +133,10 @@ def test_resume_after_sigkill_of_a_real_training_process(workspace, tmp_path):
         "4",
         "--micro-batch-size",
         "2",
+        # Long enough that the run cannot finish between the poll that sees the checkpoint and
+        # the kill (on a fast machine 18 steps once did): over 100 steps stay after it.
         "--epochs",
-        "6",
+        "40",
         "--learning-rate",
         "0.01",
         "--dtype",
