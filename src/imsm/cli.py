@@ -241,14 +241,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_gate(args: argparse.Namespace) -> int:
-    import copy
-
     from imsm.data import load_examples, resolve_data_dir
     from imsm.evaluate import write_atomically
-    from imsm.gate_inspection import format_report, initial_gate, inspect_gate, reports_to_json
+    from imsm.gate_inspection import format_report, inspect_adapter, reports_to_json
     from imsm.model.load import load_model_and_tokenizer
     from imsm.model.persist import check_adapter_directory, read_imsm_config
-    from imsm.model.siamese import IMSMModel
     from imsm.prompting import PromptFormatter
     from imsm.tasks import parse_task_list
 
@@ -265,10 +262,8 @@ def cmd_inspect_gate(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     data = {task.name: (task, load_examples(task, args.split, data_dir, args.limit)) for task in tasks}
     base, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.device, args.trust_remote_code)
-    initial = None if args.no_initial else initial_gate(adapter, copy.deepcopy(base))
-    model = IMSMModel.from_pretrained(base, adapter).eval()
     formatter = PromptFormatter.for_tokenizer(tokenizer, args.chat_template, args.system)
-    reports = inspect_gate(model, formatter, data, initial)
+    reports = inspect_adapter(base, adapter, formatter, data, with_initial=not args.no_initial)
     print(format_report(reports))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

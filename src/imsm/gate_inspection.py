@@ -84,6 +84,22 @@ def initial_gate(adapter: str | Path, base_model: torch.nn.Module) -> FusionGate
     return None if gate is None else gate.eval()
 
 
+def inspect_adapter(
+    base_model: torch.nn.Module,
+    adapter: str | Path,
+    formatter: PromptFormatter,
+    data: Mapping[str, tuple[Task, Sequence[Record]]],
+    with_initial: bool = True,
+) -> list[TaskGateReport]:
+    """`inspect_gate` for an adapter directory on `base_model` (which it takes over), measured
+    against the run's initial gate when `with_initial` and the run recorded its seed."""
+    import copy
+
+    initial = initial_gate(adapter, copy.deepcopy(base_model)) if with_initial else None
+    model = IMSMModel.from_pretrained(base_model, adapter).eval()
+    return inspect_gate(model, formatter, data, initial)
+
+
 @torch.no_grad()
 def _answer_states(model: IMSMModel, prompt_ids: list[int], answer_ids: list[int]):
     """Both branches' states at the positions predicting the answer, the query means, the gold ids."""

@@ -7,7 +7,6 @@ pass can be stopped and restarted, and run beside the grid's workers.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,8 @@ def read_gate_report(experiment: Experiment, cell: Cell) -> dict[str, Any] | Non
 def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) -> None:
     from imsm.data import load_examples
     from imsm.evaluate import write_atomically
-    from imsm.gate_inspection import initial_gate, inspect_gate, reports_to_json
+    from imsm.gate_inspection import inspect_adapter, reports_to_json
     from imsm.model.load import load_model_and_tokenizer
-    from imsm.model.siamese import IMSMModel
     from imsm.prompting import PromptFormatter
     from imsm.tasks import get_task
 
@@ -42,9 +40,7 @@ def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) 
     tasks = [get_task(name) for name in cell.evaluate]
     data = {task.name: (task, load_examples(task, None, data_dir, limit)) for task in tasks}
     base, tokenizer = load_model_and_tokenizer(cell.config["model"], cell.config["dtype"])
-    initial = initial_gate(run, copy.deepcopy(base))
-    model = IMSMModel.from_pretrained(base, run).eval()
-    reports = inspect_gate(model, PromptFormatter.for_tokenizer(tokenizer), data, initial)
+    reports = inspect_adapter(base, run, PromptFormatter.for_tokenizer(tokenizer), data)
     header = {"cell": cell.name, "limit": limit, "command": f"imsm inspect-gate --adapter {run} --limit {limit}"}
     write_atomically(gate_report_path(experiment, cell), reports_to_json(reports, header))
 
