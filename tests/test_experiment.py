@@ -365,6 +365,22 @@ def test_a_gate_option_axis_keeps_one_vanilla_row_paired_with_every_gated_row(wo
     ]
 
 
+@pytest.mark.parametrize(
+    ("axis", "expected"),
+    [
+        ({"fusion": ["imsm", "no-query", "mean"]}, ["IMSM-LoRA (no query)", "IMSM-LoRA (mean)"]),
+        ({"fusion": "imsm", "gate_rank": [4, 8, 16]}, ["IMSM-LoRA [gate_rank=4]", "IMSM-LoRA [gate_rank=16]"]),
+    ],
+)
+def test_a_grid_without_vanilla_rows_tests_each_variant_against_default_imsm(workspace, tmp_path, axis, expected):
+    grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", **axis}}
+    report = render_report(load_experiment(write_config(workspace, tmp_path, grids=grids, original=[])), None)
+    assert "Paired t-tests (each variant − IMSM at its default gate settings" in report
+    reference = "IMSM-LoRA [gate_rank=8]" if "gate_rank" in axis else "IMSM-LoRA"
+    comparisons = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ") and " − " in line]
+    assert comparisons == [f"| {label} − {reference}" for label in expected]
+
+
 def test_a_corpus_level_metric_is_compared_question_by_question_through_accuracy(workspace, tmp_path):
     rows = [{"q": f"w{3 + i} w{10 + i}", "a": "yes" if i % 2 else "no"} for i in range(6)]
     (tmp_path / "yn.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

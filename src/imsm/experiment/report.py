@@ -3,10 +3,10 @@
 Every grid becomes a table shaped like the paper's: one row per setting (peft method, fusion,
 gate rank, ...), one column per evaluated task, mean ± sample std over seeds of the task's paper
 metric, and the trainable parameters. Beside it: the length-independent scores (hit@5, gold NLL,
-yes/no AUC and the predicted-yes rate), and, where a grid holds vanilla cells (fusion none), a
-paired t-test of every IMSM variant against its vanilla twin, pairs sharing a seed, and the same
-comparison question by question where the results keep per-question scores. Missing cells are
-listed, never silently dropped.
+yes/no AUC and the predicted-yes rate), and a paired t-test, pairs sharing a seed, of every IMSM
+variant against its vanilla twin where the grid holds vanilla cells (fusion none), else of every
+ablation or gate setting against IMSM at its defaults; the same comparisons question by question
+where the results keep per-question scores. Missing cells are listed, never silently dropped.
 """
 
 from __future__ import annotations
@@ -150,6 +150,23 @@ class GridView:
             if twin is not None:
                 pairs.append((row, twin))
         return pairs
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """(row, the row it is tested against): every gated row against its vanilla twin; in a grid
+        without vanilla rows (the paper's ablations, its gate-rank sweep), every other row against
+        IMSM at its default gate settings, the configuration the paper reports."""
+        twins = self.twins()
+        if twins:
+            return twins
+        settings = {row: json.loads(row) for row in self.rows}
+        reference = next((row for row, s in settings.items() if _is_default_imsm(s)), None)
+        if reference is None:
+            return []
+        return [
+            (row, reference)
+            for row, mine in settings.items()
+            if row != reference and _same_but_gate(settings[reference], mine)
+        ]
 
     def has_probes(self) -> bool:
         """Whether cells are evaluated on tasks beyond their own (the paper's forgetting tables)."""
@@ -352,7 +369,7 @@ def significance_table(view: GridView) -> list[str]:
     grids with probes, their averages too (the paper's "overall performance")."""
     lines = []
     several = len(view.train_tasks) > 1
-    for row, twin in view.twins():
+    for row, twin in view.comparisons():
         label = f"{view.label(row)} − {view.label(twin)}"
         compared = []
         for column in view.columns:
@@ -386,7 +403,7 @@ def question_table(view: GridView) -> list[str]:
     for the gold answer's NLL."""
     lines = []
     several = len(view.train_tasks) > 1
-    for row, twin in view.twins():
+    for row, twin in view.comparisons():
         for column in view.columns:
             treated, control = view.questions(row, column), view.questions(twin, column)
             metric = _per_question_metric(column.eval_task, [*treated.values(), *control.values()])
@@ -406,6 +423,15 @@ def question_table(view: GridView) -> list[str]:
                 f"{by_metric.n} × {seeds} | {metric_difference} | {metric_p} | {nll_difference} | {nll_p} |"
             )
     return lines
+
+
+def _is_default_imsm(settings: dict[str, Any]) -> bool:
+    from imsm.train.config import TrainConfig
+
+    defaults = TrainConfig.__dataclass_fields__
+    return settings["fusion"] == "imsm" and all(
+        settings.get(option, defaults[option].default) == defaults[option].default for option in GATE_OPTIONS
+    )
 
 
 def _same_but_gate(vanilla: dict[str, Any], imsm: dict[str, Any]) -> bool:
@@ -589,7 +615,8 @@ def render_report(
             ]
         tests = significance_table(view)
         if tests:
-            lines += ["Paired t-tests (IMSM variant − vanilla, same seeds; two-sided):", ""] + tests + [""]
+            against = "vanilla" if view.twins() else "IMSM at its default gate settings"
+            lines += [f"Paired t-tests (each variant − {against}, same seeds; two-sided):", ""] + tests + [""]
         by_question = question_table(view)
         if by_question:
             lines += [
