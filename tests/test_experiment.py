@@ -403,7 +403,9 @@ def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows
     grid = {"task": [str(workspace / "probe.yaml")], "peft": "lora", "fusion": ["none", "imsm"], "seed": [0, 1]}
     grid["evaluate"] = ["target", str(workspace / "facts.yaml")]
     target_only = {key: value for key, value in grid.items() if key != "evaluate"}  # the same cells
-    path = write_config(workspace, tmp_path, grids={"g": grid, "t": target_only}, original=[])
+    gated_only = {**target_only, "fusion": ["imsm"]}  # no vanilla row to set beside the gate
+    grids = {"g": grid, "t": target_only, "i": gated_only}
+    path = write_config(workspace, tmp_path, grids=grids, original=[])
     experiment = load_experiment(path)
     assert main(["experiment", path, "--inspect-gates"]) == 0  # nothing finished yet: nothing to do
     assert "0 finished gated cells" in capsys.readouterr().out
@@ -427,6 +429,9 @@ def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows
     report = render_report(experiment, None)
     assert "The gate opened up" in report
     grid_g, grid_t = report.split("## t", 1)
+    grid_t, grid_i = grid_t.split("## i", 1)
+    assert "NLL vanilla twin" in grid_t and "NLL vanilla twin" not in grid_i
+    assert "| IMSM-LoRA | probe | 2 |" in grid_i
     assert "| IMSM-LoRA | probe | 2 |" in grid_g and "| IMSM-LoRA | facts | 2 |" in grid_g
     assert "| IMSM-LoRA | probe | 2 |" in grid_t and "| IMSM-LoRA | facts |" not in grid_t  # only its columns
     # Beside the gate, the vanilla twin's NLL on the same (first 3) questions, same seeds.

@@ -298,7 +298,8 @@ GATE_NLL_LABELS = {
 def gate_anatomy_table(view: GridView) -> list[str]:
     """From the cells' gate.json (`imsm experiment --inspect-gates`): per gated row and task, the
     gate's shape and the gold answers' NLL under it and its stand-ins, averaged over seeds, and
-    beside them the vanilla twin's NLL on the same questions (from its per-question scores)."""
+    beside them the vanilla twin's NLL on the same questions (from its per-question scores) where
+    the grid has vanilla rows."""
     from imsm.experiment.gates import read_gate_report
 
     several = len(view.train_tasks) > 1
@@ -320,7 +321,7 @@ def gate_anatomy_table(view: GridView) -> list[str]:
     if not groups:
         return []
     headers = ["method", "task", "seeds", "mean g", "decisiveness (initial)", "moved", "specificity (initial)"]
-    headers += [f"NLL {label}" for label in GATE_NLL_LABELS.values()] + ["NLL vanilla twin"]
+    headers += [f"NLL {label}" for label in GATE_NLL_LABELS.values()] + (["NLL vanilla twin"] if twins else [])
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
 
     def average(values: list[float | None]) -> str:
@@ -347,7 +348,7 @@ def gate_anatomy_table(view: GridView) -> list[str]:
             initial = average([t.get(f"initial_{key}") for t in tasks])  # absent from older gate.json
             cells.append(value if key == "moved" else f"{value} ({initial})")
         cells += [average([t["gold_nll"].get(key) for t in tasks]) for key in GATE_NLL_LABELS]
-        cells.append(twin_nll(row, column))
+        cells += [twin_nll(row, column)] if twins else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
