@@ -366,7 +366,8 @@ def _test_cells(test: PairedTest, metric: str) -> tuple[str, str, str]:
 
 
 def significance_table(view: GridView) -> list[str]:
-    """Each IMSM row against the vanilla row with the same other settings, paired by seed; for
+    """Each row against the one `GridView.comparisons` pairs it with (its vanilla twin, or default
+    IMSM in an ablation grid), paired by seed; for
     grids with probes, their averages too (the paper's "overall performance")."""
     lines = []
     several = len(view.train_tasks) > 1
@@ -399,7 +400,7 @@ def _per_question_metric(task_name: str, columns: list[dict[str, list[Any]]]) ->
 
 
 def question_table(view: GridView) -> list[str]:
-    """Each IMSM row against its vanilla twin question by question: every question's score averaged
+    """Each compared pair (`GridView.comparisons`) question by question: every question's score averaged
     over the seeds both finished, then a paired t-test over questions, for the paper's metric and
     for the gold answer's NLL."""
     lines = []
