@@ -362,7 +362,17 @@ def test_a_gate_option_axis_keeps_one_vanilla_row_paired_with_every_gated_row(wo
     assert comparisons == [
         "| IMSM-LoRA [gate_learning_rate=0.001] − LoRA",
         "| IMSM-LoRA [gate_learning_rate=0.03] − LoRA",
+        # ... and the variant against IMSM as the paper sets it
+        "| IMSM-LoRA [gate_learning_rate=0.03] − IMSM-LoRA [gate_learning_rate=0.001]",
     ]
+    assert "(each gated row − its vanilla twin; each variant − IMSM at its default gate settings," in report
+
+
+def test_an_ablation_grid_with_vanilla_rows_tests_against_both_vanilla_and_default_imsm(workspace, tmp_path):
+    grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "fusion": ["none", "imsm", "mean"]}}
+    report = render_report(load_experiment(write_config(workspace, tmp_path, grids=grids, original=[])), None)
+    comparisons = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ") and " − " in line]
+    assert comparisons == ["| IMSM-LoRA − LoRA", "| IMSM-LoRA (mean) − LoRA", "| IMSM-LoRA (mean) − IMSM-LoRA"]
 
 
 @pytest.mark.parametrize(

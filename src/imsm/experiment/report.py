@@ -4,7 +4,7 @@ Every grid becomes a table shaped like the paper's: one row per setting (peft me
 gate rank, ...), one column per evaluated task, mean ± sample std over seeds of the task's paper
 metric, and the trainable parameters. Beside it: the length-independent scores (hit@5, gold NLL,
 yes/no AUC and the predicted-yes rate), and a paired t-test, pairs sharing a seed, of every IMSM
-variant against its vanilla twin where the grid holds vanilla cells (fusion none), else of every
+variant against its vanilla twin where the grid holds vanilla cells (fusion none), and of every
 ablation or gate setting against IMSM at its defaults; the same comparisons question by question
 where the results keep per-question scores. Missing cells are listed, never silently dropped.
 """
@@ -152,21 +152,20 @@ class GridView:
         return pairs
 
     def comparisons(self) -> list[tuple[str, str]]:
-        """(row, the row it is tested against): every gated row against its vanilla twin; in a grid
-        without vanilla rows (the paper's ablations, its gate-rank sweep), every other row against
-        IMSM at its default gate settings, the configuration the paper reports."""
-        twins = self.twins()
-        if twins:
-            return twins
+        """(row, the row it is tested against): every gated row against its vanilla twin, then every
+        other gated row against IMSM at its default gate settings, the configuration the paper
+        reports. An ablation or gate-option grid reads both ways: does the variant beat plain PEFT,
+        and does it beat IMSM as the paper builds it."""
+        pairs = self.twins()
         settings = {row: json.loads(row) for row in self.rows}
         reference = next((row for row, s in settings.items() if _is_default_imsm(s)), None)
-        if reference is None:
-            return []
-        return [
-            (row, reference)
-            for row, mine in settings.items()
-            if row != reference and _same_but_gate(settings[reference], mine)
-        ]
+        if reference is not None:
+            pairs += [
+                (row, reference)
+                for row, mine in settings.items()
+                if row != reference and mine["fusion"] != "none" and _same_but_gate(settings[reference], mine)
+            ]
+        return pairs
 
     def has_probes(self) -> bool:
         """Whether cells are evaluated on tasks beyond their own (the paper's forgetting tables)."""
@@ -366,9 +365,9 @@ def _test_cells(test: PairedTest, metric: str) -> tuple[str, str, str]:
 
 
 def significance_table(view: GridView) -> list[str]:
-    """Each row against the one `GridView.comparisons` pairs it with (its vanilla twin, or default
-    IMSM in an ablation grid), paired by seed; for
-    grids with probes, their averages too (the paper's "overall performance")."""
+    """Each pair `GridView.comparisons` makes (a gated row and its vanilla twin, a variant and
+    default IMSM), paired by seed; for grids with probes, their averages too (the paper's "overall
+    performance")."""
     lines = []
     several = len(view.train_tasks) > 1
     for row, twin in view.comparisons():
@@ -425,6 +424,15 @@ def question_table(view: GridView) -> list[str]:
                 f"{by_metric.n} × {seeds} | {metric_difference} | {metric_p} | {nll_difference} | {nll_p} |"
             )
     return lines
+
+
+def _compared_against(view: GridView) -> str:
+    pairs = view.comparisons()
+    to_vanilla = any(json.loads(twin)["fusion"] == "none" for _, twin in pairs)
+    to_imsm = any(json.loads(twin)["fusion"] != "none" for _, twin in pairs)
+    parts = ["each gated row − its vanilla twin"] * to_vanilla
+    parts += ["each variant − IMSM at its default gate settings"] * to_imsm
+    return "; ".join(parts)
 
 
 def _is_default_imsm(settings: dict[str, Any]) -> bool:
@@ -617,8 +625,7 @@ def render_report(
             ]
         tests = significance_table(view)
         if tests:
-            against = "vanilla" if view.twins() else "IMSM at its default gate settings"
-            lines += [f"Paired t-tests (each variant − {against}, same seeds; two-sided):", ""] + tests + [""]
+            lines += [f"Paired t-tests ({_compared_against(view)}, same seeds; two-sided):", ""] + tests + [""]
         by_question = question_table(view)
         if by_question:
             lines += [
