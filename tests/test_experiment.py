@@ -238,6 +238,18 @@ def test_report_on_partial_results_lists_what_is_missing(workspace, tmp_path):
     assert "Missing (8 of 8 cells)" in report and "Original row missing for: " in report
 
 
+def test_a_shared_cell_is_missing_only_from_the_grid_that_still_owes_it_an_evaluation(workspace, tmp_path):
+    probe, facts = str(workspace / "probe.yaml"), str(workspace / "facts.yaml")
+    target_only = {"task": [probe], "peft": "lora", "fusion": "imsm"}
+    assert main(["experiment", write_config(workspace, tmp_path, grids={"a": target_only}, original=[])]) == 0
+    # A second grid asks the same cell for a probe it has not been evaluated on yet.
+    grids = {"a": target_only, "b": {**target_only, "evaluate": ["target", facts]}}
+    report = render_report(load_experiment(write_config(workspace, tmp_path, grids=grids, original=[])), None)
+    section_a, section_b = report.split("## a", 1)[1].split("## b", 1)
+    assert "Missing" not in section_a
+    assert "Missing (1 of 1 cells)" in section_b
+
+
 def test_report_carries_its_commands_and_the_authors_discussion(workspace, tmp_path, capsys):
     grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "fusion": ["none", "imsm"]}}
     path = write_config(workspace, tmp_path, grids=grids, original=[])

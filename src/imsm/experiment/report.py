@@ -185,10 +185,14 @@ class GridView:
         return row_label(self.rows[row][0].config, self.varying)
 
     def missing(self) -> list[str]:
+        """Cells without a result for every task this grid shows. A cell shared with another grid
+        may still owe that grid evaluations; they are that grid's missing cells, not this one's."""
         names = []
         for cell in self.cells:
             result = self.results.get(cell.key)
-            if result is None or any(t not in result["metrics"] for t in cell.evaluate):
+            trained_on = str(cell.config["task"])
+            shown = [c.eval_task for c in self.columns if (c.train_task or c.eval_task) == trained_on]
+            if result is None or any(task not in result["metrics"] for task in shown):
                 names.append(cell.name)
         return names
 
