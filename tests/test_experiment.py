@@ -474,3 +474,18 @@ def test_pairs_that_all_differ_equally_get_no_p_value_rather_than_zero():
     assert math.isinf(test.t)
     difference, t, p = _test_cells(test, "contains")
     assert difference == "+1.00" and t == "–" and "all pairs differ equally" in p
+
+
+def test_the_shipped_smollm2_grid_trains_each_setting_once():
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "smollm2-paper-tables.yaml"
+    experiment = load_experiment(str(config))
+    assert {"table1", "table2", "table4", "table6", "figure4"} <= set(experiment.grids)
+    assert len(experiment.cells) == 105  # docs/results.md reports on exactly these
+    # Figure 4 reads cells that Tables 2 and 4 train; it only adds evaluations.
+    figure4 = [c for c in experiment.cells if "figure4" in c.grids]
+    assert len(figure4) == 12 and all(set(c.grids) & {"table2", "table4"} for c in figure4)
+    # Table 4's vanilla rows are Table 1's cells.
+    vanilla = [c for c in experiment.cells if "table4" in c.grids and c.config["fusion"] == "none"]
+    assert len(vanilla) == 9 and all("table1" in c.grids for c in vanilla)
