@@ -39,6 +39,11 @@ class Column:
     train_task: str | None  # None: each row's own training task (the "target" column)
     eval_task: str
 
+    @property
+    def trained_on(self) -> str:
+        """The training task of the cells this column reads."""
+        return self.train_task if self.train_task is not None else self.eval_task
+
     def label(self, several_train_tasks: bool) -> str:
         evaluated = Path(self.eval_task).stem
         if self.train_task is None or not several_train_tasks:
@@ -114,7 +119,7 @@ class GridView:
         out = {}
         for cell in self.rows[row]:
             trained_on = str(cell.config["task"])
-            if trained_on != (column.train_task if column.train_task is not None else column.eval_task):
+            if trained_on != column.trained_on:
                 continue
             result = self.results.get(cell.key)
             if result is not None:
@@ -191,7 +196,7 @@ class GridView:
         for cell in self.cells:
             result = self.results.get(cell.key)
             trained_on = str(cell.config["task"])
-            shown = [c.eval_task for c in self.columns if (c.train_task or c.eval_task) == trained_on]
+            shown = [c.eval_task for c in self.columns if c.trained_on == trained_on]
             if result is None or any(task not in result["metrics"] for task in shown):
                 names.append(cell.name)
         return names
@@ -307,7 +312,7 @@ def gate_anatomy_table(view: GridView) -> list[str]:
 
     several = len(view.train_tasks) > 1
     # A cell shared with another grid may have been inspected on tasks this grid does not show.
-    columns = {(Path(c.train_task or c.eval_task).stem, Path(c.eval_task).stem): c for c in view.columns}
+    columns = {(Path(c.trained_on).stem, Path(c.eval_task).stem): c for c in view.columns}
     twins = dict(view.twins())
     groups: dict[tuple[str, Column], list[dict[str, Any]]] = defaultdict(list)
     limits: dict[tuple[str, Column], set[int]] = defaultdict(set)
