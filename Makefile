@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch lies on these machines' disk; naming it keeps pip from pulling CUDA.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The suite without the tests marked slow: a couple of minutes, for the edit-test loop.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests

@@ -8,7 +8,19 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import AdaLoraConfig, IA3Config, LoraConfig, VeraConfig
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from imsm.peft_methods.builders import build_peft_config
+from imsm.peft_methods.loramoe import LoRAMoEConfig
 
 VOCAB = 96
 EOS = 2
@@ -71,7 +83,58 @@ def peft_config(method: str, architecture: str):
         return IA3Config(target_modules=targets, feedforward_modules=[_MLP_OUT[architecture]])
     if method == "vera":  # no fast path: exercises the generic branch split
         return VeraConfig(r=8, target_modules=targets)
+    if method == "loramoe":  # IMSM's own tuner; GPT-2's feed-forward layers are Conv1D, named here
+        gpt2_targets = {"target_modules": ["c_fc", "mlp.c_proj"]} if architecture == "gpt2" else {}
+        return LoRAMoEConfig(
+            r=2, lora_alpha=8, num_experts=4, lora_dropout=0.0, balance_delta=0.1, balance_weight=0.1, **gpt2_targets
+        )
+    if method in OTHER_TUNERS:  # the paper's defaults, through the generic branch split
+        return build_peft_config(method, target_modules=None if method == "ln_tuning" else _ATTENTION[architecture])
     raise ValueError(method)
+
+
+# Tuners beyond PEFT_METHODS that `peft_config` also builds (IMSM's LoRAMoE, and peft tuners
+# without a fast path); not a fixture, so only the tests that name them pay for them.
+OTHER_TUNERS = ["lokr", "ln_tuning", "oft"]
+
+# Four-layer models adapted on layers 2-3 only: the layers below the adapter can be shared by the
+# two branches (`IMSMModel.share_lower_layers`), and an upper layer above the first adapted one
+# receives the doubled batch's arguments second-hand.
+DEEP_LAYERS = 4
+UPPER_LAYERS = [2, 3]
+# The adapted projections, as paths inside one decoder layer, and the stack's attribute name.
+LAYER_MODULES = {
+    "llama": ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"],
+    "qwen2": ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"],
+    "gpt2": ["attn.c_attn", "mlp.c_proj"],
+}
+_STACK = {"llama": "layers", "qwen2": "layers", "gpt2": "h"}
+
+
+def deep_model(architecture: str, **overrides):
+    """`tiny_model` of `architecture` with DEEP_LAYERS layers (same seed and sizes)."""
+    config = tiny_model(architecture).config.to_dict()
+    config.pop("layer_types", None)  # derived from the layer count when the config is built
+    config["n_layer" if "n_layer" in config else "num_hidden_layers"] = DEEP_LAYERS
+    config.update(overrides)
+    model_class = type(tiny_model(architecture))
+    torch.manual_seed(0)
+    return model_class(model_class.config_class(**config)).eval()
+
+
+def module_targets(architecture: str, layers) -> list[str]:
+    """Full paths of the adapted projections in decoder layers `layers`."""
+    return [f"{_STACK[architecture]}.{i}.{inner}" for i in layers for inner in LAYER_MODULES[architecture]]
+
+
+def layers_adapter_config(method: str, architecture: str, layers=UPPER_LAYERS):
+    """LoRA or (IA)3 on decoder layers `layers` only: LoRA through peft's `layers_to_transform`;
+    (IA)3, which lacks it, through module paths."""
+    if method == "lora":
+        targets = sorted({inner.split(".")[-1] for inner in LAYER_MODULES[architecture]})
+        return LoraConfig(r=4, lora_alpha=8, target_modules=targets, layers_to_transform=layers, lora_dropout=0.0)
+    targets = module_targets(architecture, layers)
+    return IA3Config(target_modules=targets, feedforward_modules=[t for t in targets if ".mlp." in t])
 
 
 def perturb_adapter(model, scale: float = 0.3, seed: int = 1) -> None:
@@ -112,9 +175,6 @@ def method(request):
 
 def tiny_tokenizer():
     """A word-level tokenizer over the tiny vocabulary: "w3 w17 ..." <-> ids."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<s>": 1, "</s>": EOS, **{f"w{i}": i for i in range(3, VOCAB)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import save_tiny_model
 from imsm.cli import main
 
 
+@pytest.mark.slow
 def test_bench_train_compares_vanilla_and_imsm_in_fresh_processes(tmp_path, capsys):
     save_tiny_model(tmp_path / "model")
     output = tmp_path / "bench" / "train.json"
@@ -33,6 +36,7 @@ def test_bench_train_compares_vanilla_and_imsm_in_fresh_processes(tmp_path, caps
     assert "IMSM / vanilla: throughput" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_train_reports_a_failed_run_in_one_line(tmp_path, capsys):
     code = main(["bench", "train", "--model", str(tmp_path / "missing"), "--limit", "4", "--epochs", "1"])
     assert code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from conftest import peft_config, perturb_adapter, save_tiny_model, tiny_model
-from imsm import IMSMConfig, get_imsm_model
+from imsm import IMSMConfig, IMSMError, get_imsm_model
 from imsm.cli import main
 
 
@@ -132,11 +133,67 @@ def test_yaml_config_errors(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_new_token: 3\n")
     code, _, err = run(capsys, "generate", "--config", str(bad))
-    assert code == 2 and "unknown option(s) ['max_new_token']" in err
+    assert code == 2 and "unknown option(s) ['max_new_token'] (did you mean 'max_new_tokens'?)" in err
     code, _, err = run(capsys, "generate", "--config", str(tmp_path / "missing.yaml"))
     assert code == 2 and "does not exist" in err
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("max_new_tokens: 0", "max_new_tokens must be a positive integer, got 0"),
+        ("max_new_tokens: '0'", "max_new_tokens: expected a positive integer, got 0"),
+        ("chat_template: off", "chat_template must be one of auto, on, off, got False"),
+        ("prompt: []", "no prompt given"),
+    ],
+)
+def test_yaml_values_are_checked_like_flags_before_any_model_load(capsys, tmp_path, text, message):
+    config = tmp_path / "generate.yaml"
+    config.write_text(f"model: /no/such/model\nprompt: hi\n{text}\n")
+    code, out, err = run(capsys, "generate", "--config", str(config))
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+
+
+def test_options_come_from_defaults_then_the_yaml_file_then_the_flags(tmp_path):
+    from imsm.cli import EvalOptions, build_parser
+    from imsm.options import read_options
+
+    config = tmp_path / "eval.yaml"
+    config.write_text("task: mrpc,webq\noutput: out.json\nlimit: '5'\nbatch-size: 2\nlikelihood: false\n")
+    args = build_parser().parse_args(["eval", "--config", str(config), "--batch-size", "3", "--no-resume"])
+    options = read_options(args)
+    assert options == EvalOptions(
+        task="mrpc,webq", output="out.json", limit=5, batch_size=3, likelihood=False, resume=False
+    )
+    with pytest.raises(IMSMError, match=r"--output is required \(on the command line or in the --config file\)"):
+        read_options(build_parser().parse_args(["eval", "--task", "mrpc"]))
+
+
+def test_every_option_of_every_command_is_a_documented_field():
+    import dataclasses
+
+    from imsm.cli import build_parser
+
+    def commands(parser, prefix=""):
+        for action in parser._actions:  # where argparse keeps subcommands; fine for a test to read
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield prefix + name, sub
+                    yield from commands(sub, f"{prefix}{name} ")
+
+    seen = 0
+    for name, parser in commands(build_parser()):
+        options = parser.get_default("options_class")
+        if options is None:  # `bench` only groups its modes
+            continue
+        seen += 1
+        dests = {a.dest for a in parser._actions} - {"help", "config"}
+        assert dests == {f.name for f in dataclasses.fields(options)}, name
+        assert all(f.metadata.get("help") for f in dataclasses.fields(options)), name
+    assert seen == 10
+
+
+@pytest.mark.slow
 def test_the_installed_command_prints_no_traceback():
     result = subprocess.run(
         [sys.executable, "-m", "imsm", "generate", "--model", "nope", "--prompt", "x"],

@@ -34,6 +34,17 @@ def test_config_round_trips_and_rejects_unknown_fields():
         IMSMConfig.from_dict({"gate_rnak": 4})
 
 
+def test_train_config_checks_the_options_it_shares_with_other_commands():
+    from imsm.options import DEFAULT_MODEL
+    from imsm.train.config import TrainConfig
+
+    assert TrainConfig(task="mrpc", output="run").model == DEFAULT_MODEL
+    with pytest.raises(IMSMError, match="chat_template must be one of auto, on, off, got 'of'"):
+        TrainConfig(task="mrpc", output="run", chat_template="of")
+    with pytest.raises(IMSMError, match="epochs must be a positive integer, got 0"):
+        TrainConfig(task="mrpc", output="run", epochs=0)
+
+
 def test_unknown_peft_method_suggests_the_nearest():
     with pytest.raises(IMSMError, match="unknown peft method 'lorra': did you mean 'lora'"):
         build_peft_config("lorra")

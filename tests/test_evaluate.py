@@ -78,7 +78,11 @@ def test_one_pass_gives_the_separate_passes_answers_and_scores(fusion):
     # Prompts of several lengths (left padding), targets of one to four tokens (right padding).
     prompts = ["w3 w4 w5 w6 w7", "w8", "w9 w10 w11", "w12 w13", "w14 w15 w16 w17"]
     targets = ["w20 w21 w22 w23", "w24", "w25 w26", "w27", "w28 w29 w30"]
-    answers, nll, margins, weights = answer_and_score(model, formatter, prompts, targets, 6, 3, yes_no=True)
+    outcomes = answer_and_score(model, formatter, prompts, targets, 6, 3, yes_no=True)
+    answers = [o.prediction for o in outcomes]
+    nll, margins, weights = (
+        [getattr(o, key) for o in outcomes] for key in ("gold_nll", "yes_no_margin", "frozen_weight")
+    )
     assert answers == generate_answers(model, formatter, prompts, 6, 3)
     expected_nll, expected_margins, expected_weights = score_targets(model, formatter, prompts, targets, 3, True)
     assert nll == pytest.approx(expected_nll, abs=1e-5)
@@ -222,8 +226,8 @@ def test_an_interrupted_evaluation_resumes_from_its_journal_with_identical_resul
     def killed_after_one_batch(*args):
         *arguments, on_batch_done = args
 
-        def once(rows, texts, triples):
-            on_batch_done(rows, texts, triples)
+        def once(rows, outcomes):
+            on_batch_done(rows, outcomes)
             raise KeyboardInterrupt  # the session ends mid-task
 
         return real_pass(*arguments, once)
@@ -233,54 +237,42 @@ def test_an_interrupted_evaluation_resumes_from_its_journal_with_identical_resul
         _evaluate_with_journal(spec, journal)
     with journal.open("a") as file:
         file.write('{"i": 5, "predic')  # a line cut short by the kill
-    calls = {"one pass": [], "answers": [], "scores": []}
+    evaluated = []
 
-    def counting(name, real):
-        return lambda model, formatter, prompts, *rest: (
-            calls[name].extend(prompts) or real(model, formatter, prompts, *rest)
-        )
+    def counting(model, formatter, prompts, *rest):
+        evaluated.extend(prompts)
+        return real_pass(model, formatter, prompts, *rest)
 
-    monkeypatch.setattr(evaluate_module, "answer_and_score", counting("one pass", real_pass))
-    monkeypatch.setattr(evaluate_module, "generate_answers", counting("answers", evaluate_module.generate_answers))
-    monkeypatch.setattr(evaluate_module, "score_targets", counting("scores", evaluate_module.score_targets))
+    monkeypatch.setattr(evaluate_module, "answer_and_score", counting)
     resumed = _evaluate_with_journal(spec, journal)
     # The first batch (two examples) came from the journal; the other four ran in one pass.
-    assert [len(v) for v in calls.values()] == [4, 0, 0] and resumed.resumed_examples == 2
+    assert len(evaluated) == 4 and resumed.resumed_examples == 2
     assert resumed.examples == uninterrupted.examples
     assert resumed.metrics == pytest.approx(uninterrupted.metrics)
     assert resumed.summary()["resumed_examples"] == 2 and resumed.summary()["examples_per_s"] is None
     # The rows appended after the cut line are whole: a third run needs no model call at all.
-    for seen in calls.values():
-        seen.clear()
+    evaluated.clear()
     assert _evaluate_with_journal(spec, journal).examples == uninterrupted.examples
-    assert not any(calls.values())
+    assert not evaluated
 
 
-def test_half_an_example_in_a_journal_is_completed_by_the_missing_pass(spec, tmp_path, monkeypatch):
-    import imsm.evaluate as evaluate_module
-
+def test_the_journal_holds_whole_examples_and_ignores_anything_less(spec, tmp_path):
     journal = tmp_path / "run.probe.partial.jsonl"
     complete = _evaluate_with_journal(spec, journal)
-    lines = journal.read_text().splitlines()
-    rows = [json.loads(line) for line in lines[1:]]
-    # Keep every answer but only two scores, as the separate passes of an older run would.
-    kept = [r for r in rows if "prediction" in r] + [r for r in rows if "nll" in r][:2]
-    journal.write_text("".join(line + "\n" for line in [lines[0], *map(json.dumps, kept)]))
-    scored = []
-    real_score = evaluate_module.score_targets
-    monkeypatch.setattr(
-        evaluate_module,
-        "score_targets",
-        lambda m, f, prompts, *rest: scored.extend(prompts) or real_score(m, f, prompts, *rest),
-    )
+    header, *lines = journal.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 6 and all(set(row) == {"i", "prediction", "nll", "margin", "frozen_weight"} for row in rows)
+    # Half an example (an answer without its scores) counts as not evaluated.
+    rows[0].pop("nll")
+    journal.write_text("".join(line + "\n" for line in [header, *map(json.dumps, rows)]))
     resumed = _evaluate_with_journal(spec, journal)
-    assert len(scored) == 4 and resumed.examples == complete.examples
+    assert resumed.resumed_examples == 5 and resumed.examples == complete.examples
 
 
 def test_a_journal_from_other_settings_is_started_afresh(spec, tmp_path):
     journal = tmp_path / "run.probe.partial.jsonl"
     first = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "aaaa"})
-    assert first.resumed_examples == 0 and len(journal.read_text().splitlines()) == 1 + 6 + 6  # answers, scores
+    assert first.resumed_examples == 0 and len(journal.read_text().splitlines()) == 1 + 6  # header, examples
     again = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "aaaa"})
     assert again.resumed_examples == 6
     other = _evaluate_with_journal(spec, journal, {"model": "tiny", "adapter": "bbbb"})

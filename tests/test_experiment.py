@@ -85,6 +85,26 @@ def test_every_problem_in_the_file_is_reported_at_once(workspace, tmp_path):
     assert "problem(s)" in message
 
 
+def test_eval_settings_are_checked_and_default_to_imsm_evals(workspace, tmp_path):
+    from imsm.cli import EvalOptions
+
+    facts = str(workspace / "facts.yaml")
+    experiment = load_experiment(write_config(workspace, tmp_path, eval={"limits": {facts: 2}}))
+    settings, command = experiment.eval_options, EvalOptions(task="mrpc", output="out.json")
+    assert (settings.batch_size, settings.max_new_tokens, settings.likelihood, settings.limit) == (
+        command.batch_size,
+        command.max_new_tokens,
+        command.likelihood,
+        command.limit,
+    )
+    assert experiment.eval_limit(facts) == 2 and experiment.eval_limit("mrpc") is None
+    with pytest.raises(IMSMError, match="eval: batch_size must be a positive integer, got 0"):
+        load_experiment(write_config(workspace, tmp_path, eval={"batch_size": 0}))
+    with pytest.raises(IMSMError, match="eval: limits.mrpc must be a positive integer, got -1"):
+        load_experiment(write_config(workspace, tmp_path, eval={"limits": {"mrpc": -1}}))
+
+
+@pytest.mark.slow
 def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, monkeypatch):
     path = write_config(workspace, tmp_path)
     assert main(["experiment", path]) == 0
@@ -111,9 +131,21 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished cell was evaluated again")
+
+    def written():  # every file of the experiment and when it was last written
+        paths = [*experiment.results.rglob("*"), *experiment.work.rglob("*")]
+        return {p: p.stat().st_mtime_ns for p in paths if p.is_file()}
+
+    # Patched in the modules the runner imports them from when it calls them (no `raising=False`:
+    # a name that moved fails here instead of guarding nothing); and whichever way a re-run went,
+    # it would write a file.
     monkeypatch.setattr("imsm.train.run.train", no_training)
-    monkeypatch.setattr("imsm.experiment.runner.evaluate_task", no_training, raising=False)
+    monkeypatch.setattr("imsm.evaluate.evaluate_task", no_evaluation)
+    before = written()
     assert main(["experiment", path]) == 0
+    assert written() == before
 
     # A cell whose evaluation was lost is re-evaluated without retraining.
     monkeypatch.undo()
@@ -189,8 +221,8 @@ def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(wor
     real_pass = evaluate_module.answer_and_score
 
     def killed_in_facts(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, on_batch_done):
-        def once(rows, texts, triples):
-            on_batch_done(rows, texts, triples)
+        def once(rows, outcomes):
+            on_batch_done(rows, outcomes)
             if prompts == facts_prompts:
                 raise KeyboardInterrupt  # the session ends in the second task, after one batch
 
@@ -281,6 +313,7 @@ def test_a_claim_excludes_other_holders_until_released(tmp_path):
         assert again
 
 
+@pytest.mark.slow
 def test_a_killed_workers_claim_is_free_at_once(tmp_path):
     lock = tmp_path / "cell.lock"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(lock)], stdout=subprocess.PIPE, text=True)
@@ -350,7 +383,7 @@ def test_per_task_options_do_not_split_a_methods_row(workspace, tmp_path):
 
 
 def test_report_scales_proportions_and_mcc_to_percent_but_not_nll_or_lengths():
-    from imsm.experiment.report import _format
+    from imsm.experiment.report.tables import _format
 
     assert _format([0.253, 0.247], "mcc", 2) == "25.0 ± 0.4"  # as the paper prints CoLA
     assert _format([0.5], "accuracy", 1) == "50.0"
@@ -467,7 +500,7 @@ def test_inspect_gates_opens_every_finished_gated_cell_once_and_the_report_shows
 def test_pairs_that_all_differ_equally_get_no_p_value_rather_than_zero():
     import math
 
-    from imsm.experiment.report import _test_cells
+    from imsm.experiment.report.tables import _test_cells
     from imsm.experiment.stats import paired_t_test
 
     test = paired_t_test([0.02, 0.03, 0.05], [0.01, 0.02, 0.04])  # one question more on each seed

@@ -44,9 +44,14 @@ def test_fusion_is_a_convex_combination_weighted_towards_the_frozen_branch():
     h_frozen, h_tuned = torch.randn(3, 4), torch.randn(3, 4)
     query = gate.query_term(torch.randn(3, 4), torch.randn(3, 4))
     g = gate(h_frozen, h_tuned, query)
-    torch.testing.assert_close(fuse("imsm", gate, h_frozen, h_tuned, query), g * h_frozen + (1 - g) * h_tuned)
-    torch.testing.assert_close(fuse("mean", None, h_frozen, h_tuned, None), (h_frozen + h_tuned) / 2)
-    assert fuse("none", None, None, h_tuned, None) is h_tuned
+    fused, used = fuse("imsm", gate, h_frozen, h_tuned, query)
+    torch.testing.assert_close(fused, g * h_frozen + (1 - g) * h_tuned)
+    torch.testing.assert_close(used, g)
+    fused, used = fuse("mean", None, h_frozen, h_tuned, None)
+    torch.testing.assert_close(fused, (h_frozen + h_tuned) / 2)
+    assert used is None
+    fused, used = fuse("none", None, None, h_tuned, None)
+    assert fused is h_tuned and used is None
 
 
 def test_gate_keeps_fp32_parameters_and_returns_the_models_dtype():
@@ -54,7 +59,7 @@ def test_gate_keeps_fp32_parameters_and_returns_the_models_dtype():
     h = torch.randn(2, 4, dtype=torch.bfloat16)
     query = gate.query_term(h, h)
     assert gate.W_A.dtype == torch.float32
-    assert fuse("imsm", gate, h, h, query).dtype == torch.bfloat16
+    assert fuse("imsm", gate, h, h, query)[0].dtype == torch.bfloat16
 
 
 def test_dropout_is_active_only_in_training():

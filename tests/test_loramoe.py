@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from conftest import perturb_adapter, random_batch, save_tiny_model, tiny_model
 from imsm import IMSMConfig, IMSMError, IMSMModel, get_imsm_model
-from imsm.model.decode import naive_generate
 from imsm.peft_methods.builders import PEFT_METHODS, build_peft_config
 from imsm.peft_methods.loramoe import (
     LoRAMoEConfig,
@@ -275,17 +274,6 @@ def test_peft_loads_the_tuned_branch_given_the_loramoe_config(tmp_path):
         actual = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits
     assert torch.equal(actual, expected)
     assert loramoe_config_for(tmp_path / "missing") is None
-
-
-@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])
-@pytest.mark.parametrize("fusion", ["imsm", "none"])
-def test_cached_decoding_equals_naive_recomputation(architecture, fusion):
-    model = build(architecture, fusion)
-    input_ids, attention_mask = random_batch()
-    cached = model.generate(input_ids, attention_mask, max_new_tokens=10, eos_token_id=[])
-    naive = naive_generate(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=[])
-    assert cached.shape == (3, input_ids.shape[1] + 10)
-    assert torch.equal(cached, naive)
 
 
 # ---------------------------------------------------------------------------------------------

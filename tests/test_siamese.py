@@ -223,22 +223,6 @@ def test_adapted_output_head_is_bypassed_by_the_fusion():
         torch.testing.assert_close(fused, tuned_logits if fusion == "none" else expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["lokr", "ln_tuning", "oft"])
-def test_generic_path_serves_other_peft_tuners(method):
-    from imsm.model.decode import naive_generate
-    from imsm.peft_methods.builders import build_peft_config
-
-    targets = None if method == "ln_tuning" else ["q_proj", "v_proj"]
-    model = get_imsm_model(tiny_model("llama"), build_peft_config(method, target_modules=targets), IMSMConfig())
-    perturb_adapter(model)
-    model.eval()
-    input_ids, attention_mask = random_batch()
-    cached = model.generate(input_ids, attention_mask, max_new_tokens=6, eos_token_id=[])
-    torch.testing.assert_close(
-        cached, naive_generate(model, input_ids, attention_mask, max_new_tokens=6, eos_token_id=[])
-    )
-
-
 def test_grid_is_what_the_issue_asks_for():
     assert {"llama", "qwen2", "gpt2"} <= set(ARCHITECTURES)
     assert {"lora", "ia3", "adalora", "dora"} < set(PEFT_METHODS)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imsm import IMSMError
+from imsm.cli import main
 from imsm.data import load_examples, read_jsonl, resolve_data_dir
+from imsm.metrics import METRICS
 from imsm.tasks import TASKS, get_task, parse_task_list
 
 # CI lays shared/ beside the checkout; IMSM_DATA_DIR points elsewhere.
@@ -137,8 +143,6 @@ def test_data_dir_comes_from_the_flag_or_the_environment(data_dir, monkeypatch, 
 
 
 def test_without_data_or_hub_the_error_says_how_to_point_at_data(monkeypatch):
-    import builtins
-
     real_import = builtins.__import__
 
     def no_datasets(name, *args, **kwargs):
@@ -154,9 +158,6 @@ def test_without_data_or_hub_the_error_says_how_to_point_at_data(monkeypatch):
 
 
 def test_hub_rows_are_converted_to_the_data_files_format(monkeypatch):
-    import sys
-    import types
-
     fake = types.ModuleType("datasets")
     fake.load_dataset = lambda path, name, split: [{"question": "who?", "answers": ["Ann", "Anne"]}]
     monkeypatch.setitem(sys.modules, "datasets", fake)
@@ -193,8 +194,6 @@ def write_spec(tmp_path, **overrides):
         **overrides,
     }
     path = tmp_path / "capitals.yaml"
-    import yaml
-
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -222,6 +221,24 @@ def test_custom_spec_tasks(tmp_path, monkeypatch):
 def test_bad_custom_specs_are_refused(tmp_path, overrides, message):
     with pytest.raises(IMSMError, match=message):
         load_examples(get_task(str(write_spec(tmp_path, **overrides))))
+
+
+@pytest.mark.parametrize("answer_type, metric", [("text", "f1"), ("number", "mcc")])
+def test_a_metric_not_defined_for_the_answer_type_is_refused_in_one_line(tmp_path, capsys, answer_type, metric):
+    path = write_spec(tmp_path, answer_type=answer_type, metrics=["contains", metric])
+    code = main(["eval", "--task", str(path), "--output", str(tmp_path / "results.json")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1
+    for expected in (repr(str(path)), f"metric {metric!r} is defined for answer_type yes_no only", repr(answer_type)):
+        assert expected in err, expected
+    yes_no = get_task(str(write_spec(tmp_path, answer_type="yes_no", metrics=["accuracy", metric])))
+    assert yes_no.metrics == ("accuracy", metric)
+
+
+def test_built_in_tasks_ask_only_for_metrics_of_their_answer_type():
+    for name in TASKS:
+        task = TASKS.get(name)
+        assert all(METRICS.get(metric).applies_to(task.answer_type) for metric in task.metrics), name
 
 
 def test_spec_without_required_keys(tmp_path):

@@ -15,8 +15,10 @@ from safetensors.torch import load_file
 
 from conftest import save_tiny_model
 from imsm import IMSMError
-from imsm.train import loop
+from imsm.train.checkpoint import latest_checkpoint
 from imsm.train.config import TrainConfig
+from imsm.train.loop import TrainingDiverged, TrainingHooks
+from imsm.train.optimization import adalora_orthogonal_penalty, build_optimizer, learning_rate_lambda
 from imsm.train.run import train
 
 
@@ -75,7 +77,9 @@ def test_every_method_learns_a_constant_answer(workspace, tmp_path, method):
 
 
 def test_run_directory_records_how_it_was_made(workspace, tmp_path):
-    train(config(workspace, tmp_path / "run"), progress=False)
+    steps = []
+    hooks = TrainingHooks(on_step=lambda step, result, seconds: steps.append((step, result, seconds)))
+    summary = train(config(workspace, tmp_path / "run"), progress=False, hooks=hooks)
     run = tmp_path / "run"
     assert {
         "adapter_config.json",
@@ -92,6 +96,12 @@ def test_run_directory_records_how_it_was_made(workspace, tmp_path):
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(record)
     assert len(list((run / "checkpoints").iterdir())) <= 2
+    # The hooks see every `train_step` the log records (what `imsm bench train` times).
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [step for step, _, _ in steps] == [r["step"] for r in logged] == list(range(1, 7))
+    assert [round(result.loss, 6) for _, result, _ in steps] == [r["loss"] for r in logged]
+    assert sum(result.tokens for _, result, _ in steps) == summary["tokens"]
+    assert all(seconds > 0 for _, _, seconds in steps)
 
 
 def test_same_seed_same_weights_and_other_seed_other_weights(workspace, tmp_path):
@@ -103,26 +113,60 @@ def test_same_seed_same_weights_and_other_seed_other_weights(workspace, tmp_path
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_resume_after_an_interruption_ends_with_the_same_weights(workspace, tmp_path, monkeypatch):
+def test_resume_after_an_interruption_ends_with_the_same_weights(workspace, tmp_path):
     train(config(workspace, tmp_path / "full", epochs=3), progress=False)
-    original = loop.save_checkpoint
 
-    def crash_after_step_4(output, step, *args, **kwargs):
-        path = original(output, step, *args, **kwargs)
+    def interrupt_after_step_4(step, result, seconds):  # called once step 4 is checkpointed
         if step == 4:
             raise KeyboardInterrupt
-        return path
 
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_step_4)
     with pytest.raises(KeyboardInterrupt):
-        train(config(workspace, tmp_path / "cut", epochs=3, checkpoint_every=2), progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", original)
+        cut = config(workspace, tmp_path / "cut", epochs=3, checkpoint_every=2)
+        train(cut, progress=False, hooks=TrainingHooks(on_step=interrupt_after_step_4))
+    assert latest_checkpoint(tmp_path / "cut").name == "step-000004"
     assert not (tmp_path / "cut" / "train_summary.json").exists()
     train(config(workspace, tmp_path / "cut", epochs=3, checkpoint_every=2, resume=True), progress=False)
     full, resumed = adapter_tensors(tmp_path / "full"), adapter_tensors(tmp_path / "cut")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+def test_resuming_a_finished_run_touches_nothing_and_succeeds(workspace, tmp_path, capsys):
+    from imsm.cli import main
+
+    run = tmp_path / "run"
+    summary = train(config(workspace, run), progress=False)
+
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    assert train(config(workspace, run, resume=True), progress=False) == summary
+    command = [
+        "train", "--task", str(workspace / "probe.yaml"), "--model", str(workspace / "model"), "--output", str(run),
+        "--batch-size", "4", "--micro-batch-size", "2", "--epochs", "2", "--learning-rate", "0.01",
+        "--dtype", "fp32", "--resume",
+    ]  # fmt: skip
+    assert main(command) == 0
+    assert "holds a finished run (6 steps); nothing to resume" in capsys.readouterr().out
+    assert snapshot() == before
+    # Other settings are still refused: the finished run is not the run asked for.
+    with pytest.raises(IMSMError, match="other settings"):
+        train(config(workspace, run, resume=True, learning_rate=5e-3), progress=False)
+
+
+def test_a_crash_between_the_last_checkpoint_and_the_summary_resumes_to_the_end(workspace, tmp_path):
+    run = tmp_path / "run"
+    train(config(workspace, run), progress=False)
+    adapter = adapter_tensors(run)
+    for name in ("train_summary.json", "adapter_model.safetensors", "imsm_gate.safetensors"):
+        (run / name).unlink()
+    summary = train(config(workspace, run, resume=True), progress=False)
+    assert summary["steps"] == 6 and (run / "train_summary.json").exists()
+    resumed = adapter_tensors(run)
+    assert adapter.keys() == resumed.keys() and all(torch.equal(adapter[k], resumed[k]) for k in adapter)
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_of_a_real_training_process(workspace, tmp_path):
     common = [
         "--task",
@@ -167,18 +211,20 @@ def test_resume_after_sigkill_of_a_real_training_process(workspace, tmp_path):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(workspace, tmp_path, monkeypatch):
-    original = loop.adalora_orthogonal_penalty
-    calls = {"n": 0}
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(workspace, tmp_path):
+    built = {}
 
-    def poisoned(model):
-        calls["n"] += 1
-        return torch.tensor(float("nan")) if calls["n"] > 4 else original(model)
+    def poison_after_step_2(step, result, seconds):  # step 2 is checkpointed; step 3 will diverge
+        if step == 2:
+            with torch.no_grad():
+                for parameter in built["model"].parameters():
+                    if parameter.requires_grad:
+                        parameter.fill_(float("nan"))
 
-    monkeypatch.setattr(loop, "adalora_orthogonal_penalty", poisoned)
-    with pytest.raises(loop.TrainingDiverged, match="the loss became nan at step 3"):
-        train(config(workspace, tmp_path / "run", peft="adalora", checkpoint_every=1), progress=False)
-    assert loop.latest_checkpoint(tmp_path / "run").name == "step-000002"
+    hooks = TrainingHooks(on_start=lambda model: built.update(model=model), on_step=poison_after_step_2)
+    with pytest.raises(TrainingDiverged, match="the loss became nan at step 3 \\(epoch 1\\); the last good checkpoint"):
+        train(config(workspace, tmp_path / "run", peft="adalora", checkpoint_every=1), progress=False, hooks=hooks)
+    assert latest_checkpoint(tmp_path / "run").name == "step-000002"
     assert not (tmp_path / "run" / "train_summary.json").exists()
 
 
@@ -191,7 +237,7 @@ def test_adalora_allocates_rank_and_is_regularised(workspace, tmp_path):
     assert saved["total_step"] == 9 and saved["peft_type"] == "ADALORA"
     base, _ = load_model_and_tokenizer(str(workspace / "model"), "fp32")
     model = IMSMModel.from_pretrained(base, tmp_path / "run")
-    assert float(loop.adalora_orthogonal_penalty(model)) > 0
+    assert float(adalora_orthogonal_penalty(model)) > 0
 
 
 def test_ia3_trains_with_adafactor_at_a_fixed_learning_rate():
@@ -201,15 +247,15 @@ def test_ia3_trains_with_adafactor_at_a_fixed_learning_rate():
     from imsm import IMSMConfig, get_imsm_model
 
     model = get_imsm_model(tiny_model("llama"), peft_config("ia3", "llama"), IMSMConfig())
-    optimizer = loop.build_optimizer(model, "adafactor", 3e-3, 1e-3, 0.0)
+    optimizer = build_optimizer(model, "adafactor", 3e-3, 1e-3, 0.0)
     assert isinstance(optimizer, Adafactor) and not optimizer.defaults["relative_step"]
     assert [group["lr"] for group in optimizer.param_groups] == [3e-3, 1e-3]
 
 
 def test_schedules_warm_up_then_decay():
-    cosine = loop.learning_rate_lambda("cosine", warmup_steps=2, total_steps=10)
+    cosine = learning_rate_lambda("cosine", warmup_steps=2, total_steps=10)
     assert [round(cosine(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
-    linear = loop.learning_rate_lambda("linear", warmup_steps=0, total_steps=4)
+    linear = learning_rate_lambda("linear", warmup_steps=0, total_steps=4)
     assert [linear(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
 
 
@@ -268,6 +314,7 @@ def test_train_cli_with_a_yaml_config(workspace, tmp_path, capsys):
     assert "already holds a finished run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace, tmp_path):
     # Dropout off: two processes draw other dropout masks than one process does.
     options = [

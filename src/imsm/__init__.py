@@ -8,7 +8,6 @@ from imsm.config import FUSION_MODES, IMSMConfig
 from imsm.errors import IMSMError
 from imsm.model.build import get_imsm_model
 from imsm.model.siamese import IMSMModel, IMSMOutput
-
-__version__ = "0.1.0"
+from imsm.version import __version__
 
 __all__ = ["FUSION_MODES", "IMSMConfig", "IMSMError", "IMSMModel", "IMSMOutput", "__version__", "get_imsm_model"]

@@ -75,7 +75,7 @@ def _from_hub(task: Task, split: str) -> list[Record]:
     if task.hub is None or split not in task.hub.splits:
         raise IMSMError(f"task {task.name} ({split}) has no data directory to read and no hub copy; {hint}")
     try:
-        import datasets
+        import datasets  # optional (not a dependency): needed only for this online fallback
     except ImportError:
         raise IMSMError(f"task {task.name}: no data directory given and `datasets` is not installed; {hint}") from None
     try:

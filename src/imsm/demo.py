@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imsm.evaluate import TaskResult, evaluate_task, write_atomically
+from imsm.atomic_write import atomic_path, write_atomically
+from imsm.evaluate import TaskResult, evaluate_task
+from imsm.provenance import provenance_header
 
 ROWS = ("Original", "LoRA", "IMSM-LoRA")
 
@@ -111,9 +113,8 @@ def save_plot(table: dict[str, dict[str, float]], path: Path, target_name: str, 
         if len(keys) > 1:
             axis.legend(fontsize=8)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
 
 
@@ -174,15 +175,15 @@ def run_demo(args) -> dict[str, Any]:
         print(line)
     plot = work / "demo.png"
     save_plot(table, plot, target[0].name, probe[0].name)
-    payload = {
-        "model": args.model,
-        "target": target[0].name,
-        "probe": probe[0].name,
-        "table": table,
-        "details": details,
-        "settings": {k: v for k, v in vars(args).items() if k != "handler"},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    payload = provenance_header(
+        model=args.model,
+        target=target[0].name,
+        probe=probe[0].name,
+        table=table,
+        details=details,
+        settings={k: v for k, v in vars(args).items() if k != "handler"},
+        seconds=round(time.perf_counter() - started, 1),
+    )
     write_atomically(work / "demo_results.json", json.dumps(payload, indent=2, default=str) + "\n")
     minutes = (time.perf_counter() - started) / 60
     print(f"\nplot: {plot}\nresults: {work / 'demo_results.json'}\nfinished in {minutes:.1f} minutes")

@@ -4,8 +4,10 @@ Full evaluation splits take hours on a CPU (FreebaseQA: 3996 generations and as 
 passes). Each finished batch appends one JSON line per example to a journal beside the output;
 a rerun with the same model, adapter, task and settings reads it back and evaluates only the
 examples it lacks. Greedy answers do not depend on how examples are batched, so the resumed run
-gives the same results as an uninterrupted one. The first line holds a fingerprint of everything
-that shapes the results; a journal with another fingerprint is stale and is started afresh.
+gives the same results as an uninterrupted one. Each line is one whole example (its answer and
+its scores), so an example is either done or not. The first line holds a fingerprint of
+everything that shapes the results; a journal with another fingerprint is stale and is started
+afresh.
 """
 
 from __future__ import annotations
@@ -14,8 +16,26 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class ExampleOutcome:
+    """What evaluating one example gave: its answer and, when scored, its target's scores.
+
+    Attributes:
+        prediction: The greedy answer, stripped.
+        gold_nll: Mean negative log-likelihood per target token; None when not scored.
+        yes_no_margin: log p(yes) - log p(no) at the answer's first token, for yes/no tasks.
+        frozen_weight: The gate's mean weight on the frozen branch over the target's tokens.
+    """
+
+    prediction: str
+    gold_nll: float | None = None
+    yes_no_margin: float | None = None
+    frozen_weight: float | None = None
 
 
 def fingerprint(settings: dict[str, Any], texts: Sequence[str] = ()) -> str:
@@ -37,17 +57,16 @@ def directory_digest(directory: Path) -> str | None:
 
 
 class EvalJournal:
-    """Appends generated answers and likelihood scores per example; reads them back on resume.
+    """Appends finished examples; reads them back on resume.
 
-    Lines after the header are {"i": index, "prediction": text} or {"i": index, "nll": ...,
-    "margin": ..., "frozen_weight": ...}. A line cut short by a kill is ignored.
+    Lines after the header are {"i": index, "prediction": text, "nll": ..., "margin": ...,
+    "frozen_weight": ...}. A line cut short by a kill is ignored.
     """
 
     def __init__(self, path: Path, run_fingerprint: str):
         self.path = Path(path)
         self.fingerprint = run_fingerprint
-        self.predictions: dict[int, str] = {}
-        self.scores: dict[int, tuple[float, float | None, float | None]] = {}
+        self.outcomes: dict[int, ExampleOutcome] = {}
         self._matches = self._read()  # whether the file on disk is this run's journal
         self._file = None
 
@@ -64,13 +83,10 @@ class EvalJournal:
         for line in lines[1:]:
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+                outcome = ExampleOutcome(row["prediction"], row["nll"], row["margin"], row["frozen_weight"])
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # the last line of a killed run may be cut short
-            if "prediction" in row:
-                self.predictions[row["i"]] = row["prediction"]
-            elif "nll" in row:
-                nll = float("nan") if row["nll"] is None else row["nll"]
-                self.scores[row["i"]] = (nll, row["margin"], row["frozen_weight"])
+            self.outcomes[row["i"]] = outcome
         return True
 
     def open(self) -> None:
@@ -85,31 +101,20 @@ class EvalJournal:
             if existing.read(1) != b"\n":
                 self._file.write("\n")  # end a line a kill cut short, so the next one stays whole
 
-    def _append(self, rows: list[dict[str, Any]]) -> None:
+    def add(self, indices: Sequence[int], outcomes: Sequence[ExampleOutcome]) -> None:
+        """Journal whole examples, flushed to disk before returning."""
         if self._file is None:
             self.open()
+        rows = []
+        for index, outcome in zip(indices, outcomes, strict=True):
+            self.outcomes[index] = outcome
+            row = {"i": index, "prediction": outcome.prediction, "nll": outcome.gold_nll}
+            rows.append({**row, "margin": outcome.yes_no_margin, "frozen_weight": outcome.frozen_weight})
         self._file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         self._file.flush()
         os.fsync(self._file.fileno())
-
-    def add_predictions(self, indices: Sequence[int], texts: Sequence[str]) -> None:
-        for index, text in zip(indices, texts, strict=True):
-            self.predictions[index] = text
-        self._append([{"i": i, "prediction": t} for i, t in zip(indices, texts, strict=True)])
-
-    def add_scores(self, indices: Sequence[int], scores: Sequence[tuple[float, float | None, float | None]]) -> None:
-        rows = []
-        for index, (nll, margin, weight) in zip(indices, scores, strict=True):
-            self.scores[index] = (nll, margin, weight)
-            rows.append({"i": index, "nll": None if nll != nll else nll, "margin": margin, "frozen_weight": weight})
-        self._append(rows)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-    def remove(self) -> None:
-        """Drop the journal once its task's results are written for good."""
-        self.close()
-        self.path.unlink(missing_ok=True)

@@ -3,23 +3,21 @@ that do not depend on answer length.
 
 For every example the model generates an answer (batched, KV-cached, greedy), which the task's
 metrics score. A teacher-forced reading of the task's target answer gives its likelihood: its
-mean negative log-likelihood per token (no generation involved), and for yes/no tasks the
-first-token margin log p(yes) - log p(no), whose AUC over the corpus ignores any global yes/no
-bias. Both read the same prompt, so they share its prefill (`answer_and_score`); the separate
-passes (`generate_answers`, `score_targets`) remain for callers that want one of them. Every
-model (base, peft or IMSM) runs through `IMSMModel`. For a gated IMSM model the teacher-forced
-reading also takes the gate: the mean weight g it gives the frozen branch (h = g h_frozen +
-(1 - g) h_tuned) over the target's tokens and features, which says how much of each answer comes
-from the base model's memory.
+mean negative log-likelihood per token, and for yes/no tasks the first-token margin
+log p(yes) - log p(no), whose AUC over the corpus ignores any global yes/no bias. Both read the
+same prompt, so one `IMSMModel.score_continuations` call per batch encodes it once and returns
+the answer and the scores together. For a gated IMSM model the teacher-forced reading also takes
+the gate: the mean weight g it gives the frozen branch (h = g h_frozen + (1 - g) h_tuned) over the
+target's tokens and features, which says how much of each answer comes from the base model's
+memory. Turning the per-example outcomes into a task's metrics is `task_metrics`, a pure function.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +25,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from imsm.eval_journal import EvalJournal, fingerprint
-from imsm.generate import generate_answers, left_padded
+from imsm.atomic_write import write_atomically
+from imsm.eval_journal import EvalJournal, ExampleOutcome, fingerprint
+from imsm.generate import left_padded
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
-from imsm.model.siamese import IGNORE_INDEX, IMSMModel
+from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
 from imsm.tasks.base import Record, Task
 
 YES_WORDS = ("yes", "Yes", "YES")
 NO_WORDS = ("no", "No", "NO")
+
+# Bumped when the journal's rows change meaning, so an older journal is started afresh.
+JOURNAL_FORMAT = 2
 
 
 @dataclass
@@ -79,6 +81,75 @@ def _word_token_ids(tokenizer, words: Sequence[str], formatter: PromptFormatter)
     return sorted(ids)
 
 
+def _evaluate_batches(
+    model: IMSMModel,
+    formatter: PromptFormatter,
+    prompts: Sequence[str],
+    targets: Sequence[str] | None,
+    max_new_tokens: int,
+    batch_size: int,
+    yes_no: bool,
+    on_batch_done: Callable[[list[int], list[ExampleOutcome]], None] | None,
+) -> list[ExampleOutcome]:
+    """Answer (when `max_new_tokens`) and score (when `targets`) each prompt from one prefill.
+
+    Prompts are batched by length, longest first, so little padding is decoded. An empty target
+    has no likelihood: its scores stay None.
+    """
+    tokenizer = formatter.tokenizer
+    pad_id = formatter.pad_id
+    yes_ids = _word_token_ids(tokenizer, YES_WORDS, formatter) if yes_no else []
+    no_ids = _word_token_ids(tokenizer, NO_WORDS, formatter) if yes_no else []
+    encoded = [formatter.prompt_ids(p) for p in prompts]
+    target_ids = [formatter.answer_ids(t) for t in targets] if targets is not None else None
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    outcomes: list[ExampleOutcome] = [ExampleOutcome("")] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        input_ids, attention_mask = left_padded([encoded[i] for i in rows], pad_id)
+        width = input_ids.shape[1]
+        # A row without a target scores a one-token stand-in (free: it needs no forward) and
+        # discards it, so the batch stays one call.
+        continuations = [[target_ids[i] or [pad_id]] for i in rows] if target_ids is not None else None
+        if continuations is None:
+            sequences = model.generate(
+                input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+            )
+            scores = None
+        else:
+            scores = model.score_continuations(
+                input_ids.to(model.device),
+                attention_mask.to(model.device),
+                continuations,
+                first_token_log_probs=yes_no,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+            )
+            sequences = scores.sequences
+        texts = [""] * len(rows)
+        if sequences is not None:
+            texts = [t.strip() for t in tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)]
+        batch = []
+        for row, index in enumerate(rows):
+            outcome = ExampleOutcome(texts[row])
+            if scores is not None and target_ids[index]:
+                outcome.gold_nll = float(-scores.log_probs[row][0].mean())
+                outcome.frozen_weight = scores.frozen_weights[row][0]
+                if yes_no:
+                    first = scores.first_log_probs[row][0]  # [V], the answer's first token
+                    outcome.yes_no_margin = float(
+                        torch.logsumexp(first[yes_ids], 0) - torch.logsumexp(first[no_ids], 0)
+                    )
+            outcomes[index] = outcome
+            batch.append(outcome)
+        if on_batch_done is not None:
+            on_batch_done(rows, batch)
+    return outcomes
+
+
 @torch.no_grad()
 def score_targets(
     model: IMSMModel,
@@ -87,46 +158,17 @@ def score_targets(
     targets: Sequence[str],
     batch_size: int = 8,
     yes_no: bool = False,
-    on_batch_done=None,
 ) -> tuple[list[float], list[float | None], list[float | None]]:
-    """Teacher-forced scores of `targets` after `prompts`.
+    """Teacher-forced scores of `targets` after `prompts`, without generating.
 
     Returns:
-        (mean NLL per target token in nats, first-token yes-vs-no log-odds margin or None, mean
-        gate weight on the frozen branch over the target's tokens, or None without a gate).
-        After each batch `on_batch_done(indices, scores)` receives the batch's indices and their
-        (nll, margin, weight) triples.
+        (mean NLL per target token in nats, NaN for an empty target; first-token yes-vs-no
+        log-odds margin or None; mean gate weight on the frozen branch over the target's
+        tokens, or None without a gate).
     """
-    tokenizer = formatter.tokenizer
-    pad_id = formatter.pad_id
-    yes_ids = _word_token_ids(tokenizer, YES_WORDS, formatter) if yes_no else []
-    no_ids = _word_token_ids(tokenizer, NO_WORDS, formatter) if yes_no else []
-    pairs = [(formatter.prompt_ids(p), formatter.answer_ids(t)) for p, t in zip(prompts, targets, strict=True)]
-    order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
-    nll: list[float] = [math.nan] * len(pairs)
-    margins: list[float | None] = [None] * len(pairs)
-    frozen_weights: list[float | None] = [None] * len(pairs)
-    gate_values: list[torch.Tensor] = []  # the gate's [N, d] output of the current batch
-    gate_hook = None
-    if getattr(model, "gate", None) is not None:
-        gate_hook = model.gate.register_forward_hook(lambda module, args, output: gate_values.append(output))
-    try:
-        for start in range(0, len(order), batch_size):
-            gate_values.clear()
-            rows = order[start : start + batch_size]
-            _score_batch(model, pairs, rows, pad_id, yes_no, yes_ids, no_ids, nll, margins)
-            if gate_values:
-                # logits_at runs the gate once, on the target positions only, in row-major order.
-                per_position = gate_values[-1].float().mean(dim=-1).cpu()  # [N]
-                counts = [len(pairs[i][1]) for i in rows]
-                for index, part in zip(rows, torch.split(per_position, counts), strict=True):
-                    frozen_weights[index] = float(part.mean())
-            if on_batch_done is not None:
-                on_batch_done(rows, [(nll[i], margins[i], frozen_weights[i]) for i in rows])
-    finally:
-        if gate_hook is not None:
-            gate_hook.remove()
-    return nll, margins, frozen_weights
+    outcomes = _evaluate_batches(model, formatter, prompts, targets, 0, batch_size, yes_no, None)
+    nll = [math.nan if o.gold_nll is None else o.gold_nll for o in outcomes]
+    return nll, [o.yes_no_margin for o in outcomes], [o.frozen_weight for o in outcomes]
 
 
 @torch.no_grad()
@@ -134,84 +176,52 @@ def answer_and_score(
     model: IMSMModel,
     formatter: PromptFormatter,
     prompts: Sequence[str],
-    targets: Sequence[str],
+    targets: Sequence[str] | None,
     max_new_tokens: int = 32,
     batch_size: int = 8,
     yes_no: bool = False,
-    on_batch_done=None,
-) -> tuple[list[str], list[float], list[float | None], list[float | None]]:
-    """`generate_answers` and `score_targets` in one pass: each prompt is encoded once.
+    on_batch_done: Callable[[list[int], list[ExampleOutcome]], None] | None = None,
+) -> list[ExampleOutcome]:
+    """Greedy answers and the targets' scores in one pass: each prompt is encoded once.
 
-    The same answers and (to float rounding) the same scores as the two separate passes; on
-    prompt-bound tasks it costs about half as much. After each batch `on_batch_done(indices,
-    answers, scores)` receives the batch's indices, answers and (nll, margin, weight) triples.
-
-    Returns:
-        (answers, NLL per target token, yes-vs-no margins or None, frozen-branch gate weights or None).
+    `targets` None skips the scores. After each batch `on_batch_done(indices, outcomes)`
+    receives the batch's prompt indices and their whole outcomes.
     """
-    from imsm.model.decode import generate_and_score
-
-    tokenizer = formatter.tokenizer
-    pad_id = formatter.pad_id
-    yes_ids = _word_token_ids(tokenizer, YES_WORDS, formatter) if yes_no else []
-    no_ids = _word_token_ids(tokenizer, NO_WORDS, formatter) if yes_no else []
-    encoded = [formatter.prompt_ids(p) for p in prompts]
-    target_ids = [formatter.answer_ids(t) for t in targets]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # little padding to decode
-    answers: list[str] = [""] * len(prompts)
-    triples: list[tuple[float, float | None, float | None]] = [(math.nan, None, None)] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        input_ids, attention_mask = left_padded([encoded[i] for i in rows], pad_id)
-        width = input_ids.shape[1]
-        output, scores = generate_and_score(
-            model,
-            input_ids.to(model.device),
-            attention_mask.to(model.device),
-            [target_ids[i] for i in rows],
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id,
-        )
-        texts = [t.strip() for t in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
-        batch = []
-        for row, index in enumerate(rows):
-            first = scores.first_log_probs[row]  # [V], the answer's first token
-            margin = float(torch.logsumexp(first[yes_ids], 0) - torch.logsumexp(first[no_ids], 0)) if yes_no else None
-            batch.append((float(-scores.log_probs[row].mean()), margin, scores.frozen_weights[row]))
-            answers[index], triples[index] = texts[row], batch[-1]
-        if on_batch_done is not None:
-            on_batch_done(rows, texts, batch)
-    return answers, [t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples]
+    return _evaluate_batches(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, on_batch_done)
 
 
-def _score_batch(model, pairs, rows, pad_id, yes_no, yes_ids, no_ids, nll, margins) -> None:
-    """One batch of `score_targets`: fills `nll` and `margins` at the batch's indices."""
-    width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    query_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for row, index in enumerate(rows):  # right padding: prompt, target, pads
-        prompt_ids, target_ids = pairs[index]
-        ids = prompt_ids + target_ids
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        query_mask[row, : len(prompt_ids)] = True
-        labels[row, len(prompt_ids) : len(ids)] = torch.tensor(target_ids)
-    select = labels[:, 1:] != IGNORE_INDEX  # positions predicting a target token
-    select = torch.cat([select, torch.zeros_like(select[:, :1])], dim=1)  # [B, T]
-    device = model.device
-    logits = model.logits_at(input_ids.to(device), attention_mask.to(device), query_mask.to(device), select.to(device))
-    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # [N, V]
-    rows_of, cols_of = select.nonzero(as_tuple=True)
-    gold = labels[rows_of, cols_of + 1]
-    token_log_probs = log_probs.gather(1, gold[:, None])[:, 0]  # [N]
-    for row, index in enumerate(rows):
-        mine = rows_of == row
-        nll[index] = float(-token_log_probs[mine].mean())
-        if yes_no:
-            first = log_probs[mine.nonzero()[0, 0]]  # the distribution of the answer's first token
-            margins[index] = float(torch.logsumexp(first[yes_ids], 0) - torch.logsumexp(first[no_ids], 0))
+def task_metrics(
+    task: Task, golds: Sequence[Sequence[str]], outcomes: Sequence[ExampleOutcome], likelihood: bool
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """A task's corpus metrics, and each metric's per-example scores, from the examples' outcomes."""
+    predictions = [o.prediction for o in outcomes]
+    metric_names = list(task.metrics)
+    if task.answer_type == "text" and "hit@5" not in metric_names:
+        metric_names.append("hit@5")  # the length-independent companion of "contains"
+    per_example = {
+        name: [METRICS.get(name).score(p, g, task.answer_type) for p, g in zip(predictions, golds, strict=True)]
+        for name in metric_names
+    }
+    metrics = {name: METRICS.get(name).aggregate(values) for name, values in per_example.items()}
+    metrics["answer_chars"] = mean([len(p) for p in predictions])
+    if likelihood:
+        metrics["gold_nll"] = mean([o.gold_nll for o in outcomes if o.gold_nll is not None])
+        weights = [o.frozen_weight for o in outcomes if o.frozen_weight is not None]
+        if weights:
+            metrics["gate_frozen_weight"] = mean(weights)
+    if task.answer_type == "yes_no":
+        gold_yes = [int(yes_no_label(g[0]) == "yes") for g in golds]
+        metrics["predicted_yes_rate"] = mean([float(yes_no_label(p) == "yes") for p in predictions])
+        metrics["gold_yes_rate"] = mean([float(y) for y in gold_yes])
+        if likelihood:
+            margins = [o.yes_no_margin for o in outcomes]
+            metrics["yes_no_auc"] = roc_auc(margins, gold_yes)
+            metrics["yes_no_margin"] = mean(margins)
+    return metrics, per_example
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
 
 
 def evaluate_task(
@@ -237,7 +247,7 @@ def evaluate_task(
     started = time.perf_counter()
     prompts = [task.prompt(r) for r in records]
     golds = [task.golds(r) for r in records]
-    targets = [task.target(r) for r in records] if likelihood else []
+    targets = [task.target(r) for r in records] if likelihood else None
     max_new_tokens = max_new_tokens or task.max_new_tokens
     journal = None
     if journal_path is not None:
@@ -248,136 +258,63 @@ def evaluate_task(
             "split": split,
             "max_new_tokens": max_new_tokens,
             "likelihood": likelihood,
+            "journal_format": JOURNAL_FORMAT,
         }
-        journal = EvalJournal(journal_path, fingerprint(settings, prompts + targets))
-    predictions: list[str] = [""] * len(records)
-    scores: list[tuple[float, float | None, float | None]] = [(math.nan, None, None)] * len(records)
+        journal = EvalJournal(journal_path, fingerprint(settings, prompts + (targets or [])))
+    outcomes: list[ExampleOutcome | None] = [None] * len(records)
     if journal is not None:
-        for index, text in journal.predictions.items():
-            predictions[index] = text
-        for index, triple in journal.scores.items():
-            scores[index] = triple
-    to_answer = [i for i in range(len(records)) if journal is None or i not in journal.predictions]
-    to_score = [i for i in range(len(records)) if journal is None or i not in journal.scores] if likelihood else []
-    to_score = [i for i in to_score if formatter.answer_ids(targets[i])]  # an empty target has no likelihood
-    # Examples that need both go through one pass (one prefill per prompt); an older journal
-    # may hold one half of an example, and the other half then runs on its own.
-    both = sorted(set(to_answer) & set(to_score))
-    answer_only = sorted(set(to_answer) - set(to_score))
-    score_only = sorted(set(to_score) - set(to_answer))
-    yes_no = task.answer_type == "yes_no"
+        for index, outcome in journal.outcomes.items():
+            outcomes[index] = outcome
+    todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
     try:
         with tqdm(
             total=len(records),
-            initial=len(records) - len(both) - len(answer_only) - len(score_only),
+            initial=len(records) - len(todo),
             desc=task.name,
             unit="ex",
             disable=not progress,
             leave=False,
         ) as bar:
 
-            def keep_answers(subset: list[int], rows: list[int], texts: list[str]) -> None:
-                indices = [subset[r] for r in rows]
-                for index, text in zip(indices, texts, strict=True):
-                    predictions[index] = text
+            def keep(rows: list[int], batch: list[ExampleOutcome]) -> None:
+                indices = [todo[r] for r in rows]
+                for index, outcome in zip(indices, batch, strict=True):
+                    outcomes[index] = outcome
                 if journal is not None:
-                    journal.add_predictions(indices, texts)
-
-            def keep_scores(subset: list[int], rows: list[int], triples) -> None:
-                indices = [subset[r] for r in rows]
-                for index, triple in zip(indices, triples, strict=True):
-                    scores[index] = triple
-                if journal is not None:
-                    journal.add_scores(indices, triples)
-
-            def answered_and_scored(rows, texts, triples) -> None:
-                keep_answers(both, rows, texts)
-                keep_scores(both, rows, triples)
+                    journal.add(indices, batch)
                 bar.update(len(rows))
 
-            def answered(rows, texts) -> None:
-                keep_answers(answer_only, rows, texts)
-                bar.update(len(rows))
-
-            def scored(rows, triples) -> None:
-                keep_scores(score_only, rows, triples)
-                bar.update(len(rows))
-
-            if both:
+            if todo:
                 answer_and_score(
                     model,
                     formatter,
-                    [prompts[i] for i in both],
-                    [targets[i] for i in both],
+                    [prompts[i] for i in todo],
+                    None if targets is None else [targets[i] for i in todo],
                     max_new_tokens,
                     batch_size,
-                    yes_no,
-                    answered_and_scored,
-                )
-            if answer_only:
-                generate_answers(
-                    model, formatter, [prompts[i] for i in answer_only], max_new_tokens, batch_size, answered
-                )
-            if score_only:
-                score_targets(
-                    model,
-                    formatter,
-                    [prompts[i] for i in score_only],
-                    [targets[i] for i in score_only],
-                    batch_size,
-                    yes_no,
-                    scored,
+                    task.answer_type == "yes_no",
+                    keep,
                 )
     finally:
         if journal is not None:
             journal.close()
-    nll = [s[0] for s in scores]
-    margins = [s[1] for s in scores]
-    frozen_weights = [s[2] for s in scores]
-    metric_names = list(task.metrics)
-    if task.answer_type == "text" and "hit@5" not in metric_names:
-        metric_names.append("hit@5")  # the length-independent companion of "contains"
-    per_example = {
-        name: [METRICS.get(name).score(p, g, task.answer_type) for p, g in zip(predictions, golds, strict=True)]
-        for name in metric_names
-    }
-    metrics = {name: METRICS.get(name).aggregate(values) for name, values in per_example.items()}
-    metrics["answer_chars"] = mean([len(p) for p in predictions])
-    if likelihood:
-        metrics["gold_nll"] = mean([v for v in nll if not math.isnan(v)])
-        if any(w is not None for w in frozen_weights):
-            metrics["gate_frozen_weight"] = mean([w for w in frozen_weights if w is not None])
-    if task.answer_type == "yes_no":
-        gold_yes = [int(yes_no_label(g[0]) == "yes") for g in golds]
-        metrics["predicted_yes_rate"] = mean([float(yes_no_label(p) == "yes") for p in predictions])
-        metrics["gold_yes_rate"] = mean([float(y) for y in gold_yes])
-        if likelihood:
-            metrics["yes_no_auc"] = roc_auc([m for m in margins], gold_yes)
-            metrics["yes_no_margin"] = mean([m for m in margins])
-    examples = []
-    for i, record in enumerate(records):
-        examples.append(
-            {
-                "index": i,
-                "source": record.get("_source"),
-                "prompt": prompts[i],
-                "prediction": predictions[i],
-                "golds": golds[i],
-                "scores": {name: per_example[name][i] for name in metric_names},
-                "gold_nll": None if math.isnan(nll[i]) else round(nll[i], 5),
-                "yes_no_margin": None if margins[i] is None else round(margins[i], 5),
-                "gate_frozen_weight": None if frozen_weights[i] is None else round(frozen_weights[i], 5),
-            }
-        )
-    resumed = len(records) - len(to_answer)
+    metrics, per_example = task_metrics(task, golds, outcomes, likelihood)
+    examples = [
+        {
+            "index": i,
+            "source": record.get("_source"),
+            "prompt": prompts[i],
+            "prediction": outcomes[i].prediction,
+            "golds": golds[i],
+            "scores": {name: values[i] for name, values in per_example.items()},
+            "gold_nll": _rounded(outcomes[i].gold_nll),
+            "yes_no_margin": _rounded(outcomes[i].yes_no_margin),
+            "gate_frozen_weight": _rounded(outcomes[i].frozen_weight),
+        }
+        for i, record in enumerate(records)
+    ]
+    resumed = len(records) - len(todo)
     return TaskResult(task, split, metrics, examples, time.perf_counter() - started, resumed)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def predictions_path(output: Path, task: Task) -> Path:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from imsm.errors import IMSMError
-from imsm.model.gate import FusionGate, masked_mean
+from imsm.model.gate import FusionGate
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
 from imsm.tasks.base import Record, Task
@@ -100,28 +100,19 @@ def inspect_adapter(
     return inspect_gate(model, formatter, data, initial)
 
 
-@torch.no_grad()
+# The stand-ins for the trained gate that take a constant g (the initial gate is a `FusionGate`).
+_CONSTANT_GATES = {"half": 0.5, "tuned_only": 0.0, "frozen_only": 1.0}
+
+
 def _answer_states(model: IMSMModel, prompt_ids: list[int], answer_ids: list[int]):
-    """Both branches' states at the positions predicting the answer, the query means, the gold ids."""
+    """Both branches over prompt + answer (the prompt as query), the positions predicting the
+    answer, and the gold ids there."""
     ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
-    mask = torch.ones_like(ids)
     query = torch.zeros_like(ids, dtype=torch.bool)
     query[0, : len(prompt_ids)] = True
-    frozen = model.frozen_hidden_states(ids, mask)
-    tuned = model.branch_hidden_states(ids, mask, "tuned").last_hidden_state
-    positions = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1, device=ids.device)
-    return (
-        frozen[0, positions].float(),
-        tuned[0, positions].float(),
-        masked_mean(frozen, query),
-        masked_mean(tuned, query),
-        ids[0, positions + 1],
-        tuned.dtype,
-    )
-
-
-def _gate_values(gate: FusionGate, frozen, tuned, query_frozen, query_tuned) -> torch.Tensor:
-    return gate(frozen, tuned, gate.query_term(query_frozen, query_tuned)).float()  # [n, d]
+    states = model.branch_states(ids, torch.ones_like(ids), query)
+    cols = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1, device=ids.device)
+    return states, (torch.zeros_like(cols), cols), ids[0, cols + 1]
 
 
 @torch.no_grad()
@@ -147,20 +138,18 @@ def inspect_gate(
             answer_ids = formatter.answer_ids(task.target(record))
             if not answer_ids:
                 continue
-            frozen, tuned, query_frozen, query_tuned, gold, dtype = _answer_states(
-                model, formatter.prompt_ids(task.prompt(record)), answer_ids
-            )
-            g = _gate_values(model.gate, frozen, tuned, query_frozen, query_tuned)
-            gates = {"gate": g, "half": torch.full_like(g, 0.5), "tuned_only": torch.zeros_like(g)}
-            gates["frozen_only"] = torch.ones_like(g)
+            states, positions, gold = _answer_states(model, formatter.prompt_ids(task.prompt(record)), answer_ids)
+            stand_ins = {"gate": None, **_CONSTANT_GATES}
             if initial is not None:
-                gates["initial"] = _gate_values(initial, frozen, tuned, query_frozen, query_tuned)
-                moved.append(float((g - gates["initial"]).abs().mean()))
-                initial_decisiveness.append(float((2 * gates["initial"] - 1).abs().mean()))
-                initial_sum = initial_sum + gates["initial"].sum(dim=0)
-            for key, values in gates.items():
-                fused = (tuned + values * (frozen - tuned)).to(dtype)  # eq. 5, as `fuse` computes it
-                log_probs = torch.log_softmax(model.output_head(fused).float(), dim=-1)
+                stand_ins["initial"] = initial
+            fused = {key: model.fused_logits(states, positions, gate=gate) for key, gate in stand_ins.items()}
+            g = fused["gate"].gate  # [n, d]
+            if initial is not None:
+                moved.append(float((g - fused["initial"].gate).abs().mean()))
+                initial_decisiveness.append(float((2 * fused["initial"].gate - 1).abs().mean()))
+                initial_sum = initial_sum + fused["initial"].gate.sum(dim=0)
+            for key, result in fused.items():
+                log_probs = torch.log_softmax(result.logits.float(), dim=-1)
                 nll[key].append(float(-log_probs.gather(1, gold[:, None]).mean()))
             decisiveness.append(float((2 * g - 1).abs().mean()))
             gate_sum = gate_sum + g.sum(dim=0)

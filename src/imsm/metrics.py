@@ -203,6 +203,10 @@ class Metric:
     percent: bool = True
     answer_types: tuple[str, ...] | None = None
 
+    def applies_to(self, answer_type: str) -> bool:
+        """Whether the metric is defined for answers of `answer_type`."""
+        return self.answer_types is None or answer_type in self.answer_types
+
 
 METRICS: Registry[Metric] = Registry("metric")
 for _metric in (

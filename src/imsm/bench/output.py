@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from imsm.atomic_write import write_atomically
+
 
 def write_json(path: Path, payload: dict) -> None:
-    from imsm.evaluate import write_atomically
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(payload, indent=2) + "\n")

@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from imsm.errors import IMSMError
+from imsm.model.load import converted_embedded_model, resolve_dtype
 
 FALLBACK_TOKENIZER = "smollm2-135m"
 
@@ -30,10 +32,6 @@ def _config_file(source: str) -> Path:
 
 def random_model_and_tokenizer(source: str, dtype: str = "auto", device: str | None = None, seed: int = 0):
     """(model, tokenizer): the architecture in `source` with random weights, built on the device."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from imsm.model.load import converted_embedded_model, resolve_dtype
-
     config_file = _config_file(source)
     try:
         values = json.loads(config_file.read_text())

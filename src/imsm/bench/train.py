@@ -9,8 +9,10 @@ peak from the start of training on (the loaded model, the frozen memories, activ
 gradients and optimizer state), which is what IMSM can add to.
 
 Throughput counts the real (non-padding) tokens of every optimizer step over the whole run,
-divided by the time from the first frozen-memory forward to the last optimizer step: IMSM pays
-for its frozen branch inside the measured time. Model loading and saving are outside it.
+divided by the time spent computing the frozen memories plus the time of every step (collating
+its micro-batches and the `train_step` that `imsm train` runs), read through the loop's hooks:
+IMSM pays for its frozen branch inside the measured time. Model loading, logging, checkpoints
+and saving are outside it.
 """
 
 from __future__ import annotations
@@ -51,41 +53,42 @@ def _peak_rss_mib() -> float | None:
 
 def run_worker(config_json: str, result_path: str) -> None:
     """Inside the fresh process: train once, write the timings and the peak memory."""
-    from imsm.train import run
+    # Imported here, in the worker only: the parent process just starts workers and needs no torch.
+    import torch
+
     from imsm.train.config import TrainConfig
+    from imsm.train.loop import StepResult, TrainingHooks
+    from imsm.train.run import train
 
-    # Loading the model dominates the process's peak (conversion buffers, the loader's copies),
-    # which would hide what training itself holds; so also measure the peak from the moment
-    # training starts, with the model loaded and built.
-    phases = {"reset": False}
-    start_training = run.run_training
+    measured = {"reset": False, "step_seconds": 0.0, "tokens": 0}
 
-    def run_training_measured(*args, **kwargs):
-        phases["reset"] = _reset_peak_rss()
-        return start_training(*args, **kwargs)
+    def on_start(model) -> None:
+        # Loading the model dominates the process's peak (conversion buffers, the loader's
+        # copies), which would hide what training itself holds; so also measure the peak from
+        # the moment training starts, with the model loaded and built.
+        measured["reset"] = _reset_peak_rss()
 
-    run.run_training = run_training_measured
-    summary = run.train(TrainConfig(**json.loads(config_json)), progress=False)
-    seconds = summary["seconds"] + summary["frozen_cache_seconds"]
+    def on_step(step: int, result: StepResult, seconds: float) -> None:
+        measured["step_seconds"] += seconds
+        measured["tokens"] += result.tokens
+
+    hooks = TrainingHooks(on_start=on_start, on_step=on_step)
+    summary = train(TrainConfig(**json.loads(config_json)), progress=False, hooks=hooks)
+    seconds = measured["step_seconds"] + summary["frozen_cache_seconds"]
     result = {
-        "tokens": summary["tokens"],
+        "tokens": measured["tokens"],
         "steps": summary["steps"],
         "seconds": round(seconds, 3),
         "frozen_cache_seconds": summary["frozen_cache_seconds"],
-        "tokens_per_s": summary["tokens"] / seconds,
+        "tokens_per_s": measured["tokens"] / seconds,
         # Linux reports ru_maxrss in KiB.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "training_peak_rss_mib": _peak_rss_mib() if phases["reset"] else None,
+        "training_peak_rss_mib": _peak_rss_mib() if measured["reset"] else None,
         "trainable_parameters": summary["resolved"]["trainable_parameters"],
         "final_loss": summary["final_loss"],
     }
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if torch.cuda.is_available():
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     Path(result_path).write_text(json.dumps(result))
 
 

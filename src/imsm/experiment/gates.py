@@ -11,9 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from imsm.atomic_write import write_atomically
 from imsm.experiment.claim import claimed
 from imsm.experiment.runner import cell_result_path, claim_path, is_done
 from imsm.experiment.spec import Cell, Experiment
+from imsm.provenance import provenance_header
 
 GATE_FILE = "gate.json"
 GATED_FUSIONS = ("imsm", "no-query")
@@ -30,7 +32,6 @@ def read_gate_report(experiment: Experiment, cell: Cell) -> dict[str, Any] | Non
 
 def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) -> None:
     from imsm.data import load_examples
-    from imsm.evaluate import write_atomically
     from imsm.gate_inspection import inspect_adapter, reports_to_json
     from imsm.model.load import load_model_and_tokenizer
     from imsm.prompting import PromptFormatter
@@ -41,7 +42,8 @@ def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) 
     data = {task.name: (task, load_examples(task, None, data_dir, limit)) for task in tasks}
     base, tokenizer = load_model_and_tokenizer(cell.config["model"], cell.config["dtype"])
     reports = inspect_adapter(base, run, PromptFormatter.for_tokenizer(tokenizer), data)
-    header = {"cell": cell.name, "limit": limit, "command": f"imsm inspect-gate --adapter {run} --limit {limit}"}
+    command = f"imsm inspect-gate --adapter {run} --limit {limit}"
+    header = provenance_header(cell=cell.name, limit=limit, command=command)
     write_atomically(gate_report_path(experiment, cell), reports_to_json(reports, header))
 
 

@@ -19,17 +19,18 @@ other worker holds.
 
 from __future__ import annotations
 
-import datetime
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from imsm.atomic_write import write_atomically
 from imsm.errors import IMSMError
-from imsm.evaluate import write_atomically
 from imsm.experiment.claim import claimed
 from imsm.experiment.questions import question_columns
 from imsm.experiment.spec import Cell, Experiment
+from imsm.provenance import provenance_header
+from imsm.train.run_directory import SUMMARY
 
 SETTINGS = "experiment.json"
 RESULT = "result.json"
@@ -127,9 +128,9 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
         task,
         records,
         task.eval_split,
-        experiment.eval.get("batch_size", 16),
-        experiment.eval.get("max_new_tokens"),
-        likelihood=experiment.eval.get("likelihood", True),
+        experiment.eval_options.batch_size,
+        experiment.eval_options.max_new_tokens,
+        likelihood=experiment.eval_options.likelihood,
         journal_path=journal,
         run_settings=settings,
     )
@@ -161,19 +162,17 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
             journal = experiment.work / f"original.{Path(task).stem}.partial.jsonl"
             summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, {"model": experiment.model})
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, result_text({"task": task, "model": experiment.model, **summary}))
+            write_atomically(path, result_text(provenance_header(task=task, model=experiment.model, **summary)))
             journal.unlink(missing_ok=True)
 
 
 def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any]:
     """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json."""
     from imsm import IMSMModel
-    from imsm.bench.machine import describe_machine
     from imsm.eval_journal import directory_digest
     from imsm.model.load import load_model_and_tokenizer
     from imsm.train.checkpoint import latest_checkpoint
     from imsm.train.config import TrainConfig
-    from imsm.train.loop import SUMMARY
     from imsm.train.run import train
 
     run = experiment.work / cell.name
@@ -210,9 +209,8 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
     path = cell_result_path(experiment, cell)
 
     def write_result() -> None:
-        result.update(
-            machine=describe_machine(), updated=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        )
+        header = provenance_header()  # this write's machine, versions and time
+        result.update(header, updated=header["created"])  # "updated": the name earlier result files use
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, result_text(result))
 
@@ -248,7 +246,6 @@ def _time_left(experiment: Experiment, todo: list[Cell], current: Cell, duration
 def run_experiment(experiment: Experiment, log=print, only: str | None = None) -> None:
     """Every cell not yet done, in file order, with progress and an estimate of what is left."""
     from imsm.data import resolve_data_dir
-    from imsm.train.loop import SUMMARY
 
     data_dir = resolve_data_dir(experiment.data_dir)
     check_results_directory(experiment)

@@ -8,7 +8,7 @@
     train: {limit: 256, epochs: 3}            # any `imsm train` option, shared by every cell
     method_options: {lora: {learning_rate: 1e-3}}   # per peft method, over `train`
     task_options: {ropes: {limit: 64}}              # per training task, over both
-    eval: {limit: 200, batch_size: 16, limits: {freebaseqa: 300}}
+    eval: {limit: 200, batch_size: 16, limits: {freebaseqa: 300}}  # unset: as `imsm eval`
     original: [mrpc, cola, ropes]             # the base model's row: these tasks, untrained
     grids:
       table1:                                 # every combination of the listed values
@@ -26,6 +26,7 @@ ask. Every problem in the file is reported at once, before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -34,6 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from imsm.errors import IMSMError
+from imsm.options import (
+    DEFAULT_MODEL,
+    check_options,
+    eval_batch_size_option,
+    eval_limit_option,
+    likelihood_option,
+    max_new_tokens_option,
+    option,
+)
 
 TOP_LEVEL = {
     "name",
@@ -48,13 +58,39 @@ TOP_LEVEL = {
     "original",
     "grids",
 }
-EVAL_FIELDS = {"limit", "batch_size", "limits", "likelihood", "max_new_tokens"}
 # Options a grid may not set: the runner owns them.
 RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir"}
 # Fields that do not change what a cell computes, so they are left out of its identity.
 NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir"}
 TARGET = "target"
 GATE_OPTIONS = ("gate_rank", "gate_dropout", "gate_learning_rate")
+
+
+@dataclass
+class EvalSettings:
+    """The `eval:` section: how the cells and the original row are evaluated. The options it shares
+    with `imsm eval` are the same fields, defaults included."""
+
+    limit: int | None = eval_limit_option()
+    limits: dict[str, int] = option(default_factory=dict, help="per-task limit, over limit")
+    batch_size: int = eval_batch_size_option()
+    max_new_tokens: int | None = max_new_tokens_option()
+    likelihood: bool = likelihood_option()
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if not isinstance(self.limits, dict):
+            raise IMSMError(f"limits must map a task to its limit, e.g. {{ropes: 60}}, got {self.limits!r}")
+        for task, limit in self.limits.items():
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise IMSMError(f"limits.{task} must be a positive integer, got {limit!r}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def limit_for(self, task: str) -> int | None:
+        return self.limits.get(task, self.limit)
 
 
 @dataclass
@@ -88,10 +124,11 @@ class Experiment:
     train: dict[str, Any]
     method_options: dict[str, dict[str, Any]]
     task_options: dict[str, dict[str, Any]]
-    eval: dict[str, Any]
+    eval: dict[str, Any]  # as written: what RESULTS/experiment.json records and the report shows
     original: list[str]
     grids: dict[str, dict[str, Any]]
     cells: list[Cell]
+    eval_options: EvalSettings = field(default_factory=EvalSettings)  # `eval`, checked, defaults filled in
 
     def shared_settings(self) -> dict[str, Any]:
         """What every cell's numbers depend on; a results directory keeps to one set of them."""
@@ -104,7 +141,7 @@ class Experiment:
         }
 
     def eval_limit(self, task: str) -> int | None:
-        return (self.eval.get("limits") or {}).get(task, self.eval.get("limit"))
+        return self.eval_options.limit_for(task)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -155,7 +192,7 @@ def load_experiment(path: str | Path) -> Experiment:
         problems.append("train: must be a mapping of `imsm train` options")
         train = {}
     if not isinstance(eval_settings, dict):
-        problems.append("eval: must be a mapping (limit, batch_size, limits, likelihood, max_new_tokens)")
+        problems.append(f"eval: must be a mapping ({', '.join(EvalSettings.field_names())})")
         eval_settings = {}
     for key in sorted(set(train) - train_fields):
         problems.append(f"train: unknown option {key!r}")
@@ -163,8 +200,15 @@ def load_experiment(path: str | Path) -> Experiment:
         problems.append(f"train: {key!r} is set by the experiment itself, not per run")
     method_options = _option_table(raw, "method_options", "peft method", problems, train_fields, PEFT_METHODS.get)
     task_options = _option_table(raw, "task_options", "training task", problems, train_fields, get_task)
-    for key in sorted(set(eval_settings) - EVAL_FIELDS):
-        problems.append(f"eval: unknown option {key!r} (known: {', '.join(sorted(EVAL_FIELDS))})")
+    eval_fields = EvalSettings.field_names()
+    for key in sorted(set(eval_settings) - set(eval_fields)):
+        problems.append(f"eval: unknown option {key!r} (known: {', '.join(sorted(eval_fields))})")
+    eval_options = EvalSettings()
+    try:
+        known = {k: v for k, v in eval_settings.items() if k in eval_fields and v is not None}
+        eval_options = EvalSettings(**known)
+    except IMSMError as error:
+        problems.append(f"eval: {error}")
 
     def check_task(name: Any, where: str) -> None:
         try:
@@ -172,7 +216,7 @@ def load_experiment(path: str | Path) -> Experiment:
         except IMSMError as error:
             problems.append(f"{where}: {error}")
 
-    for task in eval_settings.get("limits") or {}:
+    for task in eval_options.limits:
         check_task(task, "eval.limits")
     original = [str(t) for t in _as_list(raw.get("original") or [])]
     for task in original:
@@ -182,7 +226,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(grids, dict) or not grids:
         problems.append("grids: give at least one named grid, e.g. grids: {main: {task: [mrpc], peft: [lora]}}")
         grids = {}
-    model = str(raw.get("model", "smollm2-135m"))
+    model = str(raw.get("model", DEFAULT_MODEL))
     defaults = TrainConfig(task="-", output="-").to_dict()
     cells: dict[str, Cell] = {}
     for grid_name, grid in grids.items():
@@ -253,4 +297,5 @@ def load_experiment(path: str | Path) -> Experiment:
         original=original,
         grids=grids,
         cells=list(cells.values()),
+        eval_options=eval_options,
     )

@@ -1,26 +1,27 @@
-"""Greedy decoding for `IMSMModel` (paper Algorithm 1), with one KV cache for both branches.
+"""Cached inference for `IMSMModel`: greedy decoding (paper Algorithm 1) and prefill scoring.
 
-The frozen and tuned branches run as one doubled batch [frozen rows | tuned rows] through the
-shared weights: each step reads every base weight once, the adapter touches the tuned half
-only, and the cache holds 2B rows. When the adapter leaves the lower layers alone, those run on
-B rows only and the batch doubles above them (`imsm.model.shared_layers`). The query memory is
-taken once, at prefill; the gate and the head run on the last position only. `naive_generate`
-is the slow reference: both branches recomputed from scratch at every step, as in the authors'
+Both start from one prefill of the prompts through `IMSMModel.cached_branch_states`: the frozen
+and tuned branches run as one doubled batch with one KV cache, and the query memory is taken
+there, once. Scoring then runs given continuations through the prompts' cache (several per
+prompt side by side, each prompt's cache rows repeated for its continuations) and reads their
+log-probabilities; decoding feeds each greedy token to both halves of the doubled batch. Every
+logit comes from `IMSMModel.fused_logits`. `naive_generate` is the slow reference: both
+branches recomputed from scratch at every step through `IMSMModel.forward`, as in the authors'
 decoder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from imsm.model.gate import fuse, masked_mean
-from imsm.model.shared_layers import doubled_from
-from imsm.model.siamese import IMSMModel, position_ids_from_mask
+from imsm.model.states import BranchStates, ContinuationScores
+
+if TYPE_CHECKING:  # for annotations only: the model's methods call this module
+    from imsm.model.siamese import IMSMModel
 
 
 def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,23 +55,6 @@ def _prepare(model: IMSMModel, input_ids, attention_mask, eos_token_id, pad_toke
     return input_ids, attention_mask, eos_ids, pad_token_id
 
 
-@dataclass
-class TargetScores:
-    """What one teacher-forced target reads, taken from the prompt's prefill (`generate_and_score`).
-
-    Attributes:
-        log_probs: per row, log p of each target token given the prompt and the tokens before
-            it, fp32 [L_i].
-        first_log_probs: log-distribution of each row's first answer token, fp32 [B, V].
-        frozen_weights: per row, the gate's mean weight on the frozen branch over the positions
-            that predict the target; None for models without a gate.
-    """
-
-    log_probs: list[torch.Tensor]
-    first_log_probs: torch.Tensor
-    frozen_weights: list[float | None]
-
-
 @torch.no_grad()
 def generate(
     model: IMSMModel,
@@ -92,157 +76,221 @@ def generate(
 
     A row stops at its first EOS; decoding stops when every row has, or at the cap.
     """
-    return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id)[0]
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    return _run(model, input_ids, attention_mask, None, False, max_new_tokens, eos_token_id, pad_token_id).sequences
 
 
 @torch.no_grad()
-def generate_and_score(
+def score_continuations(
     model: IMSMModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    targets: Sequence[Sequence[int]],
-    max_new_tokens: int = 64,
+    continuations: Sequence[Sequence[Sequence[int]]],
+    first_token_log_probs: bool = False,
+    max_new_tokens: int = 0,
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
-) -> tuple[torch.Tensor, TargetScores]:
-    """`generate`, plus the teacher-forced scores of a given target after each prompt.
+) -> ContinuationScores:
+    """`IMSMModel.score_continuations`: the continuations' scores from one prefill per prompt.
 
-    Evaluation wants both the greedy answer and the gold answer's likelihood. Both start from the
-    same prompt, so the prompt is encoded once: after prefill the targets (one per row, at least
-    one token each) run through the cache, the cache is cut back to the prompt, and decoding goes
-    on exactly as `generate` would. The answers are `generate`'s; the scores equal a separate
-    teacher-forced pass over prompt + target.
+    With `max_new_tokens` the prompt's cache is cut back after scoring (or the scoring ran on a
+    copy) and decoding goes on exactly as `generate` would.
     """
-    if len(targets) != input_ids.shape[0] or any(len(t) == 0 for t in targets):
-        raise ValueError("generate_and_score needs one non-empty target per prompt")
-    ids, scores = _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, targets)
-    return ids, scores
+    if len(continuations) != input_ids.shape[0]:
+        raise ValueError(f"{input_ids.shape[0]} prompts but continuations for {len(continuations)}")
+    if any(len(group) == 0 for group in continuations) or any(len(c) == 0 for g in continuations for c in g):
+        raise ValueError("every prompt needs at least one continuation, and every continuation a token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    return _run(
+        model,
+        input_ids,
+        attention_mask,
+        continuations,
+        first_token_log_probs,
+        max_new_tokens,
+        eos_token_id,
+        pad_token_id,
+    )
 
 
-def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, targets=None):
-    """Prefill, optionally score `targets` from the prompt's cache, then decode greedily."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    model.router.check_unmerged()
+def _last_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's position id of its last token, padding not counted -> [R, 1]."""
+    return (mask.long().sum(dim=-1, keepdim=True) - 1).clamp(min=0)
+
+
+def _run(
+    model, input_ids, attention_mask, continuations, first_token_log_probs, max_new_tokens, eos_token_id, pad_token_id
+) -> ContinuationScores:
+    """Prefill; then score `continuations` from the prompts' cache; then decode greedily."""
     input_ids, attention_mask, eos_ids, pad_token_id = _prepare(
         model, input_ids, attention_mask, eos_token_id, pad_token_id
     )
-    eos = torch.tensor(eos_ids, device=input_ids.device, dtype=input_ids.dtype)
-
-    B = input_ids.shape[0]
-    siamese = model.imsm_config.is_siamese
-    copies = 2 if siamese else 1  # doubled batch: rows [0, B) frozen, [B, 2B) tuned
-    branch = "split" if siamese else "tuned"
-    # With k shared lower layers, B rows enter the stack and double at layer k: the layers below
-    # k run, and keep keys and values, for B rows, since both halves would hold the same there.
-    shared = model.shared_layer_count(doubled_batch=True)
-    entering = 1 if shared else copies  # copies of each prompt entering the stack
-    sharing = doubled_from(model.decoder_layers, shared, B) if shared else contextlib.nullcontext()
-    mask = attention_mask.repeat(entering, 1)  # [entering*B, T]
-    positions = position_ids_from_mask(mask)  # [entering*B, T]
-    scores = None
-
-    with sharing:
-        # Prefill: both branches over the prompt, one forward.
-        output = model.branch_hidden_states(input_ids.repeat(entering, 1), mask, branch, positions, use_cache=True)
-        cache = output["cache"] if "cache" in output else output["past_key_values"]
-        hidden = output.last_hidden_state  # [copies*B, T, d]
-        query_term = None
-        if model.gate is not None:
-            # The query memory (eq. 3): mean over the whole prompt, padding excluded, computed once.
-            query_term = model.gate.query_term(
-                masked_mean(hidden[:B], attention_mask), masked_mean(hidden[B:], attention_mask)
-            )  # [B, r]
-        last = hidden[:, -1]  # [copies*B, d]
-        position = positions[:, -1:]  # [entering*B, 1]
-        if targets is not None:
-            # Full-attention transformers caches are cut back in place; a sliding-window layer may
-            # refuse to roll back once its window is full, so those (and unknown caches) are copied.
+    # Prefill: both branches over the prompt, one forward; the query memory is the whole prompt.
+    states, cache = model.cached_branch_states(input_ids, attention_mask, None, query_mask=attention_mask.bool())
+    last = BranchStates(
+        None if states.frozen is None else states.frozen[:, -1:],  # [B, 1, d]
+        states.tuned[:, -1:],  # [B, 1, d]
+        states.query_frozen,
+        states.query_tuned,
+    )
+    scores = ContinuationScores(log_probs=[], frozen_weights=[])
+    if continuations is not None:
+        B = input_ids.shape[0]
+        counts = [len(group) for group in continuations]
+        flat = [list(continuation) for group in continuations for continuation in group]
+        if counts == [1] * B:
+            # One continuation per prompt: run it through the prompt's own cache, then cut the
+            # cache back for decoding. Full-attention caches are cut back in place; a
+            # sliding-window layer may refuse to roll back once its window is full, so those
+            # (and unknown caches) are copied.
             croppable = hasattr(cache, "crop") and not any(getattr(cache, "is_sliding", None) or ())
-            scoring_cache = cache if croppable else copy.deepcopy(cache)
-            scores = _score_from_cache(
-                model, scoring_cache, mask, position, last, query_term, targets, entering, branch
-            )
-            added = max(len(t) for t in targets) - 1  # target tokens fed through the cache
-            if croppable and added:
+            decoding_follows = max_new_tokens > 0
+            scoring_cache = copy.deepcopy(cache) if decoding_follows and not croppable else cache
+            read = _score(model, scoring_cache, attention_mask, last, flat, first_token_log_probs)
+            added = max(len(c) for c in flat) - 1  # continuation tokens fed through the cache
+            if decoding_follows and croppable and added:
                 cache.crop(-added)  # back to the prompt alone (a negative count in every version)
-
-        unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
-        new_tokens = []
-        for _ in range(max_new_tokens):
-            frozen_last = last[:B] if siamese else None
-            fused = fuse(model.fusion, model.gate, frozen_last, last[-B:], query_term)  # [B, d]
-            token = model.output_head(fused).argmax(dim=-1)  # [B]
-            token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
-            new_tokens.append(token)
-            if eos.numel():
-                unfinished &= ~torch.isin(token, eos)
-            if not bool(unfinished.any()) or len(new_tokens) == max_new_tokens:
-                break
-            # The same greedy token goes to both halves of the doubled batch.
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            position = position + 1
-            step_ids = token.repeat(entering)[:, None]  # [entering*B, 1]
-            output = model.branch_hidden_states(step_ids, mask, branch, position, cache=cache, use_cache=True)
-            cache = output["cache"] if "cache" in output else output["past_key_values"]
-            last = output.last_hidden_state[:, -1]  # [copies*B, d]
-    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1), scores
+        else:
+            # Several per prompt: each continuation gets its own copy of its prompt's cache rows.
+            index = torch.repeat_interleave(
+                torch.arange(B, device=input_ids.device), torch.tensor(counts).to(input_ids.device)
+            )
+            rows = _select(last, index)
+            read = _score(model, _cache_rows(cache, index, B), attention_mask[index], rows, flat, first_token_log_probs)
+        scores = _grouped(read, counts)
+    if max_new_tokens > 0:
+        scores.sequences = _greedy(model, input_ids, attention_mask, cache, last, max_new_tokens, eos_ids, pad_token_id)
+    return scores
 
 
-_LOGIT_SLICE = 2048  # target positions whose logits are held at once
+def _select(states: BranchStates, index: torch.Tensor) -> BranchStates:
+    """The rows `index` of every tensor in `states`."""
+    pick = lambda tensor: None if tensor is None else tensor[index]  # noqa: E731
+    return BranchStates(pick(states.frozen), pick(states.tuned), pick(states.query_frozen), pick(states.query_tuned))
 
 
-def _score_from_cache(model, cache, mask, position, last, query_term, targets, entering, branch) -> TargetScores:
-    """Teacher-forced log-probabilities of `targets` after the prefilled prompts in `cache`.
+def _cache_rows(cache, index: torch.Tensor, rows: int):
+    """A new cache whose row r holds prompt row `index[r]`; `cache` is left as it was.
 
-    Position j of a target is predicted by the prompt's last state (j = 0) or by target token
-    j - 1, so only the first L - 1 target tokens run through the model: a one-token answer
-    ("yes") costs no forward at all.
+    A layer holds [frozen rows | tuned rows] (2 * `rows`), or `rows` rows when it is a shared
+    lower layer (`imsm.model.shared_layers`); both halves take the same rows.
     """
-    B = len(targets)
-    L = max(len(t) for t in targets)
+    if not hasattr(cache, "layers"):
+        raise TypeError(f"a {type(cache).__name__} cannot be copied by rows; score one continuation per prompt")
+    expanded = copy.copy(cache)
+    expanded.layers = []
+    for layer in cache.layers:
+        layer = copy.copy(layer)  # the selection below assigns new tensors; the original keeps its own
+        held = layer.keys.shape[0]
+        layer.batch_select_indices(index if held == rows else torch.cat([index, index + rows]))
+        expanded.layers.append(layer)
+    return expanded
+
+
+_LOGIT_SLICE = 2048  # continuation positions whose logits are held at once
+
+
+def _score(model, cache, mask, last: BranchStates, continuations, first_token_log_probs: bool) -> dict:
+    """Teacher-forced log-probabilities of one continuation per cached row.
+
+    Position j of a continuation is predicted by the prompt's last state (j = 0) or by its token
+    j - 1, so only the first L - 1 tokens run through the model: a one-token answer ("yes")
+    costs no forward at all.
+    """
+    R = len(continuations)
+    L = max(len(c) for c in continuations)
     device = mask.device
-    target_ids = torch.zeros((B, L), dtype=torch.long, device=device)
-    target_mask = torch.zeros((B, L), dtype=torch.bool, device=device)
-    for row, ids in enumerate(targets):  # right padding: a row's pads follow its last token
-        target_ids[row, : len(ids)] = torch.tensor(list(ids), device=device)
+    target_ids = torch.zeros((R, L), dtype=torch.long, device=device)
+    target_mask = torch.zeros((R, L), dtype=torch.bool, device=device)
+    for row, ids in enumerate(continuations):  # right padding: a row's pads follow its last token
+        target_ids[row, : len(ids)] = torch.tensor(ids, device=device)
         target_mask[row, : len(ids)] = True
-    states = last[:, None]  # [copies*B, 1, d]
+    states = last  # [R, 1, d] per branch
     if L > 1:
-        fed = target_ids[:, : L - 1].repeat(entering, 1)  # [entering*B, L-1]
-        fed_mask = torch.cat([mask, target_mask[:, : L - 1].to(mask.dtype).repeat(entering, 1)], dim=1)
-        fed_positions = position + torch.arange(1, L, device=device)  # [entering*B, L-1]
-        output = model.branch_hidden_states(fed, fed_mask, branch, fed_positions, cache=cache, use_cache=True)
-        states = torch.cat([states, output.last_hidden_state], dim=1)  # [copies*B, L, d]
-    rows, cols = target_mask.nonzero(as_tuple=True)  # [N] row-major: each row's targets in order
-    tuned = states[-B:][rows, cols]  # [N, d]
-    frozen = states[:B][rows, cols] if model.imsm_config.is_siamese else None
-    selected_query = None if query_term is None else query_term[rows]  # [N, r]
-    fused = fuse(model.fusion, model.gate, frozen, tuned, selected_query)  # [N, d]
+        fed_mask = torch.cat([mask, target_mask[:, : L - 1].to(mask.dtype)], dim=1)  # [R, T + L-1]
+        fed_positions = _last_positions(mask) + torch.arange(1, L, device=device)  # [R, L-1]
+        more, _ = model.cached_branch_states(target_ids[:, : L - 1], fed_mask, fed_positions, cache)
+        states = BranchStates(
+            None if last.frozen is None else torch.cat([last.frozen, more.frozen], dim=1),  # [R, L, d]
+            torch.cat([last.tuned, more.tuned], dim=1),  # [R, L, d]
+            last.query_frozen,
+            last.query_tuned,
+        )
+    rows, cols = target_mask.nonzero(as_tuple=True)  # [N] row-major: each row's tokens in order
     gold = target_ids[rows, cols]  # [N]
-    counts = [len(t) for t in targets]
-    first_rows = torch.tensor([sum(counts[:row]) for row in range(B)], device=device)  # [B] index in N
-    # Logits in slices: long targets (GSM8K's worked answers) times a 50k vocabulary would
-    # otherwise hold gigabytes at once.
+    counts = [len(c) for c in continuations]
+    first_rows = torch.tensor([sum(counts[:row]) for row in range(R)], device=device)  # [R] index in N
     token_log_probs = torch.empty(len(gold), dtype=torch.float32, device=device)  # [N]
-    first_log_probs = None  # [B, V]
+    gate_means = None  # [N], the gate's mean over features at each position
+    first = None  # [R, V]
+    # Logits in slices: long continuations (GSM8K's worked answers) times a 50k vocabulary would
+    # otherwise hold gigabytes at once.
     for start in range(0, len(gold), _LOGIT_SLICE):
         end = min(start + _LOGIT_SLICE, len(gold))
-        log_probs = torch.log_softmax(model.output_head(fused[start:end]).float(), dim=-1)  # [n, V]
+        fused = model.fused_logits(states, (rows[start:end], cols[start:end]))
+        log_probs = torch.log_softmax(fused.logits.float(), dim=-1)  # [n, V]
         token_log_probs[start:end] = log_probs.gather(1, gold[start:end, None])[:, 0]
-        if first_log_probs is None:
-            first_log_probs = torch.empty((B, log_probs.shape[1]), dtype=torch.float32, device=device)
-        here = (first_rows >= start) & (first_rows < end)  # rows whose first target token is in the slice
-        first_log_probs[here] = log_probs[first_rows[here] - start]
-    frozen_weights: list[float | None] = [None] * B
-    if model.gate is not None:
-        g = model.gate(frozen, tuned, selected_query).float().mean(dim=-1)  # [N]
-        frozen_weights = [float(part.mean()) for part in torch.split(g.cpu(), counts)]
-    return TargetScores(
-        log_probs=list(torch.split(token_log_probs.cpu(), counts)),
-        first_log_probs=first_log_probs.cpu(),
-        frozen_weights=frozen_weights,
+        if fused.gate is not None:
+            if gate_means is None:
+                gate_means = torch.empty(len(gold), dtype=torch.float32, device=device)
+            gate_means[start:end] = fused.gate.float().mean(dim=-1)
+        if first_token_log_probs:
+            if first is None:
+                first = torch.empty((R, log_probs.shape[1]), dtype=torch.float32, device=device)
+            here = (first_rows >= start) & (first_rows < end)  # rows whose first token is in the slice
+            first[here] = log_probs[first_rows[here] - start]
+    weights: list[float | None] = [None] * R
+    if gate_means is not None:
+        weights = [float(part.mean()) for part in torch.split(gate_means.cpu(), counts)]
+    return {
+        "log_probs": list(torch.split(token_log_probs.cpu(), counts)),
+        "frozen_weights": weights,
+        "first_log_probs": None if first is None else list(first.cpu()),
+    }
+
+
+def _grouped(read: dict, counts: list[int]) -> ContinuationScores:
+    """Flat per-continuation reads, grouped back by prompt."""
+
+    def group(values):
+        if values is None:
+            return None
+        out, start = [], 0
+        for count in counts:
+            out.append(list(values[start : start + count]))
+            start += count
+        return out
+
+    return ContinuationScores(
+        log_probs=group(read["log_probs"]),
+        frozen_weights=group(read["frozen_weights"]),
+        first_log_probs=group(read["first_log_probs"]),
     )
+
+
+def _greedy(model, input_ids, mask, cache, last: BranchStates, max_new_tokens, eos_ids, pad_token_id) -> torch.Tensor:
+    """Decode from a prefilled cache: each step's greedy token goes to both branches."""
+    eos = torch.tensor(eos_ids, device=input_ids.device, dtype=input_ids.dtype)
+    position = _last_positions(mask)  # [B, 1]
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    states = last
+    new_tokens = []
+    for _ in range(max_new_tokens):
+        token = model.fused_logits(states).logits[:, -1].argmax(dim=-1)  # [B]
+        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+        new_tokens.append(token)
+        if eos.numel():
+            unfinished &= ~torch.isin(token, eos)
+        if not bool(unfinished.any()) or len(new_tokens) == max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        position = position + 1
+        step, cache = model.cached_branch_states(token[:, None], mask, position, cache)
+        # The query memory stays the prompt's (Algorithm 1).
+        states = BranchStates(step.frozen, step.tuned, last.query_frozen, last.query_tuned)  # [B, 1, d]
+    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
 
 
 @torch.no_grad()

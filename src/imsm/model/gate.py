@@ -89,22 +89,31 @@ class FusionGate(nn.Module):
         return torch.sigmoid(logits)
 
 
+def interpolate(hidden_frozen: torch.Tensor, hidden_tuned: torch.Tensor, g: torch.Tensor | float) -> torch.Tensor:
+    """h_N = g * h_M + (1 - g) * h_M' (eq. 5), in the tuned branch's dtype.
+
+    Written as h_M' + g * (h_M - h_M'), the same value with one multiply fewer, and exactly h_M'
+    when the two branches agree (as they do at initialisation).
+    """
+    tuned = hidden_tuned.float()
+    return (tuned + g * (hidden_frozen.float() - tuned)).to(hidden_tuned.dtype)
+
+
 def fuse(
     fusion: str,
     gate: FusionGate | None,
     hidden_frozen: torch.Tensor | None,
     hidden_tuned: torch.Tensor,
     query_term: torch.Tensor | None,
-) -> torch.Tensor:
-    """h_N = g * h_M + (1 - g) * h_M' (eq. 5), in the tuned branch's dtype.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused state h_N for a fusion, and the gate values g that made it (None without a gate).
 
-    Written as h_M' + g * (h_M - h_M'), the same value with one multiply fewer, and exactly h_M'
-    when the two branches agree (as they do at initialisation).
+    "imsm"/"no-query": the gate (eq. 4-5); "mean": the fixed 50/50 mix (the "w/o gate"
+    ablation); "none": the tuned branch alone.
     """
     if fusion == "none":
-        return hidden_tuned
-    if fusion == "mean":  # the "w/o gate" ablation
-        return (0.5 * (hidden_frozen.float() + hidden_tuned.float())).to(hidden_tuned.dtype)
-    g = gate(hidden_frozen, hidden_tuned, query_term)  # [..., d]
-    tuned = hidden_tuned.float()
-    return (tuned + g * (hidden_frozen.float() - tuned)).to(hidden_tuned.dtype)
+        return hidden_tuned, None
+    if fusion == "mean":
+        return (0.5 * (hidden_frozen.float() + hidden_tuned.float())).to(hidden_tuned.dtype), None
+    g = gate(hidden_frozen, hidden_tuned, query_term)  # [..., d], fp32
+    return interpolate(hidden_frozen, hidden_tuned, g), g

@@ -11,14 +11,13 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from imsm.atomic_write import staged_directory
 from imsm.errors import IMSMError
 from imsm.registry import Registry, unknown_name_message
 
@@ -129,18 +128,10 @@ def converted_embedded_model(name: str) -> Path:
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     model.config._name_or_path = name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.converting-", dir=target.parent))
-    try:
+    # "keep": a concurrent converter that finished first wins, and whoever reads its copy is undisturbed.
+    with staged_directory(target, if_exists="keep") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "config.json").exists():  # not a concurrent converter winning the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +19,11 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
+from imsm.atomic_write import staged_directory
 from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
 from imsm.peft_methods.loramoe import loramoe_config_for
+from imsm.version import __version__
 
 if TYPE_CHECKING:
     from imsm.model.siamese import IMSMModel
@@ -51,14 +51,11 @@ def base_model_facts(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def save_imsm(model: IMSMModel, directory: str | os.PathLike) -> None:
-    from imsm import __version__
-
     if not model.has_adapter:
         raise IMSMError("this model has no peft adapter, so there is nothing to save; save the base model itself")
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
-    try:
+    # Merged into the directory, not swapped for it: a training run keeps its checkpoints there.
+    with staged_directory(target, if_exists="merge") as staging:
         model.peft_model.save_pretrained(str(staging), safe_serialization=True)
         if model.gate is not None:
             tensors = {
@@ -73,17 +70,8 @@ def save_imsm(model: IMSMModel, directory: str | os.PathLike) -> None:
             "peft_type": str(model.peft_model.peft_config[model.peft_model.active_adapter].peft_type.value),
         }
         (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        target.mkdir(exist_ok=True)
         if model.gate is None and (target / GATE_FILE).exists():
             (target / GATE_FILE).unlink()  # a stale gate would contradict the new config
-        for item in staging.iterdir():
-            destination = target / item.name
-            if item.is_dir():  # peft puts non-default adapters in sub-directories
-                if destination.exists():
-                    shutil.rmtree(destination)
-            os.replace(item, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_imsm_config(directory: Path) -> dict[str, Any] | None:
@@ -130,9 +118,13 @@ def check_same_base_model(saved: dict[str, Any], model: torch.nn.Module, directo
         )
 
 
-def load_imsm(
-    cls: type[IMSMModel], base_model: torch.nn.Module, directory: str | os.PathLike, is_trainable: bool = False
-) -> IMSMModel:
+def load_tuned_branch(
+    base_model: torch.nn.Module, directory: str | os.PathLike, is_trainable: bool = False
+) -> tuple[PeftModel, IMSMConfig, Path]:
+    """The saved adapter on `base_model` (peft's loader), the saved IMSMConfig, and the checked path.
+
+    A directory without `imsm_config.json` is a plain peft adapter: vanilla PEFT (fusion "none").
+    """
     path = check_adapter_directory(directory)
     saved = read_imsm_config(path)
     if saved is None:
@@ -151,25 +143,23 @@ def load_imsm(
         raise IMSMError(
             f"could not load the peft adapter in {str(path)!r} onto this base model: {first_line}"
         ) from None
-    model = cls(peft_model, imsm_config)
-    if model.gate is not None:
-        gate_path = path / GATE_FILE
-        if not gate_path.exists():
+    return peft_model, imsm_config, path
+
+
+def load_gate(gate: torch.nn.Module, directory: Path, fusion: str, is_trainable: bool = False) -> None:
+    """Fill `gate`'s W_A and W_B from the directory's gate file, refusing a file that does not fit."""
+    gate_path = directory / GATE_FILE
+    if not gate_path.exists():
+        raise IMSMError(f"{str(directory)!r} has no {GATE_FILE} although its fusion is {fusion!r}; re-save the model")
+    tensors = load_file(str(gate_path))
+    for name in ("W_A", "W_B"):
+        expected = tuple(getattr(gate, name).shape)
+        if name not in tensors or tuple(tensors[name].shape) != expected:
+            found = tuple(tensors[name].shape) if name in tensors else "missing"
             raise IMSMError(
-                f"{str(path)!r} has no {GATE_FILE} although its fusion is {imsm_config.fusion!r}; re-save the model"
+                f"{gate_path}: {name} has shape {found}, expected {expected}; the gate does not fit this model"
             )
-        tensors = load_file(str(gate_path))
-        for name in ("W_A", "W_B"):
-            expected = tuple(getattr(model.gate, name).shape)
-            if name not in tensors or tuple(tensors[name].shape) != expected:
-                found = tuple(tensors[name].shape) if name in tensors else "missing"
-                raise IMSMError(
-                    f"{gate_path}: {name} has shape {found}, expected {expected}; the gate does not fit this model"
-                )
-        with torch.no_grad():
-            model.gate.W_A.copy_(tensors["W_A"])
-            model.gate.W_B.copy_(tensors["W_B"])
-        model.gate.requires_grad_(is_trainable)
-    if not is_trainable:
-        model.eval()
-    return model
+    with torch.no_grad():
+        gate.W_A.copy_(tensors["W_A"])
+        gate.W_B.copy_(tensors["W_B"])
+    gate.requires_grad_(is_trainable)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +21,19 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from imsm.config import IMSMConfig
-from imsm.model.gate import FusionGate, fuse, masked_mean
+from imsm.model import decode, persist
+from imsm.model.gate import FusionGate, fuse, interpolate, masked_mean
 from imsm.model.shared_layers import (
     DOUBLING_ATTENTION,
     capture_input,
+    doubled_from,
     find_decoder_layers,
     first_adapted_layer,
     start_from,
     trains_like_it_evaluates,
 )
-from imsm.peft_methods.branch_split import BranchRouter, install_router
+from imsm.model.states import BranchStates, ContinuationScores, FusedLogits
+from imsm.peft_methods.branch_split import FROZEN, SPLIT, TUNED, BranchRouter, install_router
 
 IGNORE_INDEX = -100
 
@@ -205,12 +210,12 @@ class IMSMModel(nn.Module):
         cache=None,
         use_cache: bool = False,
     ):
-        """Run the backbone as one branch ("frozen", "tuned", or "split" for a doubled batch).
+        """Run the backbone as one branch (FROZEN, TUNED, or SPLIT for a doubled batch).
 
         Returns the backbone's output: `last_hidden_state` [rows, T, d] after the final norm
         (what the head reads) and, with `use_cache`, the cache.
         """
-        route = {"frozen": self.router.frozen, "tuned": self.router.tuned, "split": self.router.split}[branch]
+        route = {FROZEN: self.router.frozen, TUNED: self.router.tuned, SPLIT: self.router.split}[branch]
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
         if self._takes_position_ids:
             kwargs["position_ids"] = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
@@ -219,7 +224,7 @@ class IMSMModel(nn.Module):
         with route():
             return self.backbone(**kwargs)
 
-    def output_head(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _output_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits from fused states: the frozen head, or the tuned one for fusion "none"."""
         if self.fusion == "none":
             with self.router.tuned():
@@ -240,7 +245,7 @@ class IMSMModel(nn.Module):
     def frozen_hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """h_M [B, T, d], without gradient, dropout or stored activations."""
         with torch.no_grad(), self._frozen_model_in_eval_mode():
-            return self.branch_hidden_states(input_ids, attention_mask, "frozen").last_hidden_state
+            return self.branch_hidden_states(input_ids, attention_mask, FROZEN).last_hidden_state
 
     def frozen_memory(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, query_mask=None
@@ -251,37 +256,134 @@ class IMSMModel(nn.Module):
         query = masked_mean(hidden, resolve_query_mask(attention_mask, query_mask, labels))  # [B, d]
         return FrozenMemory(query=query.to(hidden.dtype), hidden=hidden[rows, cols])
 
-    def _branches(self, input_ids, attention_mask, query_mask, memory: FrozenMemory | None = None):
-        """h_M (without grad; None when `memory` stands in for it), h_M' (with grad) and the
-        gate's query term."""
-        hidden_frozen = query_term = None
-        shared = self.shared_layer_count() if memory is None else 0
+    def branch_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_mask: torch.Tensor,
+        run_frozen: bool = True,
+    ) -> BranchStates:
+        """Both branches over whole sequences: h_M (without gradient), h_M' and their query memories.
+
+        Args:
+            input_ids, attention_mask: [B, T].
+            query_mask: [B, T], true on the prompt tokens (eq. 3), padding already excluded.
+            run_frozen: False when the caller holds the frozen branch's states already (the
+                training loop's cache); `frozen` and `query_frozen` are then None.
+        """
+        hidden_frozen = query_frozen = query_tuned = None
+        shared = self.shared_layer_count() if run_frozen else 0
         if shared:
             # The frozen branch runs whole and leaves layer k's input behind; the tuned branch
             # starts there. Nothing below k is trainable, so the tuned branch loses no gradient.
             with capture_input(self.decoder_layers[shared]) as captured:
                 hidden_frozen = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
             with start_from(self.decoder_layers, shared, captured["hidden"]):
-                hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state
+                hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, TUNED).last_hidden_state
         else:
-            hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, "tuned").last_hidden_state  # [B, T, d]
-            if self.imsm_config.is_siamese and memory is None:
+            hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, TUNED).last_hidden_state  # [B, T, d]
+            if self.imsm_config.is_siamese and run_frozen:
                 hidden_frozen = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
-        if self.gate is not None:  # a gate implies a frozen branch
-            query_frozen = memory.query if memory is not None else masked_mean(hidden_frozen, query_mask)  # [B, d]
+        if self.gate is not None:  # only the gate reads the query memories
             query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
-            query_term = self.gate.query_term(query_frozen, query_tuned)  # [B, r] or None
-        return hidden_frozen, hidden_tuned, query_term
+            if hidden_frozen is not None:
+                query_frozen = masked_mean(hidden_frozen, query_mask)  # [B, d]
+        return BranchStates(hidden_frozen, hidden_tuned, query_frozen, query_tuned)
 
-    def _fused_logits_at(self, branches, rows, cols, frozen_at_positions=None) -> torch.Tensor:
-        """Gate, fusion and head at the positions (rows[i], cols[i]) only -> [N, V]."""
-        hidden_frozen, hidden_tuned, query_term = branches
-        selected_frozen = frozen_at_positions
-        if selected_frozen is None and hidden_frozen is not None:
-            selected_frozen = hidden_frozen[rows, cols]  # [N, d]
-        selected_query = None if query_term is None else query_term[rows]  # [N, r]
-        fused = fuse(self.fusion, self.gate, selected_frozen, hidden_tuned[rows, cols], selected_query)  # [N, d]
-        return self.output_head(fused)  # [N, V]
+    def cached_branch_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        query_mask: torch.Tensor | None = None,
+    ) -> tuple[BranchStates, Any]:
+        """Both branches over R rows in one forward with a KV cache (decoding and prefill scoring).
+
+        The rows run as a doubled batch [frozen rows | tuned rows] through the shared weights:
+        each base weight is read once, the adapter touches the tuned half only, and the cache
+        holds 2R rows. When the adapter leaves the lower k layers alone, those run (and cache) on
+        R rows and the batch doubles at layer k (`imsm.model.shared_layers`). Without a frozen
+        branch this is the tuned model alone.
+
+        Args:
+            input_ids: [R, t], the new tokens.
+            attention_mask: [R, past + t], the cached tokens' mask followed by the new ones'.
+            position_ids: [R, t]; from the mask when None (a prefill).
+            cache: The cache of earlier calls on these rows, or None for a prefill.
+            query_mask: [R, t], the prompt (eq. 3), at prefill: the query memories are taken
+                from it once and reused for every later position. Padding must be excluded.
+
+        Returns:
+            (states [R, t, d] per branch, with query memories when `query_mask` was given and
+            there is a gate; the cache to pass to the next call).
+        """
+        if cache is None:
+            self.router.check_unmerged()
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        R = input_ids.shape[0]
+        siamese = self.imsm_config.is_siamese
+        shared = self.shared_layer_count(doubled_batch=True)
+        entering = 2 if siamese and not shared else 1  # copies of each row entering the stack
+        sharing = doubled_from(self.decoder_layers, shared, R) if shared else contextlib.nullcontext()
+        with sharing:
+            output = self.branch_hidden_states(
+                input_ids.repeat(entering, 1),
+                attention_mask.repeat(entering, 1),
+                SPLIT if siamese else TUNED,
+                position_ids.repeat(entering, 1),
+                cache=cache,
+                use_cache=True,
+            )
+        cache = output[self.cache_argument] if self.cache_argument in output else output["past_key_values"]
+        hidden = output.last_hidden_state  # [copies*R, t, d]: rows [0, R) frozen, [R, 2R) tuned
+        states = BranchStates(hidden[:R] if siamese else None, hidden[-R:])
+        if query_mask is not None and self.gate is not None:
+            states.query_frozen = masked_mean(states.frozen, query_mask)  # [R, d]
+            states.query_tuned = masked_mean(states.tuned, query_mask)  # [R, d]
+        return states, cache
+
+    def fused_logits(
+        self,
+        states: BranchStates,
+        positions: tuple[torch.Tensor, torch.Tensor] | None = None,
+        gate: FusionGate | float | None = None,
+    ) -> FusedLogits:
+        """Gate, fusion and output head (eq. 4-6): the one place the two branches become logits.
+
+        Args:
+            states: Both branches' last hidden states [B, T, d] and query memories [B, d].
+            positions: (rows [N], cols [N]) to compute only there -> logits [N, V]; all
+                positions -> [B, T, V] when None.
+            gate: Another gate in place of the model's own (gate inspection's stand-ins): a
+                `FusionGate` (e.g. the initial one), or a constant g (0: the tuned branch alone,
+                0.5: a fixed mix, 1: the frozen model). Needs a model with a frozen branch.
+
+        Returns:
+            The logits and the gate values g [..., d] (fp32) that weighted the frozen branch,
+            None for fusions without a gate.
+        """
+        frozen, tuned = states.frozen, states.tuned
+        rows = None
+        if positions is not None:
+            rows, cols = positions
+            tuned = tuned[rows, cols]  # [N, d]
+            frozen = None if frozen is None else frozen[rows, cols]  # [N, d]
+        if gate is not None and frozen is None:
+            raise ValueError("a stand-in gate needs the frozen branch; this model has none (fusion 'none')")
+        if gate is not None and not isinstance(gate, FusionGate):
+            g = torch.full(tuned.shape, float(gate), dtype=torch.float32, device=tuned.device)
+            return FusedLogits(self._output_head(interpolate(frozen, tuned, g)), g)
+        gate = self.gate if gate is None else gate
+        query_term = None
+        if gate is not None and gate.query_aware:
+            # Per sequence, then per position: [B, r] -> [N, r] or [B, 1, r].
+            query_term = gate.query_term(states.query_frozen, states.query_tuned)
+            query_term = query_term[:, None, :] if rows is None else query_term[rows]
+        fusion = self.fusion if gate is self.gate else "imsm"
+        fused, g = fuse(fusion, gate, frozen, tuned, query_term)  # [..., d]
+        return FusedLogits(self._output_head(fused), g)
 
     def forward(
         self,
@@ -313,36 +415,64 @@ class IMSMModel(nn.Module):
         if frozen_memory is not None and (labels is None or return_logits):
             raise ValueError("frozen_memory serves the loss only: pass labels and return_logits=False")
         query_mask = resolve_query_mask(attention_mask, query_mask, labels)
-        branches = self._branches(input_ids, attention_mask, query_mask, frozen_memory)
+        states = self.branch_states(input_ids, attention_mask, query_mask, run_frozen=frozen_memory is None)
         loss = logits = None
         if return_logits:
-            hidden_frozen, hidden_tuned, query_term = branches
-            per_sequence_query = None if query_term is None else query_term[:, None, :]  # [B, 1, r]
-            fused = fuse(self.fusion, self.gate, hidden_frozen, hidden_tuned, per_sequence_query)  # [B, T, d]
-            logits = self.output_head(fused)  # [B, T, V]
+            logits = self.fused_logits(states).logits  # [B, T, V]
         if labels is not None:
             targets = labels[:, 1:]  # position t predicts token t + 1
             rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # [N], [N]
             if logits is not None:
                 selected = logits[rows, cols]  # [N, V]
             else:
-                frozen_at_labels = None if frozen_memory is None else frozen_memory.hidden
-                selected = self._fused_logits_at(branches, rows, cols, frozen_at_labels)  # [N, V]
+                if frozen_memory is not None and self.imsm_config.is_siamese:
+                    # The cached h_M holds the labelled positions only; put them where they belong.
+                    frozen = states.tuned.new_zeros(states.tuned.shape, dtype=frozen_memory.hidden.dtype)
+                    frozen[rows, cols] = frozen_memory.hidden  # [B, T, d]
+                    states.frozen, states.query_frozen = frozen, frozen_memory.query
+                selected = self.fused_logits(states, (rows, cols)).logits  # [N, V]
             loss = F.cross_entropy(selected.float(), targets[rows, cols])
         return IMSMOutput(loss=loss, logits=logits)
 
-    def logits_at(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_mask: torch.Tensor, select: torch.Tensor
-    ) -> torch.Tensor:
-        """Fused logits only where `select` [B, T] is true -> [N, V], in row-major order.
+    @torch.no_grad()
+    def score_continuations(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        continuations: Sequence[Sequence[Sequence[int]]],
+        first_token_log_probs: bool = False,
+        max_new_tokens: int = 0,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> ContinuationScores:
+        """Log-probabilities of given continuations after each prompt, from one prefill per prompt.
 
-        What scoring a given answer needs (its likelihood, the first token's distribution)
-        without building [B, T, V] logits.
+        Each prompt is encoded once (both branches, one doubled batch); its continuations run
+        through that prompt's cache, several per prompt side by side, and read the fused logits.
+        The query memory is the prompt's, never a continuation's. The scores equal a
+        teacher-forced `forward` over prompt + continuation with the prompt as query.
+
+        Args:
+            input_ids: [B, T] prompts, any padding side.
+            attention_mask: [B, T]; all ones if omitted.
+            continuations: per prompt, a list of continuations (token id lists, each non-empty).
+            first_token_log_probs: Also return the log-distribution [V] each continuation's
+                first token is drawn from (what a yes/no margin reads).
+            max_new_tokens: When above 0, also decode greedily from the same prefill, as
+                `generate` would, into `ContinuationScores.sequences`: evaluation's answer and
+                its scores from one encoding of the prompt.
+            eos_token_id, pad_token_id: As for `generate`.
         """
-        self.router.check_unmerged()
-        branches = self._branches(input_ids, attention_mask, query_mask.bool() & attention_mask.bool())
-        rows, cols = select.nonzero(as_tuple=True)
-        return self._fused_logits_at(branches, rows, cols)
+        return decode.score_continuations(
+            self,
+            input_ids,
+            attention_mask,
+            continuations,
+            first_token_log_probs=first_token_log_probs,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
 
     # ----------------------------------------------------------------------------------------
     # Decoding, saving and loading live in their own modules; these are the public entry points.
@@ -350,19 +480,19 @@ class IMSMModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Greedy decoding with one KV cache for both branches; see `imsm.model.decode.generate`."""
-        from imsm.model.decode import generate
-
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return decode.generate(self, input_ids, attention_mask, **kwargs)
 
     def save_pretrained(self, directory: str) -> None:
         """Write peft's adapter files plus `imsm_config.json` and `imsm_gate.safetensors`."""
-        from imsm.model.persist import save_imsm
-
-        save_imsm(self, directory)
+        persist.save_imsm(self, directory)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, directory: str, is_trainable: bool = False) -> IMSMModel:
         """Load a directory written by `save_pretrained` (or a plain peft adapter, as fusion "none")."""
-        from imsm.model.persist import load_imsm
-
-        return load_imsm(cls, base_model, directory, is_trainable=is_trainable)
+        peft_model, imsm_config, path = persist.load_tuned_branch(base_model, directory, is_trainable)
+        model = cls(peft_model, imsm_config)
+        if model.gate is not None:
+            persist.load_gate(model.gate, path, imsm_config.fusion, is_trainable)
+        if not is_trainable:
+            model.eval()
+        return model

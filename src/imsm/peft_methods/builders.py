@@ -122,7 +122,3 @@ def build_peft_config(
         return entry.config_class(**values)
     except (TypeError, ValueError) as error:
         raise IMSMError(f"invalid {method} options: {str(error).splitlines()[0]}") from None
-
-
-def peft_method_names() -> list[str]:
-    return PEFT_METHODS.names()

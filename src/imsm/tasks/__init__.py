@@ -11,9 +11,6 @@ TASKS: Registry[Task] = Registry("task")
 for _module in (mrpc, cola, ropes, gsm8k, webq, freebaseqa, multirc):
     TASKS.register(_module.TASK.name, _module.TASK)
 
-TARGET_TASKS = ("mrpc", "cola", "ropes", "gsm8k")
-FORGETTING_TASKS = ("webq", "freebaseqa", "multirc", "mrpc")
-
 
 def get_task(name_or_spec: str) -> Task:
     """A registered task by name, or a custom task from a `.yaml`/`.yml`/`.json` spec path."""
@@ -28,4 +25,4 @@ def parse_task_list(value: str) -> list[Task]:
     return [get_task(name) for name in names]
 
 
-__all__ = ["FORGETTING_TASKS", "TARGET_TASKS", "TASKS", "Task", "get_task", "parse_task_list"]
+__all__ = ["TASKS", "Task", "get_task", "parse_task_list"]

@@ -15,6 +15,8 @@ import string
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from imsm.errors import IMSMError
 from imsm.metrics import ANSWER_TYPES, METRICS
 from imsm.registry import unknown_name_message
@@ -36,8 +38,6 @@ def _read_spec(path: Path) -> dict[str, Any]:
         if path.suffix == ".json":
             spec = json.loads(text)
         else:
-            import yaml
-
             spec = yaml.safe_load(text)
     except (json.JSONDecodeError, ValueError) as error:
         raise IMSMError(f"task spec {str(path)!r} cannot be parsed: {str(error).splitlines()[0]}") from None
@@ -69,12 +69,20 @@ def load_spec(path: str | Path) -> Task:
         metrics = [metrics]
     if not metrics:
         raise IMSMError(f"{where}: 'metrics' is empty; name at least one of {', '.join(METRICS.names())}")
-    for metric in metrics:
-        if metric not in METRICS:
-            raise IMSMError(f"{where}: {unknown_name_message('metric', str(metric), METRICS.names())}")
     answer_type = spec.get("answer_type", "text")
     if answer_type not in ANSWER_TYPES:
         raise IMSMError(f"{where}: {unknown_name_message('answer_type', str(answer_type), list(ANSWER_TYPES))}")
+    for metric in metrics:
+        if metric not in METRICS:
+            raise IMSMError(f"{where}: {unknown_name_message('metric', str(metric), METRICS.names())}")
+        entry = METRICS.get(metric)
+        if not entry.applies_to(answer_type):  # e.g. f1 and mcc count yes/no answers only
+            supported = " or ".join(entry.answer_types or ())
+            fitting = [name for name in METRICS.names() if METRICS.get(name).applies_to(answer_type)]
+            raise IMSMError(
+                f"{where}: metric {metric!r} is defined for answer_type {supported} only, not {answer_type!r}; "
+                f"set answer_type: {supported}, or use one of {', '.join(fitting)}"
+            )
     max_new_tokens = spec.get("max_new_tokens", 32)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise IMSMError(f"{where}: max_new_tokens must be a positive integer, got {max_new_tokens!r}")

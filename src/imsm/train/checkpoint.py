@@ -12,15 +12,15 @@ exists is complete; resuming takes the newest.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from imsm.atomic_write import staged_directory
 
 CHECKPOINTS = "checkpoints"
 KEEP_LAST = 2  # older checkpoints are deleted once a newer one is complete
@@ -54,8 +54,8 @@ def save_checkpoint(
     root = output / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
-    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=root))
-    try:
+    # "replace": the same step may be written again (e.g. step and epoch end coincide).
+    with staged_directory(target, if_exists="replace") as staging:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(staging / "trainable.safetensors")
         )
@@ -69,11 +69,6 @@ def save_checkpoint(
             "python_rng": random.getstate(),
         }
         (staging / "state.json").write_text(json.dumps(state))
-        if target.exists():  # the same step written again (e.g. step and epoch end coincide)
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     complete = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").exists())
     for old in complete[:-KEEP_LAST]:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,17 +1,27 @@
 """`TrainConfig`: every option of a training run, documented once and checked when built.
 
-The YAML file of `imsm train --config` holds the same fields; the run directory keeps the
-resolved config as `train_config.json`.
+`imsm train`'s flags and the YAML file of `imsm train --config` are these fields (`imsm.options`);
+the run directory keeps the resolved config as `train_config.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from imsm.config import FUSION_MODES
 from imsm.errors import IMSMError
+from imsm.options import (
+    chat_template_option,
+    check_options,
+    data_dir_option,
+    dtype_option,
+    model_option,
+    option,
+    peft_option,
+    trust_remote_code_option,
+)
 from imsm.registry import unknown_name_message
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -21,92 +31,62 @@ AUTHORS_GATE_LEARNING_RATE = 1e-3
 
 @dataclass
 class TrainConfig:
-    """A training run.
+    """A training run: every option of `imsm train`, each documented once, in its field's help."""
 
-    Attributes:
-        task: Registry name (mrpc, cola, ropes, gsm8k) or a task spec file.
-        output: Run directory: adapter files, checkpoints, config, metrics log.
-        model: Embedded name, local directory or Hugging Face id.
-        peft: peft method (lora, dora, adalora, ia3, or any peft layer tuner by name).
-        fusion: imsm, no-query, mean, or none (vanilla PEFT).
-        gate_rank: Rank of the gate.
-        gate_dropout: Dropout after each gate projection (authors: 0.1).
-        gate_learning_rate: The gate's learning rate (authors' code: 1e-3, AdamW's default).
-        learning_rate: The peft parameters' learning rate; the method's paper value if None.
-        epochs: Passes over the training examples.
-        max_steps: Stop after this many optimizer steps (None: all epochs).
-        limit: Train on the first N examples only.
-        split: Training split; the task's train split if None.
-        seed: Seeds the adapter init, data order, dropout and the gate init.
-        data_dir: Data directory (else $IMSM_DATA_DIR, else the hub).
-        batch_size: Effective batch size (examples per optimizer step); the method's paper value if None.
-        micro_batch_size: Examples per forward pass; gradients accumulate to batch_size.
-        max_length: Longest training sequence in tokens (prompt + answer + EOS).
-        schedule: Learning-rate schedule after warm-up: cosine, linear or constant.
-        warmup_ratio: Fraction of the optimizer steps spent warming up linearly.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: Gradient clipping norm (0 disables).
-        target_modules: Modules to adapt; per-architecture paper defaults, else peft's.
-        peft_options: Any other field of the peft config (e.g. {r: 8}).
-        dtype: Weights dtype: auto (bf16 only where computed natively), bf16, fp32.
-        chat_template: auto, on or off: prompts in the model's chat template.
-        cache_frozen: Compute the frozen branch once per example and reuse it every epoch.
-        checkpoint_every: Write a checkpoint every N optimizer steps (and at every epoch end).
-        resume: Continue the run in `output` from its last checkpoint.
-        overwrite: Replace a finished run in `output`.
-        trust_remote_code: Let transformers run the model's own code.
-    """
-
-    task: str
-    output: str
-    model: str = "smollm2-135m"
-    peft: str = "lora"
-    fusion: str = "imsm"
-    gate_rank: int = 8
-    gate_dropout: float = 0.1
-    gate_learning_rate: float = AUTHORS_GATE_LEARNING_RATE
-    learning_rate: float | None = None
-    epochs: int = 3
-    max_steps: int | None = None
-    limit: int | None = None
-    split: str | None = None
-    seed: int = 0
-    data_dir: str | None = None
-    batch_size: int | None = None
-    micro_batch_size: int = 4
-    max_length: int = 512
-    schedule: str = "cosine"
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    target_modules: list[str] | None = None
-    peft_options: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "auto"
-    chat_template: str = "auto"
-    cache_frozen: bool = True
-    checkpoint_every: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    trust_remote_code: bool = False
+    task: str = option(help="training task: registry name (mrpc, cola, ropes, gsm8k) or a task spec file")
+    output: str = option(help="run directory: adapter files, checkpoints, config, metrics log")
+    model: str = model_option()
+    peft: str = peft_option()
+    fusion: str = option("imsm", help="imsm, no-query, mean, or none (vanilla PEFT)")
+    gate_rank: int = option(8, positive=True, help="rank of the gate")
+    gate_dropout: float = option(0.1, help="dropout after each gate projection (authors: 0.1)")
+    gate_learning_rate: float = option(
+        AUTHORS_GATE_LEARNING_RATE, help="the gate's learning rate (authors' code: 1e-3, AdamW's default)"
+    )
+    learning_rate: float | None = option(
+        None, help="the peft parameters' learning rate (default: the method's paper value)"
+    )
+    epochs: int = option(3, positive=True, help="passes over the training examples")
+    max_steps: int | None = option(
+        None, positive=True, help="stop after this many optimizer steps (default: all epochs)"
+    )
+    limit: int | None = option(None, positive=True, help="train on the first N examples only")
+    split: str | None = option(None, help="training split (default: the task's train split)")
+    seed: int = option(0, help="seeds the adapter init, data order, dropout and the gate init")
+    data_dir: str | None = data_dir_option()
+    batch_size: int | None = option(
+        None,
+        positive=True,
+        help="effective batch size, examples per optimizer step (default: the method's paper value)",
+    )
+    micro_batch_size: int = option(
+        4, positive=True, help="examples per forward pass; gradients accumulate to batch_size"
+    )
+    max_length: int = option(512, positive=True, help="longest training sequence in tokens (prompt + answer + EOS)")
+    schedule: str = option("cosine", help="learning-rate schedule after warm-up: cosine, linear or constant")
+    warmup_ratio: float = option(0.1, help="fraction of the optimizer steps spent warming up linearly")
+    weight_decay: float = option(0.01, help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, help="gradient clipping norm (0 disables)")
+    target_modules: list[str] | None = option(
+        None, help="modules to adapt (default: per-architecture paper defaults, else peft's)"
+    )
+    peft_options: dict[str, Any] = option(default_factory=dict, help="any other field of the peft config, e.g. r=8")
+    dtype: str = dtype_option()
+    chat_template: str = chat_template_option()
+    cache_frozen: bool = option(True, help="compute the frozen branch once per example and reuse it every epoch")
+    checkpoint_every: int | None = option(
+        None, positive=True, help="write a checkpoint every N optimizer steps (and at every epoch end)"
+    )
+    resume: bool = option(False, help="continue the run in --output from its last checkpoint")
+    overwrite: bool = option(False, help="replace a finished run in --output")
+    trust_remote_code: bool = trust_remote_code_option()
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_MODES:
             raise IMSMError(unknown_name_message("fusion mode", str(self.fusion), list(FUSION_MODES)))
         if self.schedule not in SCHEDULES:
             raise IMSMError(unknown_name_message("schedule", str(self.schedule), list(SCHEDULES)))
-        positive_ints = {
-            "epochs": self.epochs,
-            "gate_rank": self.gate_rank,
-            "micro_batch_size": self.micro_batch_size,
-            "max_length": self.max_length,
-            "max_steps": self.max_steps,
-            "limit": self.limit,
-            "batch_size": self.batch_size,
-            "checkpoint_every": self.checkpoint_every,
-        }
-        for name, value in positive_ints.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise IMSMError(f"{name} must be a positive integer, got {value!r}")
+        check_options(self)  # the positive integers and chat_template
         for name in ("learning_rate", "gate_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value > 0:

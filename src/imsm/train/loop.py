@@ -1,21 +1,21 @@
 """The training loop: plain PyTorch you can read, run under Hugging Face Accelerate.
 
-One optimizer step = `batch_size` examples, split into micro-batches whose gradients
-accumulate (and, under `accelerate launch`, are shared out across processes: each process takes
-every world_size-th micro-batch, and DDP averages). The frozen branch's memories are computed
-once per example before training and reused every epoch. Checkpoints make any interruption,
-SIGKILL included, resumable to the same final weights.
+`train_step` is one optimizer step: `batch_size` examples, split into micro-batches whose
+gradients accumulate (and, under `accelerate launch`, are shared out across processes: each
+process takes every world_size-th micro-batch, and DDP averages). `run_training` walks the epochs
+in an order fixed by the seed, calls `train_step`, logs every step and writes checkpoints that
+make any interruption, SIGKILL included, resumable to the same final weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import platform
 import random
-import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +23,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from imsm.atomic_write import write_atomically
 from imsm.errors import IMSMError
 from imsm.model.siamese import FrozenMemory, IMSMModel
 from imsm.peft_methods.loramoe import loramoe_balance_loss
 from imsm.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from imsm.train.config import TrainConfig
 from imsm.train.examples import TokenizedSet, collate
-
-SUMMARY = "train_summary.json"
-CONFIG = "train_config.json"
-METRICS_LOG = "metrics.jsonl"
+from imsm.train.frozen_cache import FrozenCache, build_frozen_cache
+from imsm.train.optimization import adalora_orthogonal_penalty, adalora_tuner, build_optimizer, build_scheduler
+from imsm.train.run_directory import METRICS_LOG, SUMMARY
 
 
 class TrainingDiverged(IMSMError):
@@ -40,171 +40,116 @@ class TrainingDiverged(IMSMError):
 
 
 # ---------------------------------------------------------------------------------------------
-# The run directory.
-
-
-def check_output_directory(config: TrainConfig) -> Path:
-    """Refuse to clobber a finished run, or to resume what cannot be resumed."""
-    output = Path(config.output)
-    finished = (output / SUMMARY).exists()
-    has_checkpoint = latest_checkpoint(output) is not None
-    if config.resume:
-        if not has_checkpoint:
-            raise IMSMError(
-                f"--resume: {str(output)!r} has no checkpoint to resume from; start the run without --resume"
-            )
-        saved = json.loads((output / CONFIG).read_text())["config"]
-        ignored = {"resume", "overwrite", "checkpoint_every"}
-        changed = sorted(k for k in saved if k not in ignored and saved[k] != config.to_dict().get(k))
-        if changed:
-            raise IMSMError(
-                f"--resume: {str(output)!r} was started with other settings ({', '.join(changed)} differ); "
-                "resume with the same options, or start a new run in another directory"
-            )
-        if finished:
-            raise IMSMError(f"{str(output)!r} holds a finished run; nothing to resume")
-    elif output.exists() and any(output.iterdir()):
-        if not config.overwrite:
-            what = "a finished run" if finished else "an unfinished run" if has_checkpoint else "files"
-            hint = " or --resume to continue it" if has_checkpoint and not finished else ""
-            raise IMSMError(
-                f"output directory {str(output)!r} already holds {what}; pass --overwrite to replace it{hint}"
-            )
-    return output
-
-
-def package_versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    from imsm import __version__
-
-    return {
-        "imsm": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimisation.
-
-
-def learning_rate_lambda(schedule: str, warmup_steps: int, total_steps: int):
-    """Linear warm-up, then cosine or linear decay to 0, or constant."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def build_optimizer(
-    model: IMSMModel, optimizer_name: str, learning_rate: float, gate_learning_rate: float, weight_decay: float
-):
-    """One parameter group for the peft parameters, one for the gate (its own learning rate)."""
-    groups = {"peft": [], "gate": []}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            groups[model.parameter_group(name)].append(parameter)
-    param_groups = [{"params": groups["peft"], "lr": learning_rate}]
-    if groups["gate"]:
-        param_groups.append({"params": groups["gate"], "lr": gate_learning_rate})
-    if optimizer_name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        # The paper's "Adafactor, lr 3e-3": a fixed learning rate, not Adafactor's relative steps.
-        return Adafactor(
-            param_groups,
-            lr=learning_rate,
-            relative_step=False,
-            scale_parameter=False,
-            warmup_init=False,
-            weight_decay=weight_decay,
-        )
-    return torch.optim.AdamW(param_groups, lr=learning_rate, weight_decay=weight_decay)
-
-
-def adalora_orthogonal_penalty(model: IMSMModel) -> torch.Tensor | None:
-    """AdaLoRA's regulariser ||PᵀP - I||_F averaged over its P and Q matrices, times
-    orth_reg_weight. peft adds it only when it computes the loss itself, which IMSM does not."""
-    peft_model = model.peft_model
-    adapter = peft_model.active_adapter
-    config = peft_model.peft_config[adapter]
-    if type(config).__name__ != "AdaLoraConfig" or config.orth_reg_weight <= 0:
-        return None
-    total, count = 0.0, 0
-    for name, parameter in peft_model.named_parameters():
-        if ("lora_A" in name or "lora_B" in name) and adapter in name:
-            covariance = parameter @ parameter.T if "lora_A" in name else parameter.T @ parameter
-            identity = torch.eye(*covariance.shape, device=covariance.device, dtype=covariance.dtype)
-            total = total + torch.norm(covariance - identity, p="fro")
-            count += 1
-    return config.orth_reg_weight * total / count if count else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Frozen memories.
+# One optimizer step.
 
 
 @dataclass
-class FrozenCache:
-    """Per example: q_M [d] and h_M at its labelled positions [n_i, d], on the CPU."""
+class MicroBatch:
+    """The examples of one forward and backward."""
 
-    query: list[torch.Tensor]
-    hidden: list[torch.Tensor]
+    inputs: dict[str, torch.Tensor]  # `collate`'s input_ids, attention_mask, query_mask, labels: [b, T]
+    frozen_memory: FrozenMemory | None = None  # these examples' cached frozen branch, if it is cached
 
-    def batch(self, indices: list[int], device) -> FrozenMemory:
-        # Row-major order of labelled positions = example order, then position order.
-        return FrozenMemory(
-            query=torch.stack([self.query[i] for i in indices]).to(device),
-            hidden=torch.cat([self.hidden[i] for i in indices]).to(device),
+    def to(self, device) -> MicroBatch:
+        memory = self.frozen_memory
+        if memory is not None:
+            memory = FrozenMemory(query=memory.query.to(device), hidden=memory.hidden.to(device))
+        return MicroBatch({k: v.to(device) for k, v in self.inputs.items()}, memory)
+
+
+def micro_batches(
+    indices: list[int],
+    micro_batch_size: int,
+    data: TokenizedSet,
+    pad_id: int,
+    cache: FrozenCache | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> list[MicroBatch]:
+    """The micro-batches of one step's examples `indices` that fall to process `rank` of `world`."""
+    chunks = [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+    return [
+        MicroBatch(
+            collate([data.examples[i] for i in chunk], pad_id), cache.batch(chunk) if cache is not None else None
         )
+        for chunk in chunks[rank::world]
+    ]
 
 
-@torch.no_grad()
-def build_frozen_cache(model: IMSMModel, data: TokenizedSet, pad_id: int, batch_size: int, device, progress: bool):
-    """Run the frozen model once over every example, in a fixed order (so a resumed run sees
-    bit-identical memories)."""
-    query: list[torch.Tensor] = []
-    hidden: list[torch.Tensor] = []
-    examples = data.examples
-    for start in tqdm(range(0, len(examples), batch_size), desc="frozen memories", disable=not progress, leave=False):
-        chunk = examples[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-        memory = model.frozen_memory(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["query_mask"])
-        counts = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
-        query.extend(memory.query.cpu().unbind(0))
-        hidden.extend(memory.hidden.cpu().split(counts))
-    return FrozenCache(query, hidden)
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step reports."""
+
+    loss: float  # mean task loss over the step's examples, all processes, regularisers left out
+    grad_norm: float  # the gradient norm before clipping
+    tokens: int  # real (non-padding) tokens this process trained on
+
+
+def train_step(
+    wrapped: torch.nn.Module,
+    micro_batches: Sequence[MicroBatch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator,
+    step: int,
+    max_grad_norm: float = 0.0,
+) -> StepResult:
+    """One optimizer step over this process's micro-batches of a batch.
+
+    Args:
+        wrapped: the `IMSMModel` as `accelerator.prepare` returned it (DDP across processes).
+        micro_batches: this process's share of the batch, on any device.
+        optimizer: from `build_optimizer`.
+        scheduler: from `build_scheduler`; it steps once.
+        accelerator: the run's `accelerate.Accelerator`.
+        step: optimizer steps taken before this one (AdaLoRA's rank budget follows it).
+        max_grad_norm: gradient clipping norm; 0 disables clipping.
+
+    Raises:
+        TrainingDiverged: the loss of a micro-batch is NaN or infinite; no parameter has changed.
+    """
+    model = accelerator.unwrap_model(wrapped)
+    device = accelerator.device
+    adalora = adalora_tuner(model)
+    step_loss, tokens = 0.0, 0
+    for index, micro in enumerate(micro_batches):
+        micro = micro.to(device)
+        # DDP averages gradients across processes on a backward outside no_sync: the last one only.
+        last = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(wrapped), accelerator.autocast():
+            loss = wrapped(**micro.inputs, return_logits=False, frozen_memory=micro.frozen_memory).loss
+            penalty = adalora_orthogonal_penalty(model) if adalora is not None else None
+            total = loss + penalty if penalty is not None else loss
+            # LoRAMoE's localized balancing constraint on this forward's routing (None otherwise).
+            balance = loramoe_balance_loss(model, micro.inputs["attention_mask"])
+            total = total + balance if balance is not None else total
+            if not torch.isfinite(total):
+                raise TrainingDiverged(f"the loss became {float(total.detach())} at step {step + 1}")
+            accelerator.backward(total / len(micro_batches))
+        step_loss += float(loss.detach()) / len(micro_batches)
+        tokens += int(micro.inputs["attention_mask"].sum())
+    if accelerator.num_processes > 1:  # report the step's loss over all processes, not this one's share
+        step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="mean"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm or float("inf"))
+    optimizer.step()
+    if adalora is not None:
+        # AdaLoRA's rank allocation reads this step's gradients: after step, before zero_grad.
+        adalora.update_and_allocate(step)
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss=step_loss, grad_norm=float(grad_norm), tokens=tokens)
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop.
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
-    """The shuffled example order of one epoch, reproducible from the seed alone."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
-
+# Checkpoint contents.
 
 _ALLOCATOR_FIELDS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 def _rank_allocator(model: IMSMModel):
-    return getattr(model.peft_model.base_model, "rankallocator", None) if model.has_adapter else None
+    adalora = adalora_tuner(model)
+    return adalora.rankallocator if adalora is not None else None
 
 
 def trainable_state(model: IMSMModel) -> dict[str, torch.Tensor]:
@@ -230,6 +175,75 @@ def restore_trainable_state(model: IMSMModel, state: dict[str, torch.Tensor]) ->
     model.load_state_dict(weights, strict=False)
 
 
+def _resume(output: Path, model: IMSMModel, optimizer, scheduler) -> dict[str, int]:
+    """Load the newest checkpoint into the model, optimizer, scheduler and RNGs; return its
+    position: steps taken, epoch, and the next batch in that epoch."""
+    trainable, position = load_checkpoint(latest_checkpoint(output), optimizer, scheduler)
+    missing = {k for k in trainable_state(model) if not k.startswith("adalora_allocator/")} - set(trainable)
+    if missing:
+        raise IMSMError(f"checkpoint in {str(output)!r} lacks {sorted(missing)[0]}; it was made by another setup")
+    restore_trainable_state(model, trainable)
+    return position
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclass
+class TrainingHooks:
+    """Callbacks for code that watches a run without changing it (`imsm bench train`, tests)."""
+
+    on_start: Callable[[IMSMModel], None] | None = None
+    """Called with the built model, before the frozen memories are computed."""
+    on_step: Callable[[int, StepResult, float], None] | None = None
+    """Called after each step, its log line and any checkpoint, with the steps taken so far, the
+    step's result and its seconds (collating its micro-batches, then `train_step`)."""
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The shuffled example order of one epoch, reproducible from the seed alone."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class _StepLog:
+    """One line per optimizer step: the metrics log (main process only) and the progress bar. It
+    also keeps what the summary reports: tokens seen, last loss, and the time since it opened."""
+
+    def __init__(self, path: Path | None, total_steps: int, step: int, show: bool):
+        self.file = path.open("a") if path is not None else None
+        self.bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show)
+        self.started, self.tokens, self.last_loss = time.perf_counter(), 0, float("nan")
+
+    def write(self, step: int, epoch: float, result: StepResult, learning_rate: float) -> None:
+        self.tokens += result.tokens
+        self.last_loss = result.loss
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "loss": round(result.loss, 6),
+            "lr": learning_rate,
+            "grad_norm": round(result.grad_norm, 6),
+            "tokens_per_s": round(self.tokens / self.seconds(), 1),
+        }
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        self.bar.set_postfix(
+            loss=f"{result.loss:.4f}", lr=f"{learning_rate:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+        )
+        self.bar.update(1)
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
 def run_training(
     config: TrainConfig,
     model: IMSMModel,
@@ -242,180 +256,87 @@ def run_training(
     accelerator,
     header: dict[str, Any],
     progress: bool = True,
+    hooks: TrainingHooks | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place; write checkpoints, the metrics log, the adapter and the summary."""
     output = Path(config.output)
-    n = len(data.examples)
-    steps_per_epoch = math.ceil(n / batch_size)
-    device = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
-    is_adalora = type(model.peft_model.peft_config[model.peft_model.active_adapter]).__name__ == "AdaLoraConfig"
-
+    hooks = hooks or TrainingHooks()
+    if hooks.on_start is not None:
+        hooks.on_start(model)
     cache, cache_started = None, time.perf_counter()
     if config.cache_frozen and model.imsm_config.is_siamese:
-        cache = build_frozen_cache(model, data, pad_id, max(config.micro_batch_size, 8), device, progress)
+        cache = build_frozen_cache(model, data, pad_id, max(config.micro_batch_size, 8), accelerator.device, progress)
     frozen_cache_seconds = time.perf_counter() - cache_started
 
     optimizer = build_optimizer(model, optimizer_name, learning_rate, config.gate_learning_rate, config.weight_decay)
-    warmup = int(config.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_lambda(config.schedule, warmup, total_steps))
+    scheduler = build_scheduler(optimizer, config.schedule, config.warmup_ratio, total_steps)
     wrapped = accelerator.prepare(model)
-
-    step, epoch, position = 0, 0, 0
+    at = {"step": 0, "epoch": 0, "position": 0}  # steps taken, epoch, next batch within it
     if config.resume:
-        trainable, saved_position = load_checkpoint(latest_checkpoint(output), optimizer, scheduler)
-        missing = {k for k in trainable_state(model) if not k.startswith("adalora_allocator/")} - set(trainable)
-        if missing:
-            raise IMSMError(f"checkpoint in {str(output)!r} lacks {sorted(missing)[0]}; it was made by another setup")
-        restore_trainable_state(model, trainable)
-        step, epoch, position = saved_position["step"], saved_position["epoch"], saved_position["position"]
+        at = _resume(output, model, optimizer, scheduler)
     elif accelerator.is_main_process:
         (output / METRICS_LOG).unlink(missing_ok=True)
+    step, epoch, position = at["step"], at["epoch"], at["position"]
 
     def checkpoint(next_epoch: int, next_position: int) -> None:
         if accelerator.is_main_process:
-            save_checkpoint(
-                output,
-                step,
-                trainable_state(model),
-                optimizer,
-                scheduler,
-                {"step": step, "epoch": next_epoch, "position": next_position},
-            )
+            where = {"step": step, "epoch": next_epoch, "position": next_position}
+            save_checkpoint(output, step, trainable_state(model), optimizer, scheduler, where)
         accelerator.wait_for_everyone()
 
+    n, main = len(data.examples), accelerator.is_main_process
+    steps_per_epoch = math.ceil(n / batch_size)
     wrapped.train()
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="train",
-        unit="step",
-        disable=not progress or not accelerator.is_main_process,
-    )
-    started, tokens_seen, last_loss = time.perf_counter(), 0, float("nan")
-    log = (output / METRICS_LOG).open("a") if accelerator.is_main_process else None
-    try:
+    log = _StepLog(output / METRICS_LOG if main else None, total_steps, step, show=progress and main)
+    with contextlib.closing(log):
         while step < total_steps and epoch < config.epochs:
             order = epoch_order(config.seed, epoch, n)
             while position < steps_per_epoch and step < total_steps:
-                batch_indices = order[position * batch_size : (position + 1) * batch_size]
-                micro = [
-                    batch_indices[i : i + config.micro_batch_size]
-                    for i in range(0, len(batch_indices), config.micro_batch_size)
-                ]
-                mine = micro[rank::world]
-                step_loss, tokens = _accumulate_gradients(
-                    wrapped, model, mine, data, pad_id, cache, accelerator, is_adalora, (step, epoch, output)
-                )
-                tokens_seen += tokens
-                if world > 1:  # log the step's loss over all processes, not just this one's share
-                    step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="mean"))
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
-                optimizer.step()
-                if is_adalora:
-                    # AdaLoRA's rank allocation reads this step's gradients: after step, before zero_grad.
-                    model.peft_model.base_model.update_and_allocate(step)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                position += 1
-                last_loss = step_loss
-                elapsed = time.perf_counter() - started
-                record = {
-                    "step": step,
-                    "epoch": epoch + position / steps_per_epoch,
-                    "loss": round(step_loss, 6),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "grad_norm": round(float(grad_norm), 6),
-                    "tokens_per_s": round(tokens_seen / elapsed, 1),
-                }
-                if log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                bar.set_postfix(
-                    loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
-                )
-                bar.update(1)
+                started = time.perf_counter()
+                batch = order[position * batch_size : (position + 1) * batch_size]
+                rank, world = accelerator.process_index, accelerator.num_processes
+                mine = micro_batches(batch, config.micro_batch_size, data, pad_id, cache, rank, world)
+                try:
+                    result = train_step(wrapped, mine, optimizer, scheduler, accelerator, step, config.max_grad_norm)
+                except TrainingDiverged as error:
+                    raise TrainingDiverged(
+                        f"{error} (epoch {epoch + 1}); the last good checkpoint is kept in "
+                        f"{str(output / CHECKPOINTS)!r}; lower the learning rate and restart"
+                    ) from None
+                seconds = time.perf_counter() - started
+                step, position = step + 1, position + 1
+                log.write(step, epoch + position / steps_per_epoch, result, optimizer.param_groups[0]["lr"])
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     checkpoint(epoch, position)
+                if hooks.on_step is not None:
+                    hooks.on_step(step, result, seconds)
             if position >= steps_per_epoch:
                 epoch, position = epoch + 1, 0
                 checkpoint(epoch, position)
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
 
-    seconds = time.perf_counter() - started
+    seconds = log.seconds()
     summary = {
         **header,
         "steps": step,
         "epochs_completed": epoch,
-        "final_loss": last_loss,
+        "final_loss": log.last_loss,
         # `seconds` and `tokens_per_s` cover the optimizer steps of this process's session; the
         # frozen memories are computed before them, in `frozen_cache_seconds`.
         "seconds": round(seconds, 2),
         "frozen_cache_seconds": round(frozen_cache_seconds, 2),
-        "tokens": tokens_seen,
-        "tokens_per_s": round(tokens_seen / seconds, 1) if seconds else None,
+        "tokens": log.tokens,
+        "tokens_per_s": round(log.tokens / seconds, 1) if seconds else None,
     }
-    if accelerator.is_main_process:
+    if main:
         accelerator.unwrap_model(wrapped).save_pretrained(output)
-        (output / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        # Written last and whole: its presence is what marks the run finished.
+        write_atomically(output / SUMMARY, json.dumps(summary, indent=2) + "\n")
     accelerator.wait_for_everyone()
     return summary
 
 
-def _accumulate_gradients(wrapped, model, micro_batches, data, pad_id, cache, accelerator, is_adalora, where):
-    """Forward and backward over this process's micro-batches of one optimizer step.
-
-    Returns (mean loss, real tokens seen). Gradients are synchronised across processes on the
-    last micro-batch only.
-    """
-    step, epoch, output = where
-    device = accelerator.device
-    step_loss, tokens = 0.0, 0
-    for index, indices in enumerate(micro_batches):
-        batch = {k: v.to(device) for k, v in collate([data.examples[i] for i in indices], pad_id).items()}
-        memory = cache.batch(indices, device) if cache is not None else None
-        last = index == len(micro_batches) - 1
-        with _null_context() if last else accelerator.no_sync(wrapped), accelerator.autocast():
-            loss = wrapped(**batch, return_logits=False, frozen_memory=memory).loss
-            penalty = adalora_orthogonal_penalty(model) if is_adalora else None
-            total = loss + penalty if penalty is not None else loss
-            # LoRAMoE's localized balancing constraint on this forward's routing (None otherwise).
-            balance = loramoe_balance_loss(model, batch["attention_mask"])
-            total = total + balance if balance is not None else total
-            if not torch.isfinite(total):
-                raise TrainingDiverged(
-                    f"the loss became {float(total.detach())} at step {step + 1} (epoch {epoch + 1}); the last good "
-                    f"checkpoint is kept in {str(output / CHECKPOINTS)!r}; lower the learning rate and restart"
-                )
-            accelerator.backward(total / len(micro_batches))
-        step_loss += float(loss.detach()) / len(micro_batches)
-        tokens += int(batch["attention_mask"].sum())
-    return step_loss, tokens
-
-
-class _null_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def remove_previous_run(output: Path) -> None:
-    """--overwrite: clear the directory's previous run before starting."""
-    for item in output.iterdir():
-        if item.is_dir():
-            shutil.rmtree(item)
-        else:
-            item.unlink()
-
-
 def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators: adapter and gate initialisation, dropout."""
     random.seed(seed)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))

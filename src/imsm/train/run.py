@@ -6,18 +6,14 @@ import json
 import math
 from typing import Any
 
+from imsm.atomic_write import write_atomically
 from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
 from imsm.peft_methods.builders import PEFT_METHODS, build_peft_config
+from imsm.provenance import provenance_header
 from imsm.train.config import TrainConfig
-from imsm.train.loop import (
-    CONFIG,
-    check_output_directory,
-    package_versions,
-    remove_previous_run,
-    run_training,
-    seed_everything,
-)
+from imsm.train.loop import TrainingHooks, run_training, seed_everything
+from imsm.train.run_directory import CONFIG, check_output_directory, finished_summary, remove_previous_run
 
 # The paper's target modules where its appendix names them (Tables 7-9: Llama-3, Qwen1.5);
 # peft's per-architecture defaults otherwise. Always overridable with --target-modules.
@@ -37,8 +33,15 @@ def default_target_modules(method: str, model_type: str) -> list[str] | None:
     return PAPER_TARGET_MODULES.get((method, model_type))
 
 
-def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[str, Any]:
-    """Run (or resume) the training described by `config`; returns the run summary."""
+def train(
+    config: TrainConfig, progress: bool = True, accelerator=None, hooks: TrainingHooks | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the training described by `config`; returns the run summary.
+
+    `--resume` on a run that has already finished touches nothing and returns its summary, so the
+    same command can be run again after a crash at any moment. `hooks` let a caller watch the
+    run (`imsm bench train` times its steps).
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -56,6 +59,9 @@ def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[
     if split is None:
         raise IMSMError(f"task {task.name} has no training split; pass --split or train on a target task")
     output = check_output_directory(config)
+    if config.resume and (finished := finished_summary(output)) is not None:
+        print(f"imsm: {str(output)!r} holds a finished run ({finished['steps']} steps); nothing to resume")
+        return {**finished, "already_complete": True}
     records = load_examples(task, split, resolve_data_dir(config.data_dir), config.limit)
     if accelerator is None:
         import torch
@@ -94,9 +100,9 @@ def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[
             f"imsm: trainable params: {trainable:,} || all params: {total:,} || "
             f"trainable%: {100 * trainable / total:.4f}"
         )
-    header = {
-        "config": config.to_dict(),
-        "resolved": {
+    header = provenance_header(
+        config=config.to_dict(),
+        resolved={
             "task_version": task.version,
             "split": split,
             "learning_rate": learning_rate,
@@ -112,12 +118,11 @@ def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[
             "chat_template": formatter.use_chat_template,
             "processes": accelerator.num_processes,
         },
-        "seed": config.seed,
-        "versions": package_versions(),
-    }
+        seed=config.seed,
+    )
     if accelerator.is_main_process and not config.resume:
         output.mkdir(parents=True, exist_ok=True)
-        (output / CONFIG).write_text(json.dumps(header, indent=2, default=str) + "\n")
+        write_atomically(output / CONFIG, json.dumps(header, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
     pad_id = formatter.pad_id
     return run_training(
@@ -132,4 +137,5 @@ def train(config: TrainConfig, progress: bool = True, accelerator=None) -> dict[
         accelerator,
         header,
         progress,
+        hooks,
     )

@@ -1,0 +1,62 @@
+"""The small named types that carry the two branches' states and what is read from them.
+
+`BranchStates` is what both branches produce (eq. 2-3): their last hidden states after the final
+norm and their query memories. `IMSMModel.fused_logits` turns it into `FusedLogits` (eq. 4-6);
+`IMSMModel.score_continuations` returns `ContinuationScores`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BranchStates:
+    """Last-layer hidden states of both branches, and their query memories.
+
+    Attributes:
+        frozen: h_M, [B, T, d]; None without a frozen branch (fusion "none").
+        tuned: h_M', [B, T, d].
+        query_frozen: q_M, the mean of h_M over the prompt, [B, d]; None when no gate reads it.
+        query_tuned: q_M', [B, d]; None when no gate reads it.
+    """
+
+    frozen: torch.Tensor | None
+    tuned: torch.Tensor
+    query_frozen: torch.Tensor | None = None
+    query_tuned: torch.Tensor | None = None
+
+
+@dataclass
+class FusedLogits:
+    """Logits of the fused states, and the gate values that weighted the frozen branch.
+
+    Attributes:
+        logits: [N, V] at chosen positions, or [B, T, V].
+        gate: g, fp32, shaped like the states ([N, d] or [B, T, d]); None without a gate.
+    """
+
+    logits: torch.Tensor
+    gate: torch.Tensor | None
+
+
+@dataclass
+class ContinuationScores:
+    """What `IMSMModel.score_continuations` reads of each continuation, grouped by prompt.
+
+    Attributes:
+        log_probs: [prompt][continuation] -> log p of each continuation token given the prompt
+            and the tokens before it, fp32 [L].
+        frozen_weights: [prompt][continuation] -> the gate's mean weight on the frozen branch
+            over the positions that predict the continuation; None without a gate.
+        first_log_probs: [prompt][continuation] -> the log-distribution [V] of the
+            continuation's first token, when asked for.
+        sequences: [B, T + new] greedy ids, when decoding was asked for.
+    """
+
+    log_probs: list[list[torch.Tensor]]
+    frozen_weights: list[list[float | None]]
+    first_log_probs: list[list[torch.Tensor]] | None = None
+    sequences: torch.Tensor | None = None
