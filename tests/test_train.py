@@ -140,14 +140,15 @@ def test_resuming_a_finished_run_touches_nothing_and_succeeds(workspace, tmp_pat
         return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run.rglob("*")) if p.is_file()}
 
     before = snapshot()
-    assert train(config(workspace, run, resume=True), progress=False) == summary
+    assert train(config(workspace, run, resume=True), progress=False) == {**summary, "already_complete": True}
     command = [
         "train", "--task", str(workspace / "probe.yaml"), "--model", str(workspace / "model"), "--output", str(run),
         "--batch-size", "4", "--micro-batch-size", "2", "--epochs", "2", "--learning-rate", "0.01",
         "--dtype", "fp32", "--resume",
     ]  # fmt: skip
     assert main(command) == 0
-    assert "holds a finished run (6 steps); nothing to resume" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "holds a finished run (6 steps); nothing to resume" in printed and "trained" not in printed
     assert snapshot() == before
     # Other settings are still refused: the finished run is not the run asked for.
     with pytest.raises(IMSMError, match="other settings"):

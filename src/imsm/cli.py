@@ -12,9 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imsm.atomic_write import write_atomically
 from imsm.bench.cli import add_bench_parser
+from imsm.config import IMSMConfig
+from imsm.data import load_examples, resolve_data_dir
+from imsm.demo import run_demo
 from imsm.errors import IMSMError
+from imsm.eval_journal import directory_digest
+from imsm.evaluate import evaluate_task, format_table, journal_path, write_results
 from imsm.experiment.cli import add_experiment_parsers
+from imsm.gate_inspection import format_report, inspect_adapter, reports_to_json
+from imsm.generate import generate_answers
+from imsm.model.load import load_model_and_tokenizer
+from imsm.model.persist import check_adapter_directory, read_imsm_config
+from imsm.model.siamese import IMSMModel
 from imsm.options import (
     adapter_option,
     add_command,
@@ -33,7 +44,11 @@ from imsm.options import (
     system_option,
     trust_remote_code_option,
 )
+from imsm.prompting import PromptFormatter
+from imsm.provenance import provenance_header
+from imsm.tasks import parse_task_list
 from imsm.train.config import TrainConfig
+from imsm.train.run import train
 from imsm.version import __version__
 
 
@@ -154,17 +169,12 @@ class DemoOptions:
 
 def _load_model(options: GenerateOptions | EvalOptions):
     """The base model, with the adapter directory of --adapter on it if given."""
-    from imsm.model.load import load_model_and_tokenizer
-    from imsm.model.persist import check_adapter_directory
-    from imsm.model.siamese import IMSMModel
 
     adapter = options.adapter
     if adapter is not None:
         check_adapter_directory(adapter)  # fail before the slow model load
     base, tokenizer = load_model_and_tokenizer(options.model, options.dtype, options.device, options.trust_remote_code)
     if adapter is None:
-        from imsm.config import IMSMConfig
-
         model = IMSMModel(base, IMSMConfig(fusion="none"))  # the base model alone, same decoding code
     else:
         model = IMSMModel.from_pretrained(base, adapter)
@@ -172,8 +182,6 @@ def _load_model(options: GenerateOptions | EvalOptions):
 
 
 def cmd_generate(options: GenerateOptions) -> int:
-    from imsm.generate import generate_answers
-    from imsm.prompting import PromptFormatter
 
     model, tokenizer = _load_model(options)
     formatter = PromptFormatter.for_tokenizer(tokenizer, options.chat_template, options.system)
@@ -188,12 +196,6 @@ def cmd_generate(options: GenerateOptions) -> int:
 
 
 def cmd_eval(options: EvalOptions) -> int:
-    from imsm.data import load_examples, resolve_data_dir
-    from imsm.eval_journal import directory_digest
-    from imsm.evaluate import evaluate_task, format_table, journal_path, write_results
-    from imsm.prompting import PromptFormatter
-    from imsm.provenance import provenance_header
-    from imsm.tasks import parse_task_list
 
     output = Path(options.output)
     # Everything the run needs is read and checked before the (slow) model load.
@@ -255,7 +257,6 @@ def cmd_eval(options: EvalOptions) -> int:
 
 
 def cmd_train(config: TrainConfig) -> int:
-    from imsm.train.run import train
 
     summary = train(config)
     if summary.get("already_complete"):
@@ -265,14 +266,6 @@ def cmd_train(config: TrainConfig) -> int:
 
 
 def cmd_inspect_gate(options: InspectGateOptions) -> int:
-    from imsm.atomic_write import write_atomically
-    from imsm.data import load_examples, resolve_data_dir
-    from imsm.gate_inspection import format_report, inspect_adapter, reports_to_json
-    from imsm.model.load import load_model_and_tokenizer
-    from imsm.model.persist import check_adapter_directory, read_imsm_config
-    from imsm.prompting import PromptFormatter
-    from imsm.provenance import provenance_header
-    from imsm.tasks import parse_task_list
 
     output = Path(options.output) if options.output else None
     adapter = check_adapter_directory(options.adapter)
@@ -298,7 +291,6 @@ def cmd_inspect_gate(options: InspectGateOptions) -> int:
 
 
 def cmd_demo(options: DemoOptions) -> int:
-    from imsm.demo import run_demo
 
     run_demo(options)
     return 0

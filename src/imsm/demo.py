@@ -13,17 +13,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imsm import IMSMConfig, IMSMModel
 from imsm.atomic_write import atomic_path, write_atomically
+from imsm.data import load_examples, resolve_data_dir
+from imsm.demo_data import write_demo_tasks
 from imsm.evaluate import TaskResult, evaluate_task
+from imsm.model.load import load_model_and_tokenizer
+from imsm.prompting import PromptFormatter
 from imsm.provenance import provenance_header
+from imsm.tasks import get_task
+from imsm.train.config import TrainConfig
+from imsm.train.run import train
 
 ROWS = ("Original", "LoRA", "IMSM-LoRA")
 
 
 def _tasks(args, work: Path):
-    from imsm.data import load_examples, resolve_data_dir
-    from imsm.demo_data import write_demo_tasks
-    from imsm.tasks import get_task
 
     data_dir = resolve_data_dir(args.data_dir)
     if data_dir is None:
@@ -38,7 +43,6 @@ def _tasks(args, work: Path):
 
 
 def _evaluate(model, tokenizer, target, probe, batch_size: int) -> dict[str, TaskResult]:
-    from imsm.prompting import PromptFormatter
 
     formatter = PromptFormatter.for_tokenizer(tokenizer)
     return {
@@ -91,6 +95,7 @@ def summarise_changes(table: dict[str, dict[str, float]], target_name: str, prob
 
 
 def save_plot(table: dict[str, dict[str, float]], path: Path, target_name: str, probe_name: str) -> None:
+    # Imported here: the backend must be chosen before pyplot loads, and only plotting needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,10 +125,6 @@ def save_plot(table: dict[str, dict[str, float]], path: Path, target_name: str, 
 
 def run_demo(args) -> dict[str, Any]:
     """Train, evaluate, print the table, save `demo_results.json` and `demo.png` in args.output."""
-    from imsm import IMSMConfig, IMSMModel
-    from imsm.model.load import load_model_and_tokenizer
-    from imsm.train.config import TrainConfig
-    from imsm.train.run import train
 
     started = time.perf_counter()
     work = Path(args.output)

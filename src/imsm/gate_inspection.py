@@ -21,6 +21,7 @@ tokens the evaluation's gold NLL is taken over):
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -30,11 +31,15 @@ from typing import Any
 
 import torch
 
+from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
+from imsm.model.build import get_imsm_model
 from imsm.model.gate import FusionGate
 from imsm.model.siamese import IMSMModel
+from imsm.peft_methods.loramoe import loramoe_config_for
 from imsm.prompting import PromptFormatter
 from imsm.tasks.base import Record, Task
+from imsm.train.loop import seed_everything
 
 # The gates every answer is scored under, besides the trained one.
 STAND_INS = ("initial", "half", "tuned_only", "frozen_only")
@@ -63,11 +68,6 @@ def initial_gate(adapter: str | Path, base_model: torch.nn.Module) -> FusionGate
     """
     from peft import PeftConfig
 
-    from imsm.config import IMSMConfig
-    from imsm.model.build import get_imsm_model
-    from imsm.peft_methods.loramoe import loramoe_config_for
-    from imsm.train.loop import seed_everything
-
     path = Path(adapter)
     run_config = path / "train_config.json"
     if not run_config.is_file():
@@ -93,8 +93,6 @@ def inspect_adapter(
 ) -> list[TaskGateReport]:
     """`inspect_gate` for an adapter directory on `base_model` (which it takes over), measured
     against the run's initial gate when `with_initial` and the run recorded its seed."""
-    import copy
-
     initial = initial_gate(adapter, copy.deepcopy(base_model)) if with_initial else None
     model = IMSMModel.from_pretrained(base_model, adapter).eval()
     return inspect_gate(model, formatter, data, initial)

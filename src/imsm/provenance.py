@@ -67,8 +67,6 @@ def provenance_header(**settings: Any) -> dict[str, Any]:
     Returns:
         `{"imsm_version", "created", "machine", "versions", **settings}`.
     """
-    from imsm import __version__  # see package_versions
-
     return {
         "imsm_version": __version__,
         "created": now(),

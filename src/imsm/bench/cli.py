@@ -7,7 +7,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from imsm.bench.decode import bench_decode
+from imsm.bench.eval import bench_eval
 from imsm.bench.output import write_json
+from imsm.bench.train import bench_train
+from imsm.data import resolve_data_dir
+from imsm.demo_data import write_demo_tasks
 from imsm.errors import IMSMError
 from imsm.options import (
     add_command,
@@ -19,6 +24,7 @@ from imsm.options import (
     option,
     peft_option,
 )
+from imsm.provenance import provenance_header
 
 DECODERS_TO_SKIP = ("merged", "doubled", "naive")
 
@@ -131,7 +137,6 @@ def add_bench_parser(commands) -> None:
 
 
 def _finish(options, kind: str, result: dict) -> int:
-    from imsm.provenance import provenance_header
 
     payload = {"benchmark": kind, **provenance_header(), **result}
     print(json.dumps(payload, indent=2))
@@ -142,7 +147,6 @@ def _finish(options, kind: str, result: dict) -> int:
 
 
 def cmd_bench_decode(options: BenchDecodeOptions) -> int:
-    from imsm.bench.decode import bench_decode
 
     result = bench_decode(
         options.model,
@@ -160,7 +164,6 @@ def cmd_bench_decode(options: BenchDecodeOptions) -> int:
 
 
 def cmd_bench_eval(options: BenchEvalOptions) -> int:
-    from imsm.bench.eval import bench_eval
 
     result = bench_eval(
         options.model,
@@ -178,10 +181,6 @@ def cmd_bench_eval(options: BenchEvalOptions) -> int:
 
 
 def cmd_bench_train(options: BenchTrainOptions) -> int:
-    from imsm.bench.train import bench_train
-    from imsm.data import resolve_data_dir
-    from imsm.demo_data import write_demo_tasks
-    from imsm.provenance import provenance_header
 
     data_dir = resolve_data_dir(options.data_dir)
     with tempfile.TemporaryDirectory(prefix="imsm-bench-data-") as generated:

@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
+from imsm import IMSMConfig, get_imsm_model
+from imsm.bench.random_weights import random_model_and_tokenizer
 from imsm.bench.timing import interleaved_medians, median_seconds
+from imsm.model.decode import naive_generate
+from imsm.model.load import load_model_and_tokenizer
+from imsm.peft_methods.builders import build_peft_config
+from imsm.prompting import PromptFormatter
+from imsm.train.run import default_target_modules
 
 PROMPTS = [
     "Explain in detail how photosynthesis turns light into chemical energy.",
@@ -33,11 +40,6 @@ def adapted_model(
 ):
     """The model with a peft adapter whose weights look trained (speed does not depend on values).
     With `random_weights`, `model_name` is a config.json (or its directory) built with random weights."""
-    from imsm import IMSMConfig, get_imsm_model
-    from imsm.bench.random_weights import random_model_and_tokenizer
-    from imsm.model.load import load_model_and_tokenizer
-    from imsm.peft_methods.builders import build_peft_config
-    from imsm.train.run import default_target_modules
 
     load = random_model_and_tokenizer if random_weights else load_model_and_tokenizer
     base, tokenizer = load(model_name, dtype)
@@ -54,7 +56,6 @@ def adapted_model(
 
 def chat_batch(tokenizer, batch_size: int, prompt_repeat: int = 1):
     """Left-padded prompts, in the chat template when the tokenizer has one."""
-    from imsm.prompting import PromptFormatter
 
     formatter = PromptFormatter.for_tokenizer(tokenizer)
     rows = [formatter.prompt_ids(" ".join([PROMPTS[i % len(PROMPTS)]] * prompt_repeat)) for i in range(batch_size)]
@@ -95,7 +96,6 @@ def time_decoders(
     include: tuple[str, ...] = ("merged", "doubled", "naive"),
 ) -> dict[str, Any]:
     """Tokens/s of each decoder on one batch shape, with an already built model (sweeps reuse it)."""
-    from imsm.model.decode import naive_generate
 
     ids, mask = chat_batch(tokenizer, batch_size, prompt_repeat)
     new = max_new_tokens

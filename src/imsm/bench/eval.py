@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from imsm.bench.decode import adapted_model
 from imsm.bench.timing import interleaved_medians
+from imsm.data import load_examples, resolve_data_dir
+from imsm.evaluate import answer_and_score, score_targets
+from imsm.generate import generate_answers
+from imsm.prompting import PromptFormatter
+from imsm.tasks import get_task
 
 
 def bench_eval(
@@ -29,12 +35,6 @@ def bench_eval(
     likelihood: bool = True,
     doubled: bool = True,
 ) -> dict[str, Any]:
-    from imsm.bench.decode import adapted_model
-    from imsm.data import load_examples, resolve_data_dir
-    from imsm.evaluate import answer_and_score, score_targets
-    from imsm.generate import generate_answers
-    from imsm.prompting import PromptFormatter
-    from imsm.tasks import get_task
 
     task = get_task(task_name)
     records = load_examples(task, None, resolve_data_dir(data_dir), limit)

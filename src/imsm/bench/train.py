@@ -27,7 +27,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from imsm.errors import IMSMError
+from imsm.train.config import TrainConfig
+from imsm.train.loop import StepResult, TrainingHooks
+from imsm.train.run import train
 
 VARIANTS = {"vanilla": "none", "imsm": "imsm"}
 
@@ -53,13 +58,6 @@ def _peak_rss_mib() -> float | None:
 
 def run_worker(config_json: str, result_path: str) -> None:
     """Inside the fresh process: train once, write the timings and the peak memory."""
-    # Imported here, in the worker only: the parent process just starts workers and needs no torch.
-    import torch
-
-    from imsm.train.config import TrainConfig
-    from imsm.train.loop import StepResult, TrainingHooks
-    from imsm.train.run import train
-
     measured = {"reset": False, "step_seconds": 0.0, "tokens": 0}
 
     def on_start(model) -> None:

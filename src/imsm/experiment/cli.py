@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from imsm.atomic_write import write_atomically
 from imsm.errors import IMSMError
+from imsm.experiment.gates import inspect_gates
+from imsm.experiment.report import render_report
+from imsm.experiment.runner import cell_state, run_experiment
+from imsm.experiment.spec import load_experiment
 from imsm.options import add_command, check_options, option
 from imsm.registry import unknown_name_message
 
@@ -65,8 +70,6 @@ def add_experiment_parsers(commands) -> None:
 
 
 def cmd_experiment(options: ExperimentOptions) -> int:
-    from imsm.experiment.runner import cell_state, run_experiment
-    from imsm.experiment.spec import load_experiment
 
     experiment = load_experiment(options.file)
     if options.grid is not None and options.grid not in experiment.grids:
@@ -83,8 +86,6 @@ def cmd_experiment(options: ExperimentOptions) -> int:
         return 0
     log = lambda line: print(f"imsm experiment: {line}", flush=True)  # noqa: E731
     if options.inspect_gates:
-        from imsm.experiment.gates import inspect_gates
-
         inspect_gates(experiment, log=log, only=options.grid, limit=options.gate_examples)
         return 0
     run_experiment(experiment, log=log, only=options.grid)
@@ -92,9 +93,6 @@ def cmd_experiment(options: ExperimentOptions) -> int:
 
 
 def cmd_report(options: ReportOptions) -> int:
-    from imsm.atomic_write import write_atomically
-    from imsm.experiment.report import render_report
-    from imsm.experiment.spec import load_experiment
 
     experiment = load_experiment(options.file)
     output = options.output or experiment.results / "report.md"

@@ -12,10 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from imsm.atomic_write import write_atomically
+from imsm.data import load_examples, resolve_data_dir
 from imsm.experiment.claim import claimed
 from imsm.experiment.runner import cell_result_path, claim_path, is_done
 from imsm.experiment.spec import Cell, Experiment
+from imsm.gate_inspection import inspect_adapter, reports_to_json
+from imsm.model.load import load_model_and_tokenizer
+from imsm.prompting import PromptFormatter
 from imsm.provenance import provenance_header
+from imsm.tasks import get_task
 
 GATE_FILE = "gate.json"
 GATED_FUSIONS = ("imsm", "no-query")
@@ -31,11 +36,6 @@ def read_gate_report(experiment: Experiment, cell: Cell) -> dict[str, Any] | Non
 
 
 def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) -> None:
-    from imsm.data import load_examples
-    from imsm.gate_inspection import inspect_adapter, reports_to_json
-    from imsm.model.load import load_model_and_tokenizer
-    from imsm.prompting import PromptFormatter
-    from imsm.tasks import get_task
 
     run = experiment.work / cell.name
     tasks = [get_task(name) for name in cell.evaluate]
@@ -49,7 +49,6 @@ def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) 
 
 def inspect_gates(experiment: Experiment, log=print, only: str | None = None, limit: int = 16) -> None:
     """A gate.json for every finished gated cell (of grid `only`, if given) that lacks one."""
-    from imsm.data import resolve_data_dir
 
     data_dir = resolve_data_dir(experiment.data_dir)
     cells = [

@@ -24,12 +24,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imsm import evaluate  # called through the module, so tests can stand in for `evaluate_task`
 from imsm.atomic_write import write_atomically
+from imsm.config import IMSMConfig
+from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
+from imsm.eval_journal import directory_digest
 from imsm.experiment.claim import claimed
 from imsm.experiment.questions import question_columns
 from imsm.experiment.spec import Cell, Experiment
+from imsm.model.load import load_model_and_tokenizer
+from imsm.model.siamese import IMSMModel
+from imsm.prompting import PromptFormatter
 from imsm.provenance import provenance_header
+from imsm.tasks import get_task
+from imsm.train import run as training  # called through the module, so tests can stand in for `train`
+from imsm.train.checkpoint import latest_checkpoint
+from imsm.train.config import TrainConfig
 from imsm.train.run_directory import SUMMARY
 
 SETTINGS = "experiment.json"
@@ -115,14 +126,9 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
     journaled in `journal` (WORK/.../eval.TASK.partial.jsonl, which the caller removes once the
     summary is kept); the full per-example rows (prompt, prediction, golds, scores) go beside it as
     eval.TASK.jsonl."""
-    from imsm.data import load_examples
-    from imsm.evaluate import evaluate_task
-    from imsm.prompting import PromptFormatter
-    from imsm.tasks import get_task
-
     task = get_task(name)
     records = load_examples(task, None, data_dir, experiment.eval_limit(name))
-    result = evaluate_task(
+    result = evaluate.evaluate_task(
         model,
         PromptFormatter.for_tokenizer(tokenizer),
         task,
@@ -142,9 +148,6 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
 
 def run_original(experiment: Experiment, data_dir, log) -> None:
     """The base model's row: each task of `original`, once."""
-    from imsm import IMSMConfig, IMSMModel
-    from imsm.model.load import load_model_and_tokenizer
-
     missing = [t for t in experiment.original if not original_path(experiment, t).exists()]
     if not missing:
         return
@@ -168,13 +171,6 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
 
 def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any]:
     """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json."""
-    from imsm import IMSMModel
-    from imsm.eval_journal import directory_digest
-    from imsm.model.load import load_model_and_tokenizer
-    from imsm.train.checkpoint import latest_checkpoint
-    from imsm.train.config import TrainConfig
-    from imsm.train.run import train
-
     run = experiment.work / cell.name
     if not (run / SUMMARY).exists():
         resume = latest_checkpoint(run) is not None
@@ -188,7 +184,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
             }
         )
         log(f"{cell.name}: {'resuming' if resume else 'training'}")
-        train(config)
+        training.train(config)
     summary = json.loads((run / SUMMARY).read_text())
     result = {
         "cell": cell.name,
@@ -245,8 +241,6 @@ def _time_left(experiment: Experiment, todo: list[Cell], current: Cell, duration
 
 def run_experiment(experiment: Experiment, log=print, only: str | None = None) -> None:
     """Every cell not yet done, in file order, with progress and an estimate of what is left."""
-    from imsm.data import resolve_data_dir
-
     data_dir = resolve_data_dir(experiment.data_dir)
     check_results_directory(experiment)
     run_original(experiment, data_dir, log)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from imsm.errors import IMSMError
 from imsm.options import (
     DEFAULT_MODEL,
@@ -44,6 +46,9 @@ from imsm.options import (
     max_new_tokens_option,
     option,
 )
+from imsm.peft_methods.builders import PEFT_METHODS
+from imsm.tasks import get_task
+from imsm.train.config import TrainConfig
 
 TOP_LEVEL = {
     "name",
@@ -166,12 +171,6 @@ def _option_table(raw, field_name, kind, problems, train_fields, lookup) -> dict
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read, expand and check an experiment file; raise one IMSMError listing every problem."""
-    import yaml
-
-    from imsm.peft_methods.builders import PEFT_METHODS
-    from imsm.tasks import get_task
-    from imsm.train.config import TrainConfig
-
     path = Path(path)
     if not path.is_file():
         raise IMSMError(f"experiment file {str(path)!r} does not exist; pass the path of a YAML file")

@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
-from imsm.model.states import BranchStates, ContinuationScores
-
-if TYPE_CHECKING:  # for annotations only: the model's methods call this module
-    from imsm.model.siamese import IMSMModel
+from imsm.model.states import BranchStates, ContinuationScores, SiameseModel
 
 
 def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +29,7 @@ def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
     return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
-def _eos_ids(model: IMSMModel, eos_token_id: int | Sequence[int] | None) -> list[int]:
+def _eos_ids(model: SiameseModel, eos_token_id: int | Sequence[int] | None) -> list[int]:
     if eos_token_id is None:
         generation_config = getattr(model.causal_lm, "generation_config", None)
         eos_token_id = getattr(generation_config, "eos_token_id", None)
@@ -44,7 +40,7 @@ def _eos_ids(model: IMSMModel, eos_token_id: int | Sequence[int] | None) -> list
     return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 
-def _prepare(model: IMSMModel, input_ids, attention_mask, eos_token_id, pad_token_id):
+def _prepare(model: SiameseModel, input_ids, attention_mask, eos_token_id, pad_token_id):
     """Shared by both decoders: left padding, the stop ids, and the id written after a stop."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -57,7 +53,7 @@ def _prepare(model: IMSMModel, input_ids, attention_mask, eos_token_id, pad_toke
 
 @torch.no_grad()
 def generate(
-    model: IMSMModel,
+    model: SiameseModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 64,
@@ -83,7 +79,7 @@ def generate(
 
 @torch.no_grad()
 def score_continuations(
-    model: IMSMModel,
+    model: SiameseModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     continuations: Sequence[Sequence[Sequence[int]]],
@@ -295,7 +291,7 @@ def _greedy(model, input_ids, mask, cache, last: BranchStates, max_new_tokens, e
 
 @torch.no_grad()
 def naive_generate(
-    model: IMSMModel,
+    model: SiameseModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 64,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -24,9 +24,6 @@ from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
 from imsm.peft_methods.loramoe import loramoe_config_for
 from imsm.version import __version__
-
-if TYPE_CHECKING:
-    from imsm.model.siamese import IMSMModel
 
 CONFIG_FILE = "imsm_config.json"
 GATE_FILE = "imsm_gate.safetensors"
@@ -50,27 +47,25 @@ def base_model_facts(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def save_imsm(model: IMSMModel, directory: str | os.PathLike) -> None:
-    if not model.has_adapter:
-        raise IMSMError("this model has no peft adapter, so there is nothing to save; save the base model itself")
+def save_imsm(
+    peft_model: PeftModel, imsm_config: IMSMConfig, gate: torch.nn.Module | None, directory: str | os.PathLike
+) -> None:
+    """Write the tuned branch in peft's format, `imsm_config.json`, and the gate's W_A and W_B."""
     target = Path(directory)
     # Merged into the directory, not swapped for it: a training run keeps its checkpoints there.
     with staged_directory(target, if_exists="merge") as staging:
-        model.peft_model.save_pretrained(str(staging), safe_serialization=True)
-        if model.gate is not None:
-            tensors = {
-                "W_A": model.gate.W_A.detach().cpu().contiguous(),
-                "W_B": model.gate.W_B.detach().cpu().contiguous(),
-            }
-            save_file(tensors, str(staging / GATE_FILE), metadata={"format": "pt", "fusion": model.fusion})
+        peft_model.save_pretrained(str(staging), safe_serialization=True)
+        if gate is not None:
+            tensors = {"W_A": gate.W_A.detach().cpu().contiguous(), "W_B": gate.W_B.detach().cpu().contiguous()}
+            save_file(tensors, str(staging / GATE_FILE), metadata={"format": "pt", "fusion": imsm_config.fusion})
         payload = {
             "imsm_version": __version__,
-            "imsm": model.imsm_config.to_dict(),
-            "base_model": base_model_facts(model.peft_model.get_base_model()),
-            "peft_type": str(model.peft_model.peft_config[model.peft_model.active_adapter].peft_type.value),
+            "imsm": imsm_config.to_dict(),
+            "base_model": base_model_facts(peft_model.get_base_model()),
+            "peft_type": str(peft_model.peft_config[peft_model.active_adapter].peft_type.value),
         }
         (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        if model.gate is None and (target / GATE_FILE).exists():
+        if gate is None and (target / GATE_FILE).exists():
             (target / GATE_FILE).unlink()  # a stale gate would contradict the new config
 
 

@@ -21,6 +21,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from imsm.config import IMSMConfig
+from imsm.errors import IMSMError
 from imsm.model import decode, persist
 from imsm.model.gate import FusionGate, fuse, interpolate, masked_mean
 from imsm.model.shared_layers import (
@@ -484,7 +485,9 @@ class IMSMModel(nn.Module):
 
     def save_pretrained(self, directory: str) -> None:
         """Write peft's adapter files plus `imsm_config.json` and `imsm_gate.safetensors`."""
-        persist.save_imsm(self, directory)
+        if not self.has_adapter:
+            raise IMSMError("this model has no peft adapter, so there is nothing to save; save the base model itself")
+        persist.save_imsm(self.peft_model, self.imsm_config, self.gate, directory)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, directory: str, is_trainable: bool = False) -> IMSMModel:

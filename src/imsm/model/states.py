@@ -8,8 +8,10 @@ norm and their query memories. `IMSMModel.fused_logits` turns it into `FusedLogi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -60,3 +62,18 @@ class ContinuationScores:
     frozen_weights: list[list[float | None]]
     first_log_probs: list[list[torch.Tensor]] | None = None
     sequences: torch.Tensor | None = None
+
+
+class SiameseModel(Protocol):
+    """What cached inference (`imsm.model.decode`) needs of `IMSMModel`: its two public steps
+    from tokens to logits, the wrapped model's configs for the stop tokens, and (for the naive
+    reference decoder) `forward`."""
+
+    causal_lm: nn.Module
+    config: Any
+
+    def cached_branch_states(self, input_ids, attention_mask, position_ids=None, cache=None, query_mask=None): ...
+
+    def fused_logits(self, states: BranchStates, positions=None, gate=None) -> FusedLogits: ...
+
+    def __call__(self, input_ids, attention_mask=None, query_mask=None, labels=None, return_logits=True): ...

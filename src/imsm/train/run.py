@@ -6,12 +6,22 @@ import json
 import math
 from typing import Any
 
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+
 from imsm.atomic_write import write_atomically
 from imsm.config import IMSMConfig
+from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
+from imsm.model.build import get_imsm_model
+from imsm.model.load import load_model_and_tokenizer
 from imsm.peft_methods.builders import PEFT_METHODS, build_peft_config
+from imsm.prompting import PromptFormatter
 from imsm.provenance import provenance_header
+from imsm.tasks import get_task
 from imsm.train.config import TrainConfig
+from imsm.train.examples import tokenize_examples
 from imsm.train.loop import TrainingHooks, run_training, seed_everything
 from imsm.train.run_directory import CONFIG, check_output_directory, finished_summary, remove_previous_run
 
@@ -42,15 +52,6 @@ def train(
     same command can be run again after a crash at any moment. `hooks` let a caller watch the
     run (`imsm bench train` times its steps).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    from imsm.data import load_examples, resolve_data_dir
-    from imsm.model.build import get_imsm_model
-    from imsm.model.load import load_model_and_tokenizer
-    from imsm.prompting import PromptFormatter
-    from imsm.tasks import get_task
-    from imsm.train.examples import tokenize_examples
 
     # Everything that can be checked without the model is checked first.
     method = PEFT_METHODS.get(config.peft)
@@ -64,8 +65,6 @@ def train(
         return {**finished, "already_complete": True}
     records = load_examples(task, split, resolve_data_dir(config.data_dir), config.limit)
     if accelerator is None:
-        import torch
-
         # cpu=True when there is no GPU: that is what lets `torchrun` / `accelerate launch` start
         # a gloo process group on CPU-only machines. Every trainable parameter is used in every
         # step, so DDP need not search for unused ones.

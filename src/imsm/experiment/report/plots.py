@@ -50,6 +50,7 @@ def _draw_bars(axis, view: GridView, columns: list[Column], values_of, reference
 
 
 def _figure(panels: int, columns: int):
+    # Imported here: the backend must be chosen before pyplot loads, and only plotting needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +61,7 @@ def _figure(panels: int, columns: int):
 
 
 def _save(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # loaded by `_figure` already, with its backend
 
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
