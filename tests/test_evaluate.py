@@ -261,9 +261,11 @@ def test_the_journal_holds_whole_examples_and_ignores_anything_less(spec, tmp_pa
     complete = _evaluate_with_journal(spec, journal)
     header, *lines = journal.read_text().splitlines()
     rows = [json.loads(line) for line in lines]
-    assert len(rows) == 6 and all(set(row) == {"i", "prediction", "nll", "margin", "frozen_weight"} for row in rows)
+    assert len(rows) == 6 and all(
+        set(row) == {"i", "prediction", "gold_nll", "yes_no_margin", "frozen_weight"} for row in rows
+    )
     # Half an example (an answer without its scores) counts as not evaluated.
-    rows[0].pop("nll")
+    rows[0].pop("gold_nll")
     journal.write_text("".join(line + "\n" for line in [header, *map(json.dumps, rows)]))
     resumed = _evaluate_with_journal(spec, journal)
     assert resumed.resumed_examples == 5 and resumed.examples == complete.examples

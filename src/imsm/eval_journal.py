@@ -16,26 +16,8 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-
-@dataclass
-class ExampleOutcome:
-    """What evaluating one example gave: its answer and, when scored, its target's scores.
-
-    Attributes:
-        prediction: The greedy answer, stripped.
-        gold_nll: Mean negative log-likelihood per target token; None when not scored.
-        yes_no_margin: log p(yes) - log p(no) at the answer's first token, for yes/no tasks.
-        frozen_weight: The gate's mean weight on the frozen branch over the target's tokens.
-    """
-
-    prediction: str
-    gold_nll: float | None = None
-    yes_no_margin: float | None = None
-    frozen_weight: float | None = None
 
 
 def fingerprint(settings: dict[str, Any], texts: Sequence[str] = ()) -> str:
@@ -57,16 +39,17 @@ def directory_digest(directory: Path) -> str | None:
 
 
 class EvalJournal:
-    """Appends finished examples; reads them back on resume.
+    """Appends finished examples, one JSON object per line; reads them back on resume.
 
-    Lines after the header are {"i": index, "prediction": text, "nll": ..., "margin": ...,
-    "frozen_weight": ...}. A line cut short by a kill is ignored.
+    Lines after the header are `{"i": index, **row}`. A line that lacks any of `fields` (half a
+    row, or a line cut short by a kill) is ignored, so an example is either whole or not done.
     """
 
-    def __init__(self, path: Path, run_fingerprint: str):
+    def __init__(self, path: Path, run_fingerprint: str, fields: Sequence[str]):
         self.path = Path(path)
         self.fingerprint = run_fingerprint
-        self.outcomes: dict[int, ExampleOutcome] = {}
+        self.fields = tuple(fields)
+        self.rows: dict[int, dict[str, Any]] = {}
         self._matches = self._read()  # whether the file on disk is this run's journal
         self._file = None
 
@@ -83,10 +66,10 @@ class EvalJournal:
         for line in lines[1:]:
             try:
                 row = json.loads(line)
-                outcome = ExampleOutcome(row["prediction"], row["nll"], row["margin"], row["frozen_weight"])
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except json.JSONDecodeError:
                 continue  # the last line of a killed run may be cut short
-            self.outcomes[row["i"]] = outcome
+            if isinstance(row, dict) and isinstance(row.get("i"), int) and all(key in row for key in self.fields):
+                self.rows[row.pop("i")] = row
         return True
 
     def open(self) -> None:
@@ -101,16 +84,15 @@ class EvalJournal:
             if existing.read(1) != b"\n":
                 self._file.write("\n")  # end a line a kill cut short, so the next one stays whole
 
-    def add(self, indices: Sequence[int], outcomes: Sequence[ExampleOutcome]) -> None:
-        """Journal whole examples, flushed to disk before returning."""
+    def add(self, indices: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+        """Journal whole examples (each row holding every one of `fields`), flushed to disk."""
         if self._file is None:
             self.open()
-        rows = []
-        for index, outcome in zip(indices, outcomes, strict=True):
-            self.outcomes[index] = outcome
-            row = {"i": index, "prediction": outcome.prediction, "nll": outcome.gold_nll}
-            rows.append({**row, "margin": outcome.yes_no_margin, "frozen_weight": outcome.frozen_weight})
-        self._file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        pairs = list(zip(indices, rows, strict=True))
+        for index, row in pairs:
+            self.rows[index] = dict(row)
+        lines = [json.dumps({"i": index, **row}, ensure_ascii=False) + "\n" for index, row in pairs]
+        self._file.write("".join(lines))
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -14,11 +14,12 @@ memory. Turning the per-example outcomes into a task's metrics is `task_metrics`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from imsm.atomic_write import write_atomically
-from imsm.eval_journal import EvalJournal, ExampleOutcome, fingerprint
+from imsm.eval_journal import EvalJournal, fingerprint
 from imsm.generate import left_padded
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
 from imsm.model.siamese import IMSMModel
@@ -38,6 +39,23 @@ NO_WORDS = ("no", "No", "NO")
 
 # Bumped when the journal's rows change meaning, so an older journal is started afresh.
 JOURNAL_FORMAT = 2
+
+
+@dataclass
+class ExampleOutcome:
+    """What evaluating one example gave: its answer and, when scored, its target's scores.
+
+    Attributes:
+        prediction: The greedy answer, stripped.
+        gold_nll: Mean negative log-likelihood per target token; None when not scored.
+        yes_no_margin: log p(yes) - log p(no) at the answer's first token, for yes/no tasks.
+        frozen_weight: The gate's mean weight on the frozen branch over the target's tokens.
+    """
+
+    prediction: str
+    gold_nll: float | None = None
+    yes_no_margin: float | None = None
+    frozen_weight: float | None = None
 
 
 @dataclass
@@ -260,11 +278,12 @@ def evaluate_task(
             "likelihood": likelihood,
             "journal_format": JOURNAL_FORMAT,
         }
-        journal = EvalJournal(journal_path, fingerprint(settings, prompts + (targets or [])))
+        fields = [f.name for f in dataclasses.fields(ExampleOutcome)]
+        journal = EvalJournal(journal_path, fingerprint(settings, prompts + (targets or [])), fields)
     outcomes: list[ExampleOutcome | None] = [None] * len(records)
     if journal is not None:
-        for index, outcome in journal.outcomes.items():
-            outcomes[index] = outcome
+        for index, row in journal.rows.items():
+            outcomes[index] = ExampleOutcome(**row)
     todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
     try:
         with tqdm(
@@ -281,7 +300,7 @@ def evaluate_task(
                 for index, outcome in zip(indices, batch, strict=True):
                     outcomes[index] = outcome
                 if journal is not None:
-                    journal.add(indices, batch)
+                    journal.add(indices, [asdict(outcome) for outcome in batch])
                 bar.update(len(rows))
 
             if todo:

@@ -219,6 +219,7 @@ def _score(model, cache, mask, last: BranchStates, continuations, first_token_lo
     counts = [len(c) for c in continuations]
     first_rows = torch.tensor([sum(counts[:row]) for row in range(R)], device=device)  # [R] index in N
     token_log_probs = torch.empty(len(gold), dtype=torch.float32, device=device)  # [N]
+    is_top = torch.empty(len(gold), dtype=torch.bool, device=device)  # [N]: the argmax is the token
     gate_means = None  # [N], the gate's mean over features at each position
     first = None  # [R, V]
     # Logits in slices: long continuations (GSM8K's worked answers) times a 50k vocabulary would
@@ -228,6 +229,7 @@ def _score(model, cache, mask, last: BranchStates, continuations, first_token_lo
         fused = model.fused_logits(states, (rows[start:end], cols[start:end]))
         log_probs = torch.log_softmax(fused.logits.float(), dim=-1)  # [n, V]
         token_log_probs[start:end] = log_probs.gather(1, gold[start:end, None])[:, 0]
+        is_top[start:end] = log_probs.argmax(dim=-1) == gold[start:end]
         if fused.gate is not None:
             if gate_means is None:
                 gate_means = torch.empty(len(gold), dtype=torch.float32, device=device)
@@ -243,6 +245,7 @@ def _score(model, cache, mask, last: BranchStates, continuations, first_token_lo
     return {
         "log_probs": list(torch.split(token_log_probs.cpu(), counts)),
         "frozen_weights": weights,
+        "is_greedy": [bool(part.all()) for part in torch.split(is_top.cpu(), counts)],
         "first_log_probs": None if first is None else list(first.cpu()),
     }
 
@@ -262,6 +265,7 @@ def _grouped(read: dict, counts: list[int]) -> ContinuationScores:
     return ContinuationScores(
         log_probs=group(read["log_probs"]),
         frozen_weights=group(read["frozen_weights"]),
+        is_greedy=group(read["is_greedy"]),
         first_log_probs=group(read["first_log_probs"]),
     )
 

@@ -225,9 +225,10 @@ class IMSMModel(nn.Module):
         with route():
             return self.backbone(**kwargs)
 
-    def _output_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from fused states: the frozen head, or the tuned one for fusion "none"."""
-        if self.fusion == "none":
+    def _output_head(self, hidden: torch.Tensor, own_fusion: bool = True) -> torch.Tensor:
+        """Logits from fused states: the frozen head (eq. 6), or, for the model's own fusion
+        "none", the tuned one (a vanilla adapter may adapt the head too)."""
+        if self.fusion == "none" and own_fusion:
             with self.router.tuned():
                 return self.head(hidden)
         return self.frozen_head(hidden)
@@ -262,17 +263,23 @@ class IMSMModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         query_mask: torch.Tensor,
-        run_frozen: bool = True,
+        run_frozen: bool | None = None,
     ) -> BranchStates:
         """Both branches over whole sequences: h_M (without gradient), h_M' and their query memories.
 
         Args:
             input_ids, attention_mask: [B, T].
             query_mask: [B, T], true on the prompt tokens (eq. 3), padding already excluded.
-            run_frozen: False when the caller holds the frozen branch's states already (the
-                training loop's cache); `frozen` and `query_frozen` are then None.
+            run_frozen: None: when the fusion reads the frozen branch. False: not at all (the
+                training loop holds its states already; `frozen` and `query_frozen` are then
+                None). True: also for fusion "none", whose frozen branch is the base model
+                (what drift from the base model compares against), at the cost of one more
+                branch, never of another model.
         """
         hidden_frozen = query_frozen = query_tuned = None
+        if run_frozen is None:
+            run_frozen = self.imsm_config.is_siamese
+        run_frozen = run_frozen and self.has_adapter  # without an adapter the tuned branch is the base model
         shared = self.shared_layer_count() if run_frozen else 0
         if shared:
             # The frozen branch runs whole and leaves layer k's input behind; the tuned branch
@@ -283,7 +290,7 @@ class IMSMModel(nn.Module):
                 hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, TUNED).last_hidden_state
         else:
             hidden_tuned = self.branch_hidden_states(input_ids, attention_mask, TUNED).last_hidden_state  # [B, T, d]
-            if self.imsm_config.is_siamese and run_frozen:
+            if run_frozen:
                 hidden_frozen = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
         if self.gate is not None:  # only the gate reads the query memories
             query_tuned = masked_mean(hidden_tuned, query_mask)  # [B, d]
@@ -357,9 +364,10 @@ class IMSMModel(nn.Module):
             states: Both branches' last hidden states [B, T, d] and query memories [B, d].
             positions: (rows [N], cols [N]) to compute only there -> logits [N, V]; all
                 positions -> [B, T, V] when None.
-            gate: Another gate in place of the model's own (gate inspection's stand-ins): a
-                `FusionGate` (e.g. the initial one), or a constant g (0: the tuned branch alone,
-                0.5: a fixed mix, 1: the frozen model). Needs a model with a frozen branch.
+            gate: Another gate in place of the model's own (gate inspection's stand-ins, the
+                base model's distribution): a `FusionGate` (e.g. the initial one), or a constant
+                g (0: the tuned branch alone, 0.5: a fixed mix, 1: the base model). Needs the
+                frozen branch's states; the head is then always the frozen model's (eq. 6).
 
         Returns:
             The logits and the gate values g [..., d] (fp32) that weighted the frozen branch,
@@ -375,16 +383,16 @@ class IMSMModel(nn.Module):
             raise ValueError("a stand-in gate needs the frozen branch; this model has none (fusion 'none')")
         if gate is not None and not isinstance(gate, FusionGate):
             g = torch.full(tuned.shape, float(gate), dtype=torch.float32, device=tuned.device)
-            return FusedLogits(self._output_head(interpolate(frozen, tuned, g)), g)
+            return FusedLogits(self._output_head(interpolate(frozen, tuned, g), own_fusion=False), g)
         gate = self.gate if gate is None else gate
         query_term = None
         if gate is not None and gate.query_aware:
             # Per sequence, then per position: [B, r] -> [N, r] or [B, 1, r].
             query_term = gate.query_term(states.query_frozen, states.query_tuned)
             query_term = query_term[:, None, :] if rows is None else query_term[rows]
-        fusion = self.fusion if gate is self.gate else "imsm"
-        fused, g = fuse(fusion, gate, frozen, tuned, query_term)  # [..., d]
-        return FusedLogits(self._output_head(fused), g)
+        own = gate is self.gate
+        fused, g = fuse(self.fusion if own else "imsm", gate, frozen, tuned, query_term)  # [..., d]
+        return FusedLogits(self._output_head(fused, own_fusion=own), g)
 
     def forward(
         self,

@@ -53,6 +53,8 @@ class ContinuationScores:
             and the tokens before it, fp32 [L].
         frozen_weights: [prompt][continuation] -> the gate's mean weight on the frozen branch
             over the positions that predict the continuation; None without a gate.
+        is_greedy: [prompt][continuation] -> whether every token of the continuation is the
+            most likely one where it stands (lm-eval's `is_greedy`).
         first_log_probs: [prompt][continuation] -> the log-distribution [V] of the
             continuation's first token, when asked for.
         sequences: [B, T + new] greedy ids, when decoding was asked for.
@@ -60,6 +62,7 @@ class ContinuationScores:
 
     log_probs: list[list[torch.Tensor]]
     frozen_weights: list[list[float | None]]
+    is_greedy: list[list[bool]] | None = None
     first_log_probs: list[list[torch.Tensor]] | None = None
     sequences: torch.Tensor | None = None
 

@@ -40,12 +40,22 @@ class Task:
         golds: record -> accepted answers for scoring.
         target: record -> the answer the model is trained on, and whose likelihood is measured.
         required_fields: Fields a record must have (checked, with file and line, when loading).
-        answer_type: "yes_no", "number" or "text": how answers are extracted and compared.
+        answer_type: "yes_no", "number" or "text": how generated answers are extracted and
+            compared; "multiple_choice": options scored by log-likelihood, nothing generated
+            (`choices`, `requests`, `gold_index`); "drift": plain text scored against the base
+            model (`document`).
         metrics: Registered metric names reported for this task.
         max_new_tokens: Generation cap when evaluating.
         train_split: The split to fine-tune on, for target tasks.
         hub: Online fallback when no data directory is given.
         description: One line for `--help` and reports.
+        choices: record -> the option texts (lm-eval's `doc_to_choice`); what acc_norm divides by.
+        requests: record -> one (context, continuation) pair per option, as lm-eval builds them
+            (the option after the question and a " ", or for WinoGrande each option in its own
+            context followed by the rest of the sentence).
+        gold_index: record -> the 0-based index of the correct option.
+        document: record -> (context, text) of a drift document; the text is scored, the
+            context (often empty) is given.
     """
 
     name: str
@@ -64,3 +74,7 @@ class Task:
     hub: HubSource | None = None
     description: str = ""
     source: str = field(default="built-in", compare=False)
+    choices: Callable[[Record], list[str]] | None = None
+    requests: Callable[[Record], list[tuple[str, str]]] | None = None
+    gold_index: Callable[[Record], int] | None = None
+    document: Callable[[Record], tuple[str, str]] | None = None
