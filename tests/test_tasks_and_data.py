@@ -79,8 +79,15 @@ def data_dir(tmp_path):
     return tmp_path
 
 
-def test_the_seven_paper_tasks_are_registered():
-    assert set(TASKS.names()) == {"mrpc", "cola", "ropes", "gsm8k", "webq", "freebaseqa", "multirc"}
+PAPER_TASKS = {"mrpc", "cola", "ropes", "gsm8k", "webq", "freebaseqa", "multirc"}
+MULTIPLE_CHOICE_PROBES = {"arc_easy", "arc_challenge", "piqa", "sciq", "winogrande"}
+
+
+def test_the_seven_paper_tasks_and_the_knowledge_probes_are_registered():
+    assert PAPER_TASKS | MULTIPLE_CHOICE_PROBES <= set(TASKS.names())
+    assert {
+        name for name in TASKS.names() if TASKS.get(name).answer_type == "multiple_choice"
+    } == MULTIPLE_CHOICE_PROBES
     for name in TASKS.names():
         task = get_task(name)
         assert task.version and task.metrics and task.eval_split in task.splits
@@ -167,7 +174,7 @@ def test_hub_rows_are_converted_to_the_data_files_format(monkeypatch):
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not beside the checkout")
 def test_default_splits_have_the_papers_sizes():
-    sizes = {name: len(load_examples(get_task(name), data_dir=SHARED_DATA)) for name in TASKS.names()}
+    sizes = {name: len(load_examples(get_task(name), data_dir=SHARED_DATA)) for name in PAPER_TASKS}
     assert sizes == {
         "mrpc": 1725,
         "cola": 1043,
@@ -177,6 +184,8 @@ def test_default_splits_have_the_papers_sizes():
         "freebaseqa": 3996,
         "multirc": 312,
     }
+    probes = {name: len(load_examples(get_task(name), data_dir=SHARED_DATA)) for name in MULTIPLE_CHOICE_PROBES}
+    assert probes == {"arc_easy": 2376, "arc_challenge": 1172, "piqa": 1838, "sciq": 1000, "winogrande": 1267}
     for name in ("mrpc", "cola", "ropes", "gsm8k"):
         assert load_examples(get_task(name), split=get_task(name).train_split, data_dir=SHARED_DATA, limit=2)
 

@@ -182,7 +182,6 @@ def _load_model(options: GenerateOptions | EvalOptions):
 
 
 def cmd_generate(options: GenerateOptions) -> int:
-
     model, tokenizer = _load_model(options)
     formatter = PromptFormatter.for_tokenizer(tokenizer, options.chat_template, options.system)
     answers = generate_answers(model, formatter, options.prompt, options.max_new_tokens, options.batch_size)
@@ -196,7 +195,6 @@ def cmd_generate(options: GenerateOptions) -> int:
 
 
 def cmd_eval(options: EvalOptions) -> int:
-
     output = Path(options.output)
     # Everything the run needs is read and checked before the (slow) model load.
     tasks = parse_task_list(options.task)
@@ -233,7 +231,7 @@ def cmd_eval(options: EvalOptions) -> int:
         journal = journal_path(output, task) if options.resume else None
         result = evaluate_task(
             model,
-            formatter,
+            PromptFormatter.for_tokenizer(tokenizer, task.chat_template_setting(options.chat_template), options.system),
             task,
             data[task.name],
             split,
@@ -257,7 +255,6 @@ def cmd_eval(options: EvalOptions) -> int:
 
 
 def cmd_train(config: TrainConfig) -> int:
-
     summary = train(config)
     if summary.get("already_complete"):
         return 0  # `train` has said so; re-running the command after a crash at the very end must not fail
@@ -266,7 +263,6 @@ def cmd_train(config: TrainConfig) -> int:
 
 
 def cmd_inspect_gate(options: InspectGateOptions) -> int:
-
     output = Path(options.output) if options.output else None
     adapter = check_adapter_directory(options.adapter)
     saved = read_imsm_config(adapter) or {}
@@ -291,7 +287,6 @@ def cmd_inspect_gate(options: InspectGateOptions) -> int:
 
 
 def cmd_demo(options: DemoOptions) -> int:
-
     run_demo(options)
     return 0
 

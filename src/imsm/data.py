@@ -48,6 +48,28 @@ def read_jsonl(path: Path) -> list[Record]:
     return records
 
 
+def read_text_documents(path: Path) -> list[Record]:
+    """Documents of a plain-text file, separated by blank lines, as records {"text": ...}.
+
+    Each document keeps its line breaks; its source is the file and its first line.
+    """
+    records: list[Record] = []
+    lines: list[str] = []
+    first = 0
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise IMSMError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    for number, line in enumerate([*text.split("\n"), ""], start=1):  # "" ends the last document
+        if line.strip():
+            first = first or number
+            lines.append(line.rstrip("\r"))
+        elif lines:
+            records.append({"text": "\n".join(lines), "_source": f"{path}:{first}"})
+            lines, first = [], 0
+    return records
+
+
 def _split_files(task: Task, split: str | None) -> tuple[str, tuple[str, ...]]:
     split = split or task.eval_split
     if split not in task.splits:
@@ -66,7 +88,7 @@ def _from_directory(task: Task, split: str, files: tuple[str, ...], data_dir: Pa
                 f"task {task.name} ({split}): data file {str(path)!r} is missing; point --data-dir at a directory "
                 f"laid out like shared/data (with {task.directory}/{name})"
             )
-        records.extend(read_jsonl(path))
+        records.extend(read_text_documents(path) if path.suffix == ".txt" else read_jsonl(path))
     return records
 
 
@@ -114,4 +136,8 @@ def load_examples(
                 f"{record['_source']}: record has no field {missing[0]!r}, which task {task.name} needs "
                 f"(needed: {', '.join(task.required_fields)})"
             )
+        if task.document is not None:
+            task.document(record)  # a drift task's reader checks the record's text (IMSMError, with its source)
+        if task.gold_index is not None:
+            task.gold_index(record)  # a multiple-choice task checks the options and the gold (same)
     return records

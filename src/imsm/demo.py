@@ -29,7 +29,6 @@ ROWS = ("Original", "LoRA", "IMSM-LoRA")
 
 
 def _tasks(args, work: Path):
-
     data_dir = resolve_data_dir(args.data_dir)
     if data_dir is None:
         specs = write_demo_tasks(work / "data", args.train_size, args.test_size, args.probe_size, args.seed)
@@ -43,7 +42,6 @@ def _tasks(args, work: Path):
 
 
 def _evaluate(model, tokenizer, target, probe, batch_size: int) -> dict[str, TaskResult]:
-
     formatter = PromptFormatter.for_tokenizer(tokenizer)
     return {
         "target": evaluate_task(model, formatter, target[0], target[1], "test", batch_size),

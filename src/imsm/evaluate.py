@@ -262,6 +262,14 @@ def evaluate_task(
     texts already holds are not evaluated again. The caller removes the journal once the results
     are written.
     """
+    if task.answer_type == "drift":  # plain text against the base model; imported here: it imports TaskResult
+        from imsm.evaluate_drift import evaluate_drift
+
+        return evaluate_drift(model, formatter, task, records, split, batch_size, progress, journal_path, run_settings)
+    if task.answer_type == "multiple_choice":  # options scored by log-likelihood, nothing generated (same import)
+        from imsm.evaluate_choice import evaluate_multiple_choice as choices
+
+        return choices(model, formatter, task, records, split, batch_size, progress, journal_path, run_settings)
     started = time.perf_counter()
     prompts = [task.prompt(r) for r in records]
     golds = [task.golds(r) for r in records]

@@ -54,8 +54,10 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     if spaces:  # "Answer: " + "Paris" is scored as "Answer:" + " Paris", as the tokenizer would split it
         continuation = context[-spaces:] + continuation
         context = context[:-spaces]
-    whole = tokenizer.encode(context + continuation)
-    context_ids = tokenizer.encode(context)
+    # Text that already starts with the prefix token (a chat-templated context) gets no second one.
+    special = not context.startswith(tokenizer.decode(prefix_token_id(tokenizer)))
+    whole = tokenizer.encode(context + continuation, add_special_tokens=special)
+    context_ids = tokenizer.encode(context, add_special_tokens=special)
     return context_ids, whole[len(context_ids) :]
 
 
@@ -91,7 +93,9 @@ def score_requests(
         if not context:
             raise ValueError(f"request {index}: the continuation alone fills the model's window of {max_length}")
         groups.setdefault(context, []).append(index)
-    contexts = sorted(groups, key=len, reverse=True)  # similar lengths together: little padding
+    # Longest first by context plus longest continuation, so a batch pads little in either pass
+    # (SciQ's cost is in its contexts, PIQA's in its options).
+    contexts = sorted(groups, key=lambda c: len(c) + max(len(requests[i][1]) for i in groups[c]), reverse=True)
     results: list[Scored | None] = [None] * len(requests)
     for start in range(0, len(contexts), batch_size):
         batch = contexts[start : start + batch_size]

@@ -1,9 +1,11 @@
 """Metrics as pure functions: per-example scores first, corpus aggregation second.
 
-Per-example scorers take a prediction, the gold answers and the task's answer type and return a
-number (or, for corpus metrics such as F1 and MCC, a (predicted, gold) label pair); aggregators
-turn the list of those into one figure. Text is compared after SQuAD-style normalisation:
-lower-cased, punctuation and the articles a/an/the removed, whitespace squeezed.
+Per-example scorers of generated answers take a prediction, the gold answers and the task's
+answer type and return a number (or, for corpus metrics such as F1 and MCC, a (predicted, gold)
+label pair); aggregators turn the list of those into one figure. Text is compared after
+SQuAD-style normalisation: lower-cased, punctuation and the articles a/an/the removed, whitespace
+squeezed. Multiple-choice questions generate nothing: their scorers read each option's
+log-likelihood, as lm-evaluation-harness's acc and acc_norm do.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 from imsm.registry import Registry
 
-ANSWER_TYPES = ("text", "yes_no", "number")
+# Answers the model generates, and how they are compared; then the tasks scored by log-likelihood.
+GENERATED_ANSWER_TYPES = ("text", "yes_no", "number")
+ANSWER_TYPES = (*GENERATED_ANSWER_TYPES, "multiple_choice", "drift")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
@@ -135,11 +139,57 @@ def yes_no_pair(prediction: str, golds: Sequence[str], answer_type: str = "yes_n
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-question scores of multiple-choice questions, from each option's log-likelihood.
+
+
+def best_choice(scores: Sequence[float]) -> int:
+    """The index of the highest score; a tie goes to the first option (numpy's argmax, as lm-eval)."""
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def normalized_log_likelihoods(log_likelihoods: Sequence[float], lengths: Sequence[int]) -> list[float]:
+    """Each option's log-likelihood divided by its text's length in characters (lm-eval's acc_norm).
+
+    lm-eval 0.4.13 divides by `len()` of the option string, i.e. characters, not UTF-8 bytes (its
+    `acc_bytes` does those). An empty option would divide by zero: it counts as -inf, never chosen.
+    """
+    return [ll / length if length else -math.inf for ll, length in zip(log_likelihoods, lengths, strict=True)]
+
+
+def choice_accuracy(log_likelihoods: Sequence[float], lengths: Sequence[int], gold: int) -> float:
+    """1 if the most likely option is the gold one (lm-eval's acc)."""
+    return float(best_choice(log_likelihoods) == gold)
+
+
+def choice_accuracy_norm(log_likelihoods: Sequence[float], lengths: Sequence[int], gold: int) -> float:
+    """1 if the option most likely per character is the gold one (lm-eval's acc_norm)."""
+    return float(best_choice(normalized_log_likelihoods(log_likelihoods, lengths)) == gold)
+
+
+def choice_probability(log_likelihoods: Sequence[float], index: int) -> float:
+    """Softmax of the options' log-likelihoods at `index`: the probability the model gives that
+    option among these options, which moving every option's log-likelihood alike cannot change."""
+    top = max(log_likelihoods)
+    weights = [math.exp(ll - top) for ll in log_likelihoods]
+    return weights[index] / sum(weights)
+
+
+# ---------------------------------------------------------------------------------------------
 # Corpus aggregation.
 
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean: sample standard deviation / sqrt(n) (lm-eval's `mean_stderr`);
+    NaN below two values."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mu = mean(values)
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
 
 
 def _confusion(pairs: Sequence[tuple[int, int]]) -> tuple[int, int, int, int]:
@@ -187,35 +237,53 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 @dataclass(frozen=True)
 class Metric:
-    """A generation metric: a per-example scorer and the aggregation over the corpus.
+    """A metric: a per-example scorer and the aggregation over the corpus.
 
     Attributes:
         name: The registered name (used in task specs and result files).
-        score: (prediction, golds, answer_type) -> per-example value.
+        score: (prediction, golds, answer_type) -> per-example value of a generated answer;
+            None for a metric of multiple-choice questions only.
         aggregate: list of per-example values -> corpus figure.
         percent: Whether the figure is a proportion, shown x100 in tables.
-        answer_types: The answer types it applies to (None: all).
+        answer_types: The answer types it applies to (None: every generated answer type).
+        choice_score: (log-likelihoods, option lengths in characters, gold index) -> per-question
+            value, for answer_type "multiple_choice".
     """
 
     name: str
-    score: Callable[[str, Sequence[str], str], Any]
+    score: Callable[[str, Sequence[str], str], Any] | None
     aggregate: Callable[[Sequence[Any]], float] = mean
     percent: bool = True
     answer_types: tuple[str, ...] | None = None
+    choice_score: Callable[[Sequence[float], Sequence[int], int], float] | None = None
+
+    @property
+    def supported_types(self) -> tuple[str, ...]:
+        """The answer types it applies to, spelled out."""
+        return self.answer_types if self.answer_types is not None else GENERATED_ANSWER_TYPES
 
     def applies_to(self, answer_type: str) -> bool:
         """Whether the metric is defined for answers of `answer_type`."""
-        return self.answer_types is None or answer_type in self.answer_types
+        return answer_type in self.supported_types
 
 
 METRICS: Registry[Metric] = Registry("metric")
 for _metric in (
-    Metric("accuracy", accuracy),
+    # The same name for both kinds of task: a generated answer equal to the gold, or the gold
+    # option the most likely of the options.
+    Metric(
+        "accuracy", accuracy, answer_types=(*GENERATED_ANSWER_TYPES, "multiple_choice"), choice_score=choice_accuracy
+    ),
+    Metric("accuracy_norm", None, answer_types=("multiple_choice",), choice_score=choice_accuracy_norm),
     Metric("exact_match", exact_match),
     Metric("contains", contains),
     Metric("hit@5", hit_at_5_words),
     Metric("token_f1", token_f1),
     Metric("f1", yes_no_pair, binary_f1, answer_types=("yes_no",)),
     Metric("mcc", yes_no_pair, matthews_corrcoef, percent=False, answer_types=("yes_no",)),
+    # Drift from the base model: mean NLL and KL(base || model) per token, computed from documents
+    # by imsm.evaluate_drift (no answer to score).
+    Metric("drift_nll", None, percent=False, answer_types=("drift",)),
+    Metric("drift_kl", None, percent=False, answer_types=("drift",)),
 ):
     METRICS.register(_metric.name, _metric)

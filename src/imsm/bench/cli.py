@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from imsm.bench.choice import KNOWLEDGE_TASKS, bench_choice
 from imsm.bench.decode import bench_decode
 from imsm.bench.eval import bench_eval
 from imsm.bench.output import write_json
@@ -102,6 +103,24 @@ class BenchEvalOptions:
         check_options(self)
 
 
+@dataclass
+class BenchChoiceOptions:
+    """`imsm bench choice`: multiple-choice scoring requests/s, IMSM against lm-eval's `hf` model."""
+
+    model: str = model_option()
+    peft: str = peft_option()
+    dtype: str = option("fp32", choices=("fp32", "bf16"), help="weights dtype, the same for every variant")
+    repeats: int = option(2, positive=True, help="timed repetitions, medians")
+    output: Path | None = _output_option()
+    tasks: str = option(",".join(KNOWLEDGE_TASKS), help="multiple-choice tasks, comma-separated")
+    data_dir: str | None = data_dir_option()
+    limit: int = option(50, positive=True, help="items per task")
+    batch_size: int = option(8, positive=True, help="questions (imsm) and requests (lm-eval) per batch")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
 def add_bench_parser(commands) -> None:
     bench = commands.add_parser(
         "bench",
@@ -134,10 +153,18 @@ def add_bench_parser(commands) -> None:
         help="evaluation examples/s through imsm eval's code: IMSM against the same adapter without it",
         description="Evaluate the same examples with IMSM and with vanilla PEFT (the same adapter).",
     )
+    add_command(
+        modes,
+        "choice",
+        cmd_bench_choice,
+        BenchChoiceOptions,
+        help="multiple-choice scoring requests/s: IMSM, vanilla peft and lm-eval's hf model, same adapter",
+        description="Score the options of the knowledge probes with IMSM (one prefill per question), vanilla "
+        "peft through the same code, and lm-evaluation-harness's hf model with the same adapter.",
+    )
 
 
 def _finish(options, kind: str, result: dict) -> int:
-
     payload = {"benchmark": kind, **provenance_header(), **result}
     print(json.dumps(payload, indent=2))
     if options.output:
@@ -147,7 +174,6 @@ def _finish(options, kind: str, result: dict) -> int:
 
 
 def cmd_bench_decode(options: BenchDecodeOptions) -> int:
-
     result = bench_decode(
         options.model,
         options.peft,
@@ -164,7 +190,6 @@ def cmd_bench_decode(options: BenchDecodeOptions) -> int:
 
 
 def cmd_bench_eval(options: BenchEvalOptions) -> int:
-
     result = bench_eval(
         options.model,
         options.peft,
@@ -180,8 +205,16 @@ def cmd_bench_eval(options: BenchEvalOptions) -> int:
     return _finish(options, "eval", result)
 
 
-def cmd_bench_train(options: BenchTrainOptions) -> int:
+def cmd_bench_choice(options: BenchChoiceOptions) -> int:
+    tasks = tuple(name.strip() for name in options.tasks.split(",") if name.strip())
+    result = bench_choice(
+        options.model, options.peft, options.dtype, tasks, options.limit, options.batch_size, options.repeats,
+        options.data_dir,
+    )  # fmt: skip
+    return _finish(options, "choice", result)
 
+
+def cmd_bench_train(options: BenchTrainOptions) -> int:
     data_dir = resolve_data_dir(options.data_dir)
     with tempfile.TemporaryDirectory(prefix="imsm-bench-data-") as generated:
         task = options.task

@@ -70,7 +70,6 @@ def add_experiment_parsers(commands) -> None:
 
 
 def cmd_experiment(options: ExperimentOptions) -> int:
-
     experiment = load_experiment(options.file)
     if options.grid is not None and options.grid not in experiment.grids:
         raise IMSMError(unknown_name_message("grid", options.grid, list(experiment.grids)))
@@ -93,7 +92,6 @@ def cmd_experiment(options: ExperimentOptions) -> int:
 
 
 def cmd_report(options: ReportOptions) -> int:
-
     experiment = load_experiment(options.file)
     output = options.output or experiment.results / "report.md"
     plots = options.plots or output.parent / "plots"

@@ -36,7 +36,6 @@ def read_gate_report(experiment: Experiment, cell: Cell) -> dict[str, Any] | Non
 
 
 def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) -> None:
-
     run = experiment.work / cell.name
     tasks = [get_task(name) for name in cell.evaluate]
     data = {task.name: (task, load_examples(task, None, data_dir, limit)) for task in tasks}

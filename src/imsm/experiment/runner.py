@@ -130,7 +130,7 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
     records = load_examples(task, None, data_dir, experiment.eval_limit(name))
     result = evaluate.evaluate_task(
         model,
-        PromptFormatter.for_tokenizer(tokenizer),
+        PromptFormatter.for_tokenizer(tokenizer, task.chat_template_setting("auto")),
         task,
         records,
         task.eval_split,

@@ -1,15 +1,18 @@
-"""The task registry: the paper's seven benchmarks by name, custom tasks by spec path."""
+"""The task registry: the paper's seven benchmarks and the knowledge probes by name, custom tasks by spec path."""
 
 from __future__ import annotations
 
 from imsm.registry import Registry
-from imsm.tasks import cola, freebaseqa, gsm8k, mrpc, multirc, ropes, webq
+from imsm.tasks import arc, cola, freebaseqa, gsm8k, mrpc, multirc, piqa, ropes, sciq, sciq_support, webq, winogrande
 from imsm.tasks.base import Task
 from imsm.tasks.custom import is_spec_path, load_spec
 
 TASKS: Registry[Task] = Registry("task")
-for _module in (mrpc, cola, ropes, gsm8k, webq, freebaseqa, multirc):
+for _module in (mrpc, cola, ropes, gsm8k, webq, freebaseqa, multirc, sciq_support):
     TASKS.register(_module.TASK.name, _module.TASK)
+# Multiple-choice knowledge probes, scored by log-likelihood as lm-evaluation-harness scores them.
+for _task in (*arc.TASKS, piqa.TASK, sciq.TASK, winogrande.TASK):
+    TASKS.register(_task.name, _task)
 
 
 def get_task(name_or_spec: str) -> Task:

@@ -78,3 +78,8 @@ class Task:
     requests: Callable[[Record], list[tuple[str, str]]] | None = None
     gold_index: Callable[[Record], int] | None = None
     document: Callable[[Record], tuple[str, str]] | None = None
+
+    def chat_template_setting(self, setting: str) -> str:
+        """`--chat-template` as it applies to this task: "auto" means none for multiple-choice
+        questions, as lm-evaluation-harness scores options by default; "on" and "off" hold for all."""
+        return "off" if setting == "auto" and self.answer_type == "multiple_choice" else setting

@@ -25,7 +25,9 @@ METHOD_LABELS = {"lora": "LoRA", "ia3": "(IA)3", "adalora": "AdaLoRA", "dora": "
 # Shown as they are; every other score is a proportion shown in %, and MCC x 100 as the paper does.
 # The paper's "Avg." over a row's columns, already in display scale.
 AVERAGE = "avg."
-UNSCALED = {"gold_nll", "answer_chars", AVERAGE}
+# Per-token log-likelihood scores in nats (lower is better, except the gold option's log-likelihood).
+NATS = {"gold_nll", "gold_log_likelihood", "drift_nll", "drift_kl"}
+UNSCALED = {*NATS, "answer_chars", AVERAGE}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class Column:
 
 def primary_metric(task_name: str) -> str:
     return get_task(task_name).metrics[0]
+
+
+def in_average(metric: str) -> bool:
+    """Whether a column scored by `metric` enters the paper's "Avg." (proportions do, nats do not)."""
+    return metric not in NATS
 
 
 def scale(metric: str, value: float) -> float:
@@ -168,10 +175,13 @@ class GridView:
 
     def averages(self, row: str) -> dict[int, float]:
         """seed -> mean of the columns' paper metrics in display scale (the paper's "Avg."), over
-        the seeds that have every column."""
+        the seeds that have every column. Columns scored in nats (drift) are left out: a mean of
+        percentages and nats would mean nothing."""
         per_column = []
         for column in self.columns:
             metric = primary_metric(column.eval_task)
+            if not in_average(metric):
+                continue
             per_column.append({seed: scale(metric, v) for seed, v in self.values(row, column, metric).items()})
         seeds = set.intersection(*(set(values) for values in per_column)) if per_column else set()
         return {seed: sum(values[seed] for values in per_column) / len(per_column) for seed in sorted(seeds)}

@@ -17,10 +17,13 @@ from imsm.tasks import get_task
 
 # What each kind of probe keeps of the base model, read without answer length or yes/no bias, and
 # the sign that makes "higher = more kept": the gold answer's NLL (lower is better) for text
-# answers, the yes/no AUC for yes/no questions.
+# answers, the yes/no AUC for yes/no questions, the accuracy of multiple-choice questions (options
+# scored by log-likelihood: nothing is generated), and the KL from the base model on plain text.
 RETENTION_SCORES = {
     "text": ("gold_nll", -1.0, "gold NLL, nats/token"),
     "yes_no": ("yes_no_auc", 100.0, "yes/no AUC, points"),
+    "multiple_choice": ("accuracy", 100.0, "multiple-choice accuracy, points"),
+    "drift": ("drift_kl", -1.0, "KL(base ‖ model), nats/token"),
 }
 
 

@@ -15,11 +15,31 @@ from typing import Any
 
 from imsm.experiment.gates import read_gate_report
 from imsm.experiment.questions import paired_over_questions
-from imsm.experiment.report.grid import AVERAGE, Column, GridView, original_metrics, primary_metric, scale
+from imsm.experiment.report.grid import (
+    AVERAGE,
+    NATS,
+    Column,
+    GridView,
+    in_average,
+    original_metrics,
+    primary_metric,
+    scale,
+)
 from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
 
-# Scores reported beside the paper's metric, where the task has them; lower is better for NLL.
-SIDE_SCORES = ("hit@5", "gold_nll", "yes_no_auc", "predicted_yes_rate")
+# Scores reported beside the paper's metric, where the task has them (and it is not the column's
+# paper metric); lower is better for the NLLs and the drift KL. Multiple-choice probes add
+# accuracy_norm and the gold option's probability among the options; drift probes their NLL and KL.
+SIDE_SCORES = (
+    "hit@5",
+    "gold_nll",
+    "yes_no_auc",
+    "predicted_yes_rate",
+    "accuracy_norm",
+    "gold_probability",
+    "drift_nll",
+    "drift_kl",
+)
 GATE_SCORE = "gate_frozen_weight"
 GATE_NLL_LABELS = {
     "gate": "gate",
@@ -43,7 +63,7 @@ def _format(values: list[float], metric: str, expected: int) -> str:
     if not values:
         return "–"
     mu, sd = mean_std([scale(metric, v) for v in values])
-    digits = 3 if metric == "gold_nll" else 1
+    digits = 3 if metric in NATS else 1
     text = f"{mu:.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{mu:.{digits}f}"
     return text if len(values) == expected else f"{text} (n={len(values)})"
 
@@ -62,9 +82,10 @@ def metric_table(view: GridView, metric_for) -> list[str]:
             metrics = original_metrics(view.experiment, column.eval_task) or {}
             metric = metric_for(column.eval_task)
             original.append(_format([metrics[metric]], metric, 1) if metric in metrics else "–")
-            scores.append(scale(metric, metrics[metric]) if metric in metrics else None)
+            if in_average(metric):
+                scores.append(scale(metric, metrics[metric]) if metric in metrics else None)
         if averaged:
-            original.append(_format([sum(scores) / len(scores)], AVERAGE, 1) if None not in scores else "–")
+            original.append(_format([sum(scores) / len(scores)], AVERAGE, 1) if scores and None not in scores else "–")
         rows.append(original)
     for row in view.rows:
         count = view.trainable(row)
@@ -79,15 +100,17 @@ def metric_table(view: GridView, metric_for) -> list[str]:
 
 
 def side_score_table(view: GridView) -> list[str]:
-    """hit@5 / gold NLL / yes-no AUC / predicted-yes rate where each task has them, and the
-    answers' length in characters beside "contains"."""
+    """hit@5 / gold NLL / yes-no AUC / predicted-yes rate, and accuracy_norm / gold probability /
+    drift NLL and KL, where each task has them, and the answers' length in characters beside
+    "contains"."""
     several = len(view.train_tasks) > 1
     pairs = []
     for column in view.columns:
         sample = original_metrics(view.experiment, column.eval_task) or next(
             (r["metrics"].get(column.eval_task, {}) for r in view.results.values() if r), {}
         )
-        pairs += [(column, score) for score in SIDE_SCORES if score in sample]
+        shown = primary_metric(column.eval_task)  # already in the metric table
+        pairs += [(column, score) for score in SIDE_SCORES if score in sample and score != shown]
         if "hit@5" in sample and "answer_chars" in sample:
             # Not a length-independent score but what "contains" moves with: the answer's length.
             pairs.append((column, "answer_chars"))

@@ -1,0 +1,116 @@
+"""Multiple-choice scoring speed (`imsm bench choice`): IMSM against lm-evaluation-harness's `hf` model.
+
+The same items of the knowledge probes (ARC-Easy/Challenge, PIQA, SciQ, WinoGrande), the same
+LoRA adapter, dtype and batch size, timed in turns in one process:
+- imsm: IMSM-LoRA (both branches and the gate); each question's context is prefilled once for
+  both branches and every option is scored from that cache (`imsm.loglikelihood.score_requests`);
+- vanilla: the same adapter as plain peft through the same code (`--fusion none`);
+- lm-eval: lm-evaluation-harness 0.4.13's `hf` model with `peft=` the same adapter, which runs
+  context + option once per option.
+Every variant tokenises the requests inside its timed call, as lm-eval does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imsm.bench.decode import adapted_model
+from imsm.bench.timing import interleaved_medians
+from imsm.data import load_examples, resolve_data_dir
+from imsm.errors import IMSMError
+from imsm.loglikelihood import encode_pair, score_requests
+from imsm.model.load import load_model_and_tokenizer, resolve_model_source
+from imsm.model.siamese import IMSMModel
+from imsm.tasks import get_task
+
+KNOWLEDGE_TASKS = ("arc_easy", "arc_challenge", "piqa", "sciq", "winogrande")
+
+
+def _requests(task_names, data_dir, limit: int) -> list[tuple[str, str]]:
+    """(context, continuation) strings of the first `limit` items of each task, in task order."""
+    requests = []
+    for name in task_names:
+        task = get_task(name)
+        if task.requests is None:
+            raise IMSMError(f"task {name} is not a multiple-choice task; pass some of {', '.join(KNOWLEDGE_TASKS)}")
+        for record in load_examples(task, None, data_dir, limit):
+            requests.extend(task.requests(record))
+    return requests
+
+
+def _lm_eval_hf(model_directory: str, adapter: Path, dtype: str, batch_size: int, device: str):
+    """lm-eval's own `hf` model on a local model directory with a peft adapter."""
+    try:
+        from lm_eval.models.huggingface import HFLM  # optional: `pip install imsm[lm-eval]`
+    except ImportError:
+        raise IMSMError(
+            "`imsm bench choice` compares with lm-evaluation-harness: pip install 'imsm[lm-eval]'"
+        ) from None
+    torch_dtype = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+    return HFLM(pretrained=model_directory, peft=str(adapter), dtype=torch_dtype, batch_size=batch_size, device=device)
+
+
+def bench_choice(
+    model_name: str = "smollm2-135m",
+    peft: str = "lora",
+    dtype: str = "fp32",
+    tasks: tuple[str, ...] = KNOWLEDGE_TASKS,
+    limit: int = 50,
+    batch_size: int = 8,
+    repetitions: int = 2,
+    data_dir=None,
+) -> dict[str, Any]:
+    """Requests per second of IMSM, vanilla peft and lm-eval's `hf` model on the same requests."""
+    from lm_eval.api.instance import Instance  # optional dependency, checked by _lm_eval_hf first
+
+    if dtype not in ("fp32", "bf16"):
+        raise IMSMError(f"--dtype must be fp32 or bf16 here (lm-eval is given the same), got {dtype!r}")
+    requests = _requests(tasks, resolve_data_dir(data_dir), limit)
+    imsm_model, tokenizer = adapted_model(model_name, dtype, peft, fusion="imsm")
+    with tempfile.TemporaryDirectory(prefix="imsm-bench-choice-") as scratch:
+        adapter = Path(scratch) / "adapter"
+        imsm_model.peft_model.save_pretrained(str(adapter))  # the plain peft adapter: what lm-eval loads
+        base, _ = load_model_and_tokenizer(model_name, dtype)
+        vanilla = IMSMModel.from_pretrained(base, str(adapter)).eval()
+        hf = _lm_eval_hf(resolve_model_source(model_name), adapter, dtype, batch_size, str(imsm_model.device))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        instances = [
+            Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(requests)
+        ]
+
+        def ours(model):
+            def run():
+                encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
+                return score_requests(model, encoded, pad_id, batch_size)
+
+            return run
+
+        functions = {
+            "imsm": ours(imsm_model),
+            "vanilla": ours(vanilla),
+            "lm-eval hf": lambda: hf.loglikelihood(instances, disable_tqdm=True),
+        }
+        # Same adapter, same numbers: vanilla through our code must give lm-eval's log-likelihoods.
+        agreement = max(
+            abs(a.log_likelihood - b[0]) for a, b in zip(functions["vanilla"](), functions["lm-eval hf"](), strict=True)
+        )
+        seconds = interleaved_medians(functions, repetitions, warmup=False)
+    n = len(requests)
+    result = {
+        "model": model_name,
+        "peft": peft,
+        "dtype": dtype,
+        "tasks": list(tasks),
+        "items_per_task": limit,
+        "requests": n,
+        "batch_size": batch_size,
+        "repetitions": repetitions,
+        "vanilla_vs_lm_eval_max_abs_loglikelihood_difference": agreement,
+        "seconds": seconds,
+        "requests_per_s": {name: n / s for name, s in seconds.items()},
+    }
+    result["imsm_over_lm_eval"] = seconds["lm-eval hf"] / seconds["imsm"]
+    result["vanilla_over_lm_eval"] = seconds["lm-eval hf"] / seconds["vanilla"]
+    return result

@@ -1,0 +1,280 @@
+"""Multiple-choice questions scored as lm-evaluation-harness scores them: by each option's log-likelihood.
+
+Every option of a question is a (context, continuation) request (`Task.requests`), tokenised as
+lm-eval's `hf` model does it; its log-likelihood is the sum of the continuation tokens'
+log-probabilities. `imsm.loglikelihood.score_requests` prefills each context once, both branches
+together, and reads every option from that cache with the context as IMSM's query memory, so a
+question is read as any prompt is and an option never sees another. The prediction is the most
+likely option (accuracy, lm-eval's acc) or the most likely per character of its text
+(accuracy_norm, acc_norm). Nothing is generated, so answer format and length cannot move the score.
+
+By default there is no chat template (lm-eval's default); with one (`--chat-template on`) the
+context goes through the template as the user's turn and each option follows it without the
+space, as lm-eval's `--apply_chat_template` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from imsm.eval_journal import EvalJournal, fingerprint
+from imsm.evaluate import TaskResult
+from imsm.loglikelihood import encode_pair, score_requests
+from imsm.metrics import METRICS, best_choice, choice_probability, mean, mean_stderr, normalized_log_likelihoods
+from imsm.model.siamese import IMSMModel
+from imsm.prompting import PromptFormatter
+from imsm.tasks.base import Record, Task
+from imsm.tasks.choice import TARGET_DELIMITER
+
+# Bumped when the journal's rows change meaning, so an older journal is started afresh.
+JOURNAL_FORMAT = 1
+DEFAULT_CONTEXT_WINDOW = 2048  # lm-eval's default when neither config nor tokenizer says
+_UNSET_TOKENIZER_LENGTH = 10**17  # transformers' "no limit" model_max_length is about 1e30
+
+
+@dataclass
+class ChoiceReading:
+    """What the model gave each option of one question, in option order.
+
+    Attributes:
+        log_likelihoods: Sum of the option's continuation tokens' log-probabilities (nats).
+        is_greedy: Whether every continuation token was the most likely one (lm-eval's is_greedy).
+        tokens: The continuation's length in tokens.
+        frozen_weights: The gate's mean weight on the frozen branch over those tokens, or None.
+    """
+
+    log_likelihoods: list[float]
+    is_greedy: list[bool]
+    tokens: list[int]
+    frozen_weights: list[float | None]
+
+    def frozen_weight(self) -> float | None:
+        """The gate's weight on the frozen branch averaged over every option's tokens."""
+        if any(w is None for w in self.frozen_weights):
+            return None
+        return sum(w * n for w, n in zip(self.frozen_weights, self.tokens, strict=True)) / sum(self.tokens)
+
+
+def context_window(model: IMSMModel, tokenizer) -> int:
+    """The model's window, found as lm-eval finds it: the config's position limit, else the
+    tokenizer's `model_max_length`, else 2048. Longer requests lose the start of their context."""
+    for attribute in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(length, int) and 0 < length < _UNSET_TOKENIZER_LENGTH:
+        return length
+    return DEFAULT_CONTEXT_WINDOW
+
+
+def request_texts(formatter: PromptFormatter, requests: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (context, continuation) texts as the model reads them: as given, or with the context
+    in the chat template and the continuation without the delimiter (lm-eval's chat mode)."""
+    if not formatter.use_chat_template:
+        return list(requests)
+    return [
+        (formatter.text(context), continuation.removeprefix(TARGET_DELIMITER)) for context, continuation in requests
+    ]
+
+
+@torch.no_grad()
+def read_choices(
+    model: IMSMModel,
+    formatter: PromptFormatter,
+    questions: Sequence[Sequence[tuple[str, str]]],
+    batch_size: int = 8,
+    on_batch_done: Callable[[list[int], list[ChoiceReading]], None] | None = None,
+) -> list[ChoiceReading]:
+    """Each question's options scored, `batch_size` questions at a time, longest contexts first.
+
+    `questions` holds each question's (context, continuation) requests. After each batch
+    `on_batch_done(indices, readings)` receives the batch's question indices and their readings,
+    whole questions only (what a resume journal keeps).
+    """
+    tokenizer = formatter.tokenizer
+    window = context_window(model, tokenizer)
+    encoded = [[encode_pair(tokenizer, c, x) for c, x in request_texts(formatter, q)] for q in questions]
+    order = sorted(range(len(encoded)), key=lambda i: -max(len(context) for context, _ in encoded[i]))
+    readings: list[ChoiceReading | None] = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        flat = [pair for i in indices for pair in encoded[i]]
+        scored = iter(score_requests(model, flat, formatter.pad_id, batch_size, window))
+        batch = []
+        for i in indices:
+            options = [next(scored) for _ in encoded[i]]
+            readings[i] = ChoiceReading(
+                log_likelihoods=[s.log_likelihood for s in options],
+                is_greedy=[s.is_greedy for s in options],
+                tokens=[s.tokens for s in options],
+                frozen_weights=[s.frozen_weight for s in options],
+            )
+            batch.append(readings[i])
+        if on_batch_done is not None:
+            on_batch_done(indices, batch)
+    return readings
+
+
+def choice_metrics(
+    task: Task, golds: Sequence[int], lengths: Sequence[Sequence[int]], readings: Sequence[ChoiceReading]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """A multiple-choice task's corpus metrics and each metric's per-question scores.
+
+    Every metric of the task comes with its standard error over questions; beside them the gold
+    option's mean probability among the options and its mean log-likelihood, and the gate's
+    weight on the frozen branch when there is a gate.
+    """
+    per_question = {
+        name: [
+            METRICS.get(name).choice_score(r.log_likelihoods, n, g)
+            for r, n, g in zip(readings, lengths, golds, strict=True)
+        ]
+        for name in task.metrics
+    }
+    metrics: dict[str, float] = {}
+    for name, values in per_question.items():
+        metrics[name] = METRICS.get(name).aggregate(values)
+        metrics[f"{name}_stderr"] = mean_stderr(values)
+    metrics["gold_probability"] = mean(
+        [choice_probability(r.log_likelihoods, g) for r, g in zip(readings, golds, strict=True)]
+    )
+    metrics["gold_log_likelihood"] = mean([r.log_likelihoods[g] for r, g in zip(readings, golds, strict=True)])
+    weights = [w for r in readings if (w := r.frozen_weight()) is not None]
+    if weights:
+        metrics["gate_frozen_weight"] = mean(weights)
+    return metrics, per_question
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
+
+
+def _gold_margin(log_likelihoods: Sequence[float], gold: int) -> float | None:
+    others = [ll for i, ll in enumerate(log_likelihoods) if i != gold]
+    return log_likelihoods[gold] - max(others) if others else None
+
+
+def question_row(
+    index: int,
+    record: Record,
+    prompt: str | list[str],
+    choices: Sequence[str],
+    gold: int,
+    reading: ChoiceReading,
+    scores: dict[str, float],
+) -> dict[str, Any]:
+    """One question's line in the per-example JSON Lines file (log-likelihoods rounded to 5 decimals).
+
+    `prompt` is the context all options follow, or (WinoGrande) each option's own context.
+    """
+    lls = reading.log_likelihoods
+    return {
+        "index": index,
+        "source": record.get("_source"),
+        "prompt": prompt,
+        "choices": list(choices),
+        "log_likelihoods": [_rounded(ll) for ll in lls],
+        "tokens": reading.tokens,
+        "prediction": best_choice(lls),
+        "prediction_norm": best_choice(normalized_log_likelihoods(lls, [len(c) for c in choices])),
+        "gold": gold,
+        "gold_probability": _rounded(choice_probability(lls, gold)),
+        "gold_margin": _rounded(_gold_margin(lls, gold)),
+        "scores": scores,
+        "gate_frozen_weight": _rounded(reading.frozen_weight()),
+    }
+
+
+def evaluate_multiple_choice(
+    model: IMSMModel,
+    formatter: PromptFormatter,
+    task: Task,
+    records: list[Record],
+    split: str,
+    batch_size: int = 8,
+    progress: bool = True,
+    journal_path: Path | None = None,
+    run_settings: dict[str, Any] | None = None,
+) -> TaskResult:
+    """Score every option of every question, and aggregate.
+
+    With `journal_path`, each finished batch of questions is journaled there, and the questions a
+    journal from an earlier, interrupted run with the same `run_settings`, task and texts already
+    holds are not scored again (as `imsm.evaluate.evaluate_task` does for generated answers).
+    """
+    started = time.perf_counter()
+    questions = [task.requests(r) for r in records]
+    choices = [task.choices(r) for r in records]
+    golds = [task.gold_index(r) for r in records]
+    journal = None
+    if journal_path is not None:
+        settings = {
+            **(run_settings or {}),
+            "task": task.name,
+            "task_version": task.version,
+            "split": split,
+            "chat_template": formatter.use_chat_template,
+            "journal_format": JOURNAL_FORMAT,
+            "answer_type": task.answer_type,
+        }
+        texts = [text for q in questions for pair in request_texts(formatter, q) for text in pair]
+        fields = [f.name for f in dataclasses.fields(ChoiceReading)]
+        journal = EvalJournal(journal_path, fingerprint(settings, texts), fields)
+    readings: list[ChoiceReading | None] = [None] * len(records)
+    if journal is not None:
+        for index, row in journal.rows.items():
+            if 0 <= index < len(records) and len(row["log_likelihoods"]) == len(questions[index]):
+                readings[index] = ChoiceReading(**{name: row[name] for name in journal.fields})
+    todo = [i for i, reading in enumerate(readings) if reading is None]
+    try:
+        with tqdm(
+            total=len(records),
+            initial=len(records) - len(todo),
+            desc=task.name,
+            unit="q",
+            disable=not progress,
+            leave=False,
+        ) as bar:
+
+            def keep(rows: list[int], batch: list[ChoiceReading]) -> None:
+                indices = [todo[r] for r in rows]
+                for index, reading in zip(indices, batch, strict=True):
+                    readings[index] = reading
+                if journal is not None:
+                    journal.add(indices, [dataclasses.asdict(reading) for reading in batch])
+                bar.update(len(rows))
+
+            if todo:
+                read_choices(model, formatter, [questions[i] for i in todo], batch_size, keep)
+    finally:
+        if journal is not None:
+            journal.close()
+    lengths = [[len(c) for c in options] for options in choices]
+    metrics, per_question = choice_metrics(task, golds, lengths, readings)
+    contexts = [[context for context, _ in q] for q in questions]
+    examples = [
+        question_row(
+            i,
+            record,
+            contexts[i][0] if len(set(contexts[i])) == 1 else contexts[i],
+            choices[i],
+            golds[i],
+            readings[i],
+            {name: values[i] for name, values in per_question.items()},
+        )
+        for i, record in enumerate(records)
+    ]
+    resumed = len(records) - len(todo)
+    return TaskResult(task, split, metrics, examples, time.perf_counter() - started, resumed)
+
+
+__all__ = ["ChoiceReading", "choice_metrics", "context_window", "evaluate_multiple_choice", "read_choices"]

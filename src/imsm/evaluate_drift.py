@@ -1,0 +1,289 @@
+"""Drift from the base model on plain text: how far fine-tuning moved the model's distribution.
+
+Each document is read teacher-forced as [prefix token] + context + text (no chat template; the
+prefix is the BOS token, else EOS, as lm-eval puts before text with an empty context). Every
+text token is scored twice at the position that predicts it: its negative log-likelihood under
+the model, and the KL divergence KL(p_base || p_model) over the whole vocabulary, where p_base is
+the base model's distribution. For IMSM and for any peft adapter the base model is the frozen
+branch (the adapter bypassed, through the frozen head), so it costs one more branch, never a
+second model; the base model itself has KL 0 by definition and runs one branch only. The query
+memory (eq. 3) is the tokens before the text: the prefix token and the context. Task metrics are
+token-weighted means over the corpus, with standard errors over documents.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from imsm.errors import IMSMError
+from imsm.eval_journal import EvalJournal, fingerprint
+from imsm.evaluate import TaskResult
+from imsm.loglikelihood import prefix_token_id
+from imsm.model.siamese import IMSMModel
+from imsm.prompting import PromptFormatter
+from imsm.tasks.base import Record, Task
+
+DEFAULT_MAX_LENGTH = 1024
+# Bumped when the journal's rows change meaning, so an older journal is started afresh.
+JOURNAL_FORMAT = 1
+# Logits are built for at most this many (position x vocabulary) entries at once (64 MiB in fp32).
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class DocumentDrift:
+    """What scoring one document gave.
+
+    Attributes:
+        tokens: How many text tokens were scored.
+        nll: Mean negative log-likelihood per text token under the model (nats).
+        kl: Mean KL(p_base || p_model) per text token (nats); 0.0 for the base model itself.
+        frozen_weight: The gate's mean weight on the frozen branch over the text positions and
+            features; None without a gate.
+    """
+
+    tokens: int
+    nll: float
+    kl: float
+    frozen_weight: float | None = None
+
+
+@dataclass(frozen=True)
+class EncodedDocument:
+    """A document as tokens: `ids` = [prefix] + context + text, the first `query_length` given."""
+
+    ids: list[int]
+    query_length: int
+    truncated: bool
+
+
+def encode_document(tokenizer, context: str, text: str, max_length: int) -> EncodedDocument:
+    """[prefix token] + context ids + text ids, cut at `max_length` tokens from the text's end.
+
+    Context and text are tokenised separately (a separator such as a space or a newline belongs in
+    one of them), so the scored tokens are the text's own, whatever the context.
+    """
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    ids = [prefix_token_id(tokenizer), *context_ids, *text_ids]
+    query_length = min(1 + len(context_ids), max_length)
+    return EncodedDocument(ids[:max_length], query_length, len(ids) > max_length)
+
+
+def _right_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a right-padded batch: (input_ids [B, T], attention_mask [B, T])."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(list(ids))
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def score_documents(
+    model: IMSMModel,
+    documents: Sequence[EncodedDocument],
+    pad_id: int,
+    batch_size: int = 8,
+    on_batch_done: Callable[[list[int], list[DocumentDrift]], None] | None = None,
+) -> list[DocumentDrift]:
+    """Each document's NLL and KL from the base model per text token, batched by length.
+
+    Every document needs at least one text token (`len(ids) > query_length`). After each batch
+    `on_batch_done(indices, drifts)` receives the batch's document indices and their results.
+    """
+    assert all(len(d.ids) > d.query_length for d in documents), "a document without text tokens"
+    vocabulary = model.config.vocab_size
+    chunk = max(1, CHUNK_ELEMENTS // vocabulary)
+    order = sorted(range(len(documents)), key=lambda i: -len(documents[i].ids))  # little padding
+    results: list[DocumentDrift | None] = [None] * len(documents)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        input_ids, attention_mask = _right_padded([documents[i].ids for i in batch], pad_id)
+        input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=model.device)[None, :]  # [1, T]
+        query_lengths = torch.tensor([documents[i].query_length for i in batch], device=model.device)[:, None]
+        lengths = attention_mask.sum(-1, keepdim=True)  # [B, 1]
+        query_mask = positions < query_lengths  # [B, T]: prefix token and context (eq. 3)
+        # Position t predicts token t + 1; the text's tokens are those at query_length .. length - 1.
+        predicts_text = (positions >= query_lengths - 1) & (positions < lengths - 1)  # [B, T]
+        rows, cols = predicts_text.nonzero(as_tuple=True)  # [N], [N], row-major
+        targets = input_ids[rows, cols + 1]  # [N]
+        states = model.branch_states(input_ids, attention_mask, query_mask, run_frozen=True)
+        nll_sum = torch.zeros(B, dtype=torch.float64, device=model.device)
+        kl_sum = torch.zeros_like(nll_sum)
+        gate_sum = torch.zeros_like(nll_sum)
+        has_gate = False
+        for first in range(0, rows.numel(), chunk):
+            r, c = rows[first : first + chunk], cols[first : first + chunk]  # [n]
+            own = model.fused_logits(states, (r, c))  # logits [n, V], gate [n, d] or None
+            log_model = F.log_softmax(own.logits.float(), dim=-1)  # [n, V]
+            nll = -log_model.gather(-1, targets[first : first + chunk, None])[:, 0]  # [n]
+            nll_sum.index_add_(0, r, nll.double())
+            if states.frozen is not None:  # the base model: the frozen branch through the frozen head
+                base = model.fused_logits(states, (r, c), gate=1.0).logits  # [n, V]
+                log_base = F.log_softmax(base.float(), dim=-1)  # [n, V]
+                # sum_v p_base(v) (log p_base(v) - log p_model(v))
+                kl = F.kl_div(log_model, log_base, reduction="none", log_target=True).sum(-1)  # [n]
+                kl_sum.index_add_(0, r, kl.double())
+            if own.gate is not None:
+                has_gate = True
+                gate_sum.index_add_(0, r, own.gate.mean(-1).double())  # mean over features, [n]
+        counts = predicts_text.sum(-1)  # [B]
+        drifts = []
+        for row, index in enumerate(batch):
+            n = int(counts[row])
+            drift = DocumentDrift(
+                tokens=n,
+                nll=float(nll_sum[row]) / n,
+                kl=float(kl_sum[row]) / n,
+                frozen_weight=float(gate_sum[row]) / n if has_gate else None,
+            )
+            results[index] = drift
+            drifts.append(drift)
+        if on_batch_done is not None:
+            on_batch_done(batch, drifts)
+    return results
+
+
+def _token_weighted(values: Sequence[float], tokens: Sequence[int]) -> tuple[float, float]:
+    """The mean per token over all documents, and its standard error over documents.
+
+    The mean is a ratio sum(x_i) / sum(n_i) of per-document totals x_i = n_i * value_i; its
+    standard error treats documents as the sampled units (the delta method, as for a clustered
+    mean): sqrt(D / (D - 1) * sum((x_i - mean * n_i)^2)) / sum(n_i). NaN for one document.
+    """
+    total = sum(tokens)
+    mean = sum(v * n for v, n in zip(values, tokens, strict=True)) / total
+    D = len(values)
+    if D < 2:
+        return mean, float("nan")
+    spread = sum((n * (v - mean)) ** 2 for v, n in zip(values, tokens, strict=True))
+    return mean, math.sqrt(D / (D - 1) * spread) / total
+
+
+def drift_metrics(drifts: Sequence[DocumentDrift], truncated: int, skipped: int) -> dict[str, float]:
+    """A drift task's corpus metrics from its documents' results."""
+    tokens = [d.tokens for d in drifts]
+    nll, nll_stderr = _token_weighted([d.nll for d in drifts], tokens)
+    kl, kl_stderr = _token_weighted([d.kl for d in drifts], tokens)
+    metrics = {
+        "drift_nll": nll,
+        "drift_nll_stderr": nll_stderr,
+        "drift_kl": kl,
+        "drift_kl_stderr": kl_stderr,
+        "tokens": float(sum(tokens)),
+        "truncated_documents": float(truncated),
+        "skipped_documents": float(skipped),
+    }
+    if drifts and drifts[0].frozen_weight is not None:
+        metrics["gate_frozen_weight"] = _token_weighted([d.frozen_weight for d in drifts], tokens)[0]
+    return metrics
+
+
+def _significant(value: float | None) -> float | None:
+    # Seven significant digits: a KL of 3e-7 must not round to 0.
+    return None if value is None else float(f"{value:.7g}")
+
+
+def evaluate_drift(
+    model: IMSMModel,
+    formatter: PromptFormatter,
+    task: Task,
+    records: list[Record],
+    split: str,
+    batch_size: int = 8,
+    progress: bool = True,
+    journal_path: Path | None = None,
+    run_settings: dict[str, Any] | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+) -> TaskResult:
+    """Score one drift task: NLL and KL from the base model per token, per document and overall.
+
+    Documents whose text is empty (SciQ's rows without a support paragraph) are skipped and
+    counted in `skipped_documents`; the per-example rows hold the scored documents only, under
+    their record index. A document longer than `max_length` tokens (or the model's position
+    limit, whichever is smaller) keeps its first `max_length` and counts in
+    `truncated_documents`. The chat template is never applied: this is text, not a prompt. The
+    journal works as for `imsm.evaluate.evaluate_task`.
+    """
+    started = time.perf_counter()
+    tokenizer = formatter.tokenizer
+    max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
+    documents = [task.document(r) for r in records]
+    encoded = {
+        i: encode_document(tokenizer, context, text, max_length)
+        for i, (context, text) in enumerate(documents)
+        if text.strip()
+    }
+    scored = [i for i, e in encoded.items() if len(e.ids) > e.query_length]  # a context can fill max_length
+    if not scored:
+        raise IMSMError(f"task {task.name}: none of its {len(records)} documents has text to score")
+    journal = None
+    if journal_path is not None:
+        settings = {
+            **(run_settings or {}),
+            "task": task.name,
+            "task_version": task.version,
+            "split": split,
+            "max_length": max_length,
+            "journal_format": JOURNAL_FORMAT,
+        }
+        texts = [f"{context}\0{text}" for context, text in documents]
+        journal = EvalJournal(journal_path, fingerprint(settings, texts), [f.name for f in fields(DocumentDrift)])
+    drifts: dict[int, DocumentDrift] = {}
+    if journal is not None:
+        wanted = set(scored)
+        drifts = {i: DocumentDrift(**row) for i, row in journal.rows.items() if i in wanted}
+    todo = [i for i in scored if i not in drifts]
+    try:
+        with tqdm(
+            total=len(scored),
+            initial=len(scored) - len(todo),
+            desc=task.name,
+            unit="doc",
+            disable=not progress,
+            leave=False,
+        ) as bar:
+
+            def keep(rows: list[int], batch: list[DocumentDrift]) -> None:
+                indices = [todo[r] for r in rows]
+                drifts.update(zip(indices, batch, strict=True))
+                if journal is not None:
+                    journal.add(indices, [asdict(d) for d in batch])
+                bar.update(len(rows))
+
+            if todo:
+                score_documents(model, [encoded[i] for i in todo], formatter.pad_id, batch_size, keep)
+    finally:
+        if journal is not None:
+            journal.close()
+    truncated = sum(encoded[i].truncated for i in scored)
+    outcomes = [drifts[i] for i in scored]
+    metrics = drift_metrics(outcomes, truncated, len(records) - len(scored))
+    examples = [
+        {
+            "index": i,
+            "source": records[i].get("_source"),
+            "tokens": drifts[i].tokens,
+            "truncated": encoded[i].truncated,
+            "nll": _significant(drifts[i].nll),
+            "kl": _significant(drifts[i].kl),
+            "gate_frozen_weight": _significant(drifts[i].frozen_weight),
+        }
+        for i in scored
+    ]
+    resumed = len(scored) - len(todo)
+    return TaskResult(task, split, metrics, examples, time.perf_counter() - started, resumed)

@@ -1,0 +1,290 @@
+"""The lm-evaluation-harness model type `imsm`: any base model, peft adapter or IMSM adapter.
+
+lm-eval's own `TemplateLM` turns requests into token ids, as its `hf` model does; what is specific
+to IMSM is where the tokens go: every scored request runs through `imsm.loglikelihood.score_requests`
+(one prefill of each context for both branches, the context as IMSM's query memory) and every
+generation through `IMSMModel.generate`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import (
+    Collator,
+    handle_stop_sequences,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+    resolve_max_length,
+)
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from imsm.config import FUSION_MODES, IMSMConfig
+from imsm.errors import IMSMError
+from imsm.generate import left_padded
+from imsm.loglikelihood import prefix_token_id, score_requests
+from imsm.model.load import load_model_and_tokenizer
+from imsm.model.persist import check_adapter_directory, read_imsm_config
+from imsm.model.siamese import IMSMModel
+from imsm.registry import unknown_name_message
+from imsm.version import __version__
+
+logger = logging.getLogger(__name__)
+
+# `fusion` left out: the adapter's own (a plain peft adapter's is "none").
+SAVED_FUSION = "saved"
+# What generate_until understands; anything else in a task's gen_kwargs is refused.
+GREEDY_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature"}
+
+
+def load_for_evaluation(
+    pretrained: str,
+    adapter: str | None = None,
+    fusion: str = SAVED_FUSION,
+    dtype: str = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """The model to evaluate, as `imsm eval` loads it, with the adapter's fusion optionally replaced.
+
+    Any saved adapter runs as vanilla PEFT (`none`) or with the two branches averaged (`mean`),
+    neither of which needs a gate; `imsm` and `no-query` need a gate trained that way.
+
+    Returns:
+        (IMSMModel in eval mode, tokenizer).
+    """
+    if fusion not in (SAVED_FUSION, *FUSION_MODES):
+        raise IMSMError(unknown_name_message("fusion", str(fusion), list(FUSION_MODES)))
+    saved_fusion = "none"
+    if adapter is not None:  # checked before the slow model load
+        saved = read_imsm_config(check_adapter_directory(adapter)) or {}
+        saved_fusion = saved.get("imsm", {}).get("fusion", "none")
+    elif fusion not in (SAVED_FUSION, "none"):
+        raise IMSMError(f"fusion={fusion} needs an adapter; pass adapter=DIR (a directory written by save_pretrained)")
+    if fusion in ("imsm", "no-query") and fusion != saved_fusion:
+        raise IMSMError(
+            f"fusion={fusion} needs a gate trained as {fusion!r}, but {adapter} holds a {saved_fusion!r} adapter; "
+            "leave fusion out to use the adapter's own, or pass fusion=none or fusion=mean"
+        )
+    base, tokenizer = load_model_and_tokenizer(pretrained, dtype, device, trust_remote_code)
+    if adapter is None:
+        return IMSMModel(base, IMSMConfig(fusion="none")).eval(), tokenizer  # the base model alone
+    model = IMSMModel.from_pretrained(base, adapter)
+    if fusion not in (SAVED_FUSION, saved_fusion):  # "none" or "mean": the same branches, no gate needed
+        model = IMSMModel(model.peft_model, IMSMConfig(gate_rank=model.imsm_config.gate_rank, fusion=fusion)).eval()
+    return model, tokenizer
+
+
+def _resolve_device(device: str | None) -> str | None:
+    # lm-eval's command line asks for "cuda:0" unless told otherwise; like its `hf` model, fall
+    # back to the CPU where there is no GPU rather than fail.
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device %s asked for but CUDA is not available; using the CPU", device)
+        return "cpu"
+    return device
+
+
+@register_model("imsm")
+class IMSMLM(TemplateLM):
+    """lm-eval's view of an `IMSMModel`.
+
+    Args (lm-eval's `--model_args`):
+        pretrained: An embedded model name (`smollm2-135m`), a local model directory, or a
+            Hugging Face id in the local cache, as `imsm --model` takes it.
+        adapter: A directory written by `save_pretrained`, or a plain peft adapter directory.
+        fusion: Replaces the adapter's fusion: `none` (vanilla PEFT), `mean`, or the adapter's own
+            `imsm` / `no-query`. Left out, the adapter's own. lm-eval's argument parser turns
+            the word `none` into None, so None means `none` here.
+        dtype: auto, fp32, bf16 or fp16 (also float32, bfloat16, float16).
+        device: cpu or cuda[:N]; default CUDA if available.
+        batch_size: Contexts scored, or prompts decoded, together (an integer).
+        max_length: The model's window in tokens; default from its config, as lm-eval's `hf`.
+        trust_remote_code: Passed to transformers.
+    """
+
+    def __init__(
+        self,
+        pretrained: str = "smollm2-135m",
+        adapter: str | None = None,
+        fusion: str | None = SAVED_FUSION,
+        dtype: str = "auto",
+        device: str | None = None,
+        batch_size: int | str | None = 8,
+        max_batch_size: int | None = None,  # lm-eval passes it for batch_size=auto, which is refused
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        try:
+            self.batch_size = 8 if batch_size is None else int(batch_size)
+        except ValueError:
+            raise IMSMError(
+                f"batch_size must be an integer for the imsm model type, got {batch_size!r}; "
+                "pass --batch_size N (automatic batch sizes are not supported)"
+            ) from None
+        if self.batch_size < 1:
+            raise IMSMError(f"batch_size must be at least 1, got {self.batch_size}")
+        fusion = "none" if fusion is None else str(fusion)
+        self.model, self.tokenizer = load_for_evaluation(
+            str(pretrained), adapter, fusion, dtype, _resolve_device(device), trust_remote_code
+        )
+        self._device = self.model.device
+        self.pretrained, self.adapter = str(pretrained), adapter
+        self._max_length = max_length
+        self.pad_token_id = self.tokenizer.pad_token_id
+
+    # ----------------------------------------------------------------------------------------
+    # What TemplateLM and lm-eval's evaluator read.
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return prefix_token_id(self.tokenizer)  # BOS, else EOS, as lm-eval's `hf` model
+
+    @property
+    def max_length(self) -> int:
+        if self._max_length:
+            return int(self._max_length)
+        return resolve_max_length(self.model.config, self.tokenizer)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return 256  # lm-eval's `hf` default, used when a task does not say
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        # As lm-eval's `hf` model: the tokenizer's own special tokens, unless asked otherwise or
+        # the text already starts with the prefix token (a chat template's BOS).
+        if add_special_tokens is None and string.startswith(self.tokenizer.decode([self.prefix_token_id])):
+            add_special_tokens = False
+        if add_special_tokens is None:
+            return self.tokenizer.encode(string)
+        return self.tokenizer.encode(string, add_special_tokens=add_special_tokens)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
+
+    def get_model_info(self) -> dict:
+        """How the model was made, for lm-eval's results `config`."""
+        return {
+            "imsm_version": __version__,
+            "model": self.pretrained,
+            "adapter": self.adapter,
+            "fusion": self.model.fusion,
+            "model_dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # The three request types.
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """(key, context ids, continuation ids) -> (log-likelihood, is_greedy); the context is the query memory.
+
+        lm-eval's `TemplateLM.loglikelihood` builds the ids (empty context -> the prefix token).
+        """
+        with tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests") as progress:
+            scored = score_requests(
+                self.model,
+                [(context, continuation) for _, context, continuation in requests],
+                self.pad_token_id,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+                on_batch_done=progress.update,
+            )
+        answers = [(reading.log_likelihood, reading.is_greedy) for reading in scored]
+        for (key, _, _), answer in zip(requests, answers, strict=True):
+            if key is not None:  # rolling windows have no (context, continuation) key
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+        return answers
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole texts, in lm-eval's disjoint windows of the model's length.
+
+        Each window is scored as (its context, its tokens) with the context as the query memory:
+        the prefix token alone for the first window, then the tokens lm-eval keeps before each
+        later window (one token when the window is full). The query memory never holds a token
+        being scored, so the gate cannot read what it predicts.
+        """
+        windows, owners = [], []
+        for index, (text,) in enumerate(request.args for request in requests):
+            for context, continuation in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            ):
+                windows.append((None, context, continuation))
+                owners.append(index)
+        totals = [0.0] * len(requests)
+        for owner, (log_likelihood, _) in zip(owners, self._loglikelihood_tokens(windows, disable_tqdm), strict=True):
+            totals[owner] += log_likelihood
+        for request, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy answers through `IMSMModel.generate`, cut at the first `until` string.
+
+        Each request decodes up to its `max_gen_toks` tokens (or the model's EOS), then the text
+        is cut as lm-eval's `hf` model cuts it; greedy decoding makes that the same answer as
+        stopping early. Only greedy decoding is supported: other gen_kwargs are refused.
+        """
+        # lm-eval's Collator: requests with the same gen_kwargs together, longest prompts first.
+        batches = Collator(
+            [request.args for request in requests],
+            sort_fn=lambda args: (-len(self.tok_encode(args[0])), args[0]),
+            group_by="gen_kwargs",
+            group_fn=lambda args: args[1],
+        )
+        eos_text = self.tokenizer.decode([self.eot_token_id])
+        answers = []
+        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests")
+        for batch in batches.get_batched(n=self.batch_size):
+            contexts, all_kwargs = zip(*batch, strict=True)
+            kwargs = dict(normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks))
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            unsupported = sorted(set(kwargs) - GREEDY_KWARGS)
+            if kwargs.get("do_sample") or unsupported:
+                asked = {key: kwargs[key] for key in unsupported or ["do_sample"]}
+                raise IMSMError(
+                    f"the imsm model type decodes greedily; gen_kwargs {asked} are not supported "
+                    "(sampling is not implemented yet): drop them, or set do_sample=false"
+                )
+            room = self.max_length - max_gen_toks  # the prompt is cut from the left to leave room
+            if room < 1:
+                raise IMSMError(f"max_gen_toks={max_gen_toks} leaves no room for a prompt in {self.max_length} tokens")
+            prompts = [self.tok_encode(context)[-room:] for context in contexts]
+            input_ids, attention_mask = left_padded(prompts, self.pad_token_id)
+            sequences = self.model.generate(
+                input_ids.to(self.device),
+                attention_mask.to(self.device),
+                max_new_tokens=max_gen_toks,
+                pad_token_id=self.pad_token_id,
+            )
+            for context, tokens in zip(contexts, sequences[:, input_ids.shape[1] :].tolist(), strict=True):
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                answer = postprocess_generated_text(text, until, think_end_token=None)
+                answers.append(answer)
+                self.cache_hook.add_partial("generate_until", (context, all_kwargs[0]), answer)
+                progress.update(1)
+        progress.close()
+        return batches.get_original(answers)
