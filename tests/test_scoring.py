@@ -122,3 +122,12 @@ def test_a_stand_in_gate_needs_a_frozen_branch():
         states = model.branch_states(input_ids, attention_mask, attention_mask.bool())
         with pytest.raises(ValueError, match="frozen branch"):
             model.fused_logits(states, gate=0.5)
+
+
+def test_contexts_are_batched_by_similar_length_and_never_beyond_the_batch_size():
+    from imsm.loglikelihood import _similar_lengths
+
+    lengths = [400, 390, 310, 290, 100, 99, 98, 97, 96, 95, 10]
+    batches = _similar_lengths(lengths, lambda n: n, batch_size=4)
+    assert [n for batch in batches for n in batch] == lengths  # order kept, nothing lost
+    assert batches == [[400, 390, 310], [290], [100, 99, 98, 97], [96, 95], [10]]

@@ -210,7 +210,7 @@ def cmd_eval(options: EvalOptions) -> int:
         adapter=options.adapter,
         fusion=model.fusion,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        chat_template=formatter.use_chat_template,
+        chat_template=options.chat_template,  # as asked; each task's summary says what it used
         data_dir=str(data_dir) if data_dir else None,
         limit=options.limit,
         batch_size=options.batch_size,

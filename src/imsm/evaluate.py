@@ -28,10 +28,13 @@ from tqdm.auto import tqdm
 
 from imsm.atomic_write import write_atomically
 from imsm.eval_journal import EvalJournal, fingerprint
+from imsm.evaluate_choice import evaluate_multiple_choice
+from imsm.evaluate_drift import evaluate_drift
 from imsm.generate import left_padded
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
+from imsm.task_result import TaskResult
 from imsm.tasks.base import Record, Task
 
 YES_WORDS = ("yes", "Yes", "YES")
@@ -56,33 +59,6 @@ class ExampleOutcome:
     gold_nll: float | None = None
     yes_no_margin: float | None = None
     frozen_weight: float | None = None
-
-
-@dataclass
-class TaskResult:
-    """One task's outcome: corpus metrics and the per-example rows behind them."""
-
-    task: Task
-    split: str
-    metrics: dict[str, float]
-    examples: list[dict[str, Any]]
-    seconds: float
-    resumed_examples: int = 0  # answered by an earlier, interrupted run (from its journal)
-
-    def summary(self) -> dict[str, Any]:
-        summary = {
-            "version": self.task.version,
-            "split": self.split,
-            "source": self.task.source,
-            "n": len(self.examples),
-            "metrics": self.metrics,
-            "seconds": round(self.seconds, 2),
-            "examples_per_s": round(len(self.examples) / self.seconds, 3) if self.seconds else None,
-        }
-        if self.resumed_examples:
-            # `seconds` covers this run only, so a throughput over all examples would mislead.
-            summary.update(resumed_examples=self.resumed_examples, examples_per_s=None)
-        return summary
 
 
 def _word_token_ids(tokenizer, words: Sequence[str], formatter: PromptFormatter) -> list[int]:
@@ -262,14 +238,12 @@ def evaluate_task(
     texts already holds are not evaluated again. The caller removes the journal once the results
     are written.
     """
-    if task.answer_type == "drift":  # plain text against the base model; imported here: it imports TaskResult
-        from imsm.evaluate_drift import evaluate_drift
-
+    if task.answer_type == "drift":  # plain text against the base model
         return evaluate_drift(model, formatter, task, records, split, batch_size, progress, journal_path, run_settings)
-    if task.answer_type == "multiple_choice":  # options scored by log-likelihood, nothing generated (same import)
-        from imsm.evaluate_choice import evaluate_multiple_choice as choices
-
-        return choices(model, formatter, task, records, split, batch_size, progress, journal_path, run_settings)
+    if task.answer_type == "multiple_choice":  # options scored by log-likelihood, nothing generated
+        return evaluate_multiple_choice(
+            model, formatter, task, records, split, batch_size, progress, journal_path, run_settings
+        )
     started = time.perf_counter()
     prompts = [task.prompt(r) for r in records]
     golds = [task.golds(r) for r in records]
@@ -341,7 +315,8 @@ def evaluate_task(
         for i, record in enumerate(records)
     ]
     resumed = len(records) - len(todo)
-    return TaskResult(task, split, metrics, examples, time.perf_counter() - started, resumed)
+    seconds = time.perf_counter() - started
+    return TaskResult(task, split, metrics, examples, seconds, resumed, formatter.use_chat_template)
 
 
 def predictions_path(output: Path, task: Task) -> Path:
@@ -363,17 +338,24 @@ def write_results(output: Path, header: dict[str, Any], results: list[TaskResult
     write_atomically(output, json.dumps(payload, indent=2) + "\n")
 
 
+COUNTS = ("tokens", "truncated_documents", "skipped_documents")  # metrics that are counts, not rates
+
+
 def format_table(results: list[TaskResult]) -> str:
     """A plain table, proportions in percent, one task per line."""
     lines = []
     for result in results:
         cells = []
         for name, value in result.metrics.items():
+            measured = name.removesuffix("_stderr")  # a standard error is shown as its metric is
             percent = (
-                name in METRICS
-                and METRICS.get(name).percent
-                or name in ("yes_rate", "predicted_yes_rate", "gold_yes_rate")
+                measured in METRICS
+                and METRICS.get(measured).percent
+                or measured in ("yes_rate", "predicted_yes_rate", "gold_yes_rate")
             )
-            cells.append(f"{name} {100 * value:.1f}" if percent else f"{name} {value:.3f}")
+            if name in COUNTS:
+                cells.append(f"{name} {int(value)}")
+            else:
+                cells.append(f"{name} {100 * value:.1f}" if percent else f"{name} {value:.3f}")
         lines.append(f"{result.task.name:<11} n={len(result.examples):<5} " + "  ".join(cells))
     return "\n".join(lines)

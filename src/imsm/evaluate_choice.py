@@ -26,11 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from imsm.eval_journal import EvalJournal, fingerprint
-from imsm.evaluate import TaskResult
 from imsm.loglikelihood import encode_pair, score_requests
 from imsm.metrics import METRICS, best_choice, choice_probability, mean, mean_stderr, normalized_log_likelihoods
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
+from imsm.task_result import TaskResult
 from imsm.tasks.base import Record, Task
 from imsm.tasks.choice import TARGET_DELIMITER
 
@@ -274,7 +274,8 @@ def evaluate_multiple_choice(
         for i, record in enumerate(records)
     ]
     resumed = len(records) - len(todo)
-    return TaskResult(task, split, metrics, examples, time.perf_counter() - started, resumed)
+    seconds = time.perf_counter() - started
+    return TaskResult(task, split, metrics, examples, seconds, resumed, formatter.use_chat_template)
 
 
 __all__ = ["ChoiceReading", "choice_metrics", "context_window", "evaluate_multiple_choice", "read_choices"]

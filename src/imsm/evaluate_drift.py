@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from imsm.errors import IMSMError
 from imsm.eval_journal import EvalJournal, fingerprint
-from imsm.evaluate import TaskResult
 from imsm.loglikelihood import prefix_token_id
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
+from imsm.task_result import TaskResult
 from imsm.tasks.base import Record, Task
 
 DEFAULT_MAX_LENGTH = 1024
@@ -286,4 +286,5 @@ def evaluate_drift(
         for i in scored
     ]
     resumed = len(scored) - len(todo)
-    return TaskResult(task, split, metrics, examples, time.perf_counter() - started, resumed)
+    seconds = time.perf_counter() - started
+    return TaskResult(task, split, metrics, examples, seconds, resumed, chat_template=False)  # text, never a prompt

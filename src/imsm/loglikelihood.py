@@ -93,12 +93,14 @@ def score_requests(
         if not context:
             raise ValueError(f"request {index}: the continuation alone fills the model's window of {max_length}")
         groups.setdefault(context, []).append(index)
+
     # Longest first by context plus longest continuation, so a batch pads little in either pass
     # (SciQ's cost is in its contexts, PIQA's in its options).
-    contexts = sorted(groups, key=lambda c: len(c) + max(len(requests[i][1]) for i in groups[c]), reverse=True)
+    def length(context: tuple[int, ...]) -> int:
+        return len(context) + max(len(requests[i][1]) for i in groups[context])
+
     results: list[Scored | None] = [None] * len(requests)
-    for start in range(0, len(contexts), batch_size):
-        batch = contexts[start : start + batch_size]
+    for batch in _similar_lengths(sorted(groups, key=length, reverse=True), length, batch_size):
         input_ids, attention_mask = left_padded(batch, pad_id)
         continuations = [[list(requests[i][1]) for i in groups[context]] for context in batch]
         scores = model.score_continuations(input_ids.to(model.device), attention_mask.to(model.device), continuations)
@@ -116,3 +118,19 @@ def score_requests(
         if on_batch_done is not None:
             on_batch_done(done)
     return results
+
+
+# A batch ends early where the next context is this much shorter than the batch's longest: on a
+# compute-bound machine padding costs as much as tokens, and a smaller batch costs nothing.
+_PADDING_CUT = 0.75
+
+
+def _similar_lengths(contexts: list, length, batch_size: int) -> list[list]:
+    """Consecutive runs of at most `batch_size` contexts (sorted longest first) of similar length."""
+    batches: list[list] = []
+    for context in contexts:
+        if batches and len(batches[-1]) < batch_size and length(context) >= _PADDING_CUT * length(batches[-1][0]):
+            batches[-1].append(context)
+        else:
+            batches.append([context])
+    return batches

@@ -50,7 +50,7 @@ def adapted_model(
         for name, parameter in model.named_parameters():
             if model.parameter_group(name) == "peft" and ("lora_B" in name or "ia3_l" in name):
                 noise = torch.randn(parameter.shape, generator=generator) * 0.02
-                parameter.add_(noise.to(parameter.dtype))
+                parameter.add_(noise.to(parameter.device, parameter.dtype))
     return model.eval(), tokenizer
 
 
