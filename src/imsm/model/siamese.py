@@ -424,7 +424,8 @@ class IMSMModel(nn.Module):
         if frozen_memory is not None and (labels is None or return_logits):
             raise ValueError("frozen_memory serves the loss only: pass labels and return_logits=False")
         query_mask = resolve_query_mask(attention_mask, query_mask, labels)
-        states = self.branch_states(input_ids, attention_mask, query_mask, run_frozen=frozen_memory is None)
+        run_frozen = None if frozen_memory is None else False  # the training loop's cache stands in for h_M
+        states = self.branch_states(input_ids, attention_mask, query_mask, run_frozen)
         loss = logits = None
         if return_logits:
             logits = self.fused_logits(states).logits  # [B, T, V]
