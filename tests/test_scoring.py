@@ -131,3 +131,17 @@ def test_contexts_are_batched_by_similar_length_and_never_beyond_the_batch_size(
     batches = _similar_lengths(lengths, lambda n: n, batch_size=4)
     assert [n for batch in batches for n in batch] == lengths  # order kept, nothing lost
     assert batches == [[400, 390, 310], [290], [100, 99, 98, 97], [96, 95], [10]]
+
+
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_the_frozen_branch_runs_only_where_the_fusion_reads_it_or_the_caller_asks(fusion):
+    model = build(fusion)
+    calls = []
+    real = model.frozen_hidden_states
+    model.frozen_hidden_states = lambda *args: calls.append(1) or real(*args)
+    input_ids, attention_mask = random_batch(batch_size=2, length=5)
+    with torch.no_grad():
+        model(input_ids, attention_mask=attention_mask)
+        assert len(calls) == (0 if fusion == "none" else 1)
+        forced = model.branch_states(input_ids, attention_mask, attention_mask.bool(), run_frozen=True)
+    assert forced.frozen is not None and len(calls) == (1 if fusion == "none" else 2)
