@@ -19,15 +19,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from imsm.atomic_write import write_atomically
-from imsm.eval_journal import EvalJournal, fingerprint
+from imsm.eval_journal import EvalJournal, fingerprint, run_journaled
 from imsm.evaluate_choice import evaluate_multiple_choice
 from imsm.evaluate_drift import evaluate_drift
 from imsm.generate import left_padded
@@ -262,43 +261,17 @@ def evaluate_task(
         }
         fields = [f.name for f in dataclasses.fields(ExampleOutcome)]
         journal = EvalJournal(journal_path, fingerprint(settings, prompts + (targets or [])), fields)
-    outcomes: list[ExampleOutcome | None] = [None] * len(records)
-    if journal is not None:
-        for index, row in journal.rows.items():
-            outcomes[index] = ExampleOutcome(**row)
-    todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-    try:
-        with tqdm(
-            total=len(records),
-            initial=len(records) - len(todo),
-            desc=task.name,
-            unit="ex",
-            disable=not progress,
-            leave=False,
-        ) as bar:
 
-            def keep(rows: list[int], batch: list[ExampleOutcome]) -> None:
-                indices = [todo[r] for r in rows]
-                for index, outcome in zip(indices, batch, strict=True):
-                    outcomes[index] = outcome
-                if journal is not None:
-                    journal.add(indices, [asdict(outcome) for outcome in batch])
-                bar.update(len(rows))
+    def run(todo: list[int], keep) -> None:
+        yes_no = task.answer_type == "yes_no"
+        todo_targets = None if targets is None else [targets[i] for i in todo]
+        answer_and_score(
+            model, formatter, [prompts[i] for i in todo], todo_targets, max_new_tokens, batch_size, yes_no, keep
+        )
 
-            if todo:
-                answer_and_score(
-                    model,
-                    formatter,
-                    [prompts[i] for i in todo],
-                    None if targets is None else [targets[i] for i in todo],
-                    max_new_tokens,
-                    batch_size,
-                    task.answer_type == "yes_no",
-                    keep,
-                )
-    finally:
-        if journal is not None:
-            journal.close()
+    progress_bar = {"desc": task.name, "unit": "ex", "disable": not progress}
+    done, resumed = run_journaled(range(len(records)), journal, ExampleOutcome, run, progress_bar)
+    outcomes = [done[i] for i in range(len(records))]
     metrics, per_example = task_metrics(task, golds, outcomes, likelihood)
     examples = [
         {
@@ -314,7 +287,6 @@ def evaluate_task(
         }
         for i, record in enumerate(records)
     ]
-    resumed = len(records) - len(todo)
     seconds = time.perf_counter() - started
     return TaskResult(task, split, metrics, examples, seconds, resumed, formatter.use_chat_template)
 

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from imsm.eval_journal import EvalJournal, fingerprint
+from imsm.eval_journal import EvalJournal, fingerprint, run_journaled
 from imsm.loglikelihood import encode_pair, score_requests
 from imsm.metrics import METRICS, best_choice, choice_probability, mean, mean_stderr, normalized_log_likelihoods
 from imsm.model.siamese import IMSMModel
@@ -229,35 +228,16 @@ def evaluate_multiple_choice(
         texts = [text for q in questions for pair in request_texts(formatter, q) for text in pair]
         fields = [f.name for f in dataclasses.fields(ChoiceReading)]
         journal = EvalJournal(journal_path, fingerprint(settings, texts), fields)
-    readings: list[ChoiceReading | None] = [None] * len(records)
-    if journal is not None:
-        for index, row in journal.rows.items():
-            if 0 <= index < len(records) and len(row["log_likelihoods"]) == len(questions[index]):
-                readings[index] = ChoiceReading(**{name: row[name] for name in journal.fields})
-    todo = [i for i, reading in enumerate(readings) if reading is None]
-    try:
-        with tqdm(
-            total=len(records),
-            initial=len(records) - len(todo),
-            desc=task.name,
-            unit="q",
-            disable=not progress,
-            leave=False,
-        ) as bar:
 
-            def keep(rows: list[int], batch: list[ChoiceReading]) -> None:
-                indices = [todo[r] for r in rows]
-                for index, reading in zip(indices, batch, strict=True):
-                    readings[index] = reading
-                if journal is not None:
-                    journal.add(indices, [dataclasses.asdict(reading) for reading in batch])
-                bar.update(len(rows))
+    def run(todo: list[int], keep) -> None:
+        read_choices(model, formatter, [questions[i] for i in todo], batch_size, keep)
 
-            if todo:
-                read_choices(model, formatter, [questions[i] for i in todo], batch_size, keep)
-    finally:
-        if journal is not None:
-            journal.close()
+    def fits(index: int, row) -> bool:  # one log-likelihood per option of this question
+        return len(row["log_likelihoods"]) == len(questions[index])
+
+    progress_bar = {"desc": task.name, "unit": "q", "disable": not progress}
+    done, resumed = run_journaled(range(len(records)), journal, ChoiceReading, run, progress_bar, fits)
+    readings = [done[i] for i in range(len(records))]
     lengths = [[len(c) for c in options] for options in choices]
     metrics, per_question = choice_metrics(task, golds, lengths, readings)
     contexts = [[context for context, _ in q] for q in questions]
@@ -273,7 +253,6 @@ def evaluate_multiple_choice(
         )
         for i, record in enumerate(records)
     ]
-    resumed = len(records) - len(todo)
     seconds = time.perf_counter() - started
     return TaskResult(task, split, metrics, examples, seconds, resumed, formatter.use_chat_template)
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from imsm.errors import IMSMError
-from imsm.eval_journal import EvalJournal, fingerprint
+from imsm.eval_journal import EvalJournal, fingerprint, run_journaled
 from imsm.loglikelihood import prefix_token_id
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
@@ -243,33 +242,12 @@ def evaluate_drift(
         }
         texts = [f"{context}\0{text}" for context, text in documents]
         journal = EvalJournal(journal_path, fingerprint(settings, texts), [f.name for f in fields(DocumentDrift)])
-    drifts: dict[int, DocumentDrift] = {}
-    if journal is not None:
-        wanted = set(scored)
-        drifts = {i: DocumentDrift(**row) for i, row in journal.rows.items() if i in wanted}
-    todo = [i for i in scored if i not in drifts]
-    try:
-        with tqdm(
-            total=len(scored),
-            initial=len(scored) - len(todo),
-            desc=task.name,
-            unit="doc",
-            disable=not progress,
-            leave=False,
-        ) as bar:
 
-            def keep(rows: list[int], batch: list[DocumentDrift]) -> None:
-                indices = [todo[r] for r in rows]
-                drifts.update(zip(indices, batch, strict=True))
-                if journal is not None:
-                    journal.add(indices, [asdict(d) for d in batch])
-                bar.update(len(rows))
+    def run(todo: list[int], keep) -> None:
+        score_documents(model, [encoded[i] for i in todo], formatter.pad_id, batch_size, keep)
 
-            if todo:
-                score_documents(model, [encoded[i] for i in todo], formatter.pad_id, batch_size, keep)
-    finally:
-        if journal is not None:
-            journal.close()
+    progress_bar = {"desc": task.name, "unit": "doc", "disable": not progress}
+    drifts, resumed = run_journaled(scored, journal, DocumentDrift, run, progress_bar)
     truncated = sum(encoded[i].truncated for i in scored)
     outcomes = [drifts[i] for i in scored]
     metrics = drift_metrics(outcomes, truncated, len(records) - len(scored))
@@ -285,6 +263,5 @@ def evaluate_drift(
         }
         for i in scored
     ]
-    resumed = len(scored) - len(todo)
     seconds = time.perf_counter() - started
     return TaskResult(task, split, metrics, examples, seconds, resumed, chat_template=False)  # text, never a prompt
