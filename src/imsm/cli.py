@@ -14,7 +14,6 @@ from pathlib import Path
 
 from imsm.atomic_write import write_atomically
 from imsm.bench.cli import add_bench_parser
-from imsm.config import IMSMConfig
 from imsm.data import load_examples, resolve_data_dir
 from imsm.demo import run_demo
 from imsm.errors import IMSMError
@@ -25,9 +24,10 @@ from imsm.gate_inspection import format_report, inspect_adapter, reports_to_json
 from imsm.generate import generate_answers
 from imsm.model.load import load_model_and_tokenizer
 from imsm.model.persist import check_adapter_directory, read_imsm_config
-from imsm.model.siamese import IMSMModel
+from imsm.model.variant import check_variant, load_evaluated_model
 from imsm.options import (
     adapter_option,
+    adapter_scale_option,
     add_command,
     chat_template_option,
     check_options,
@@ -36,6 +36,7 @@ from imsm.options import (
     dtype_option,
     eval_batch_size_option,
     eval_limit_option,
+    fusion_override_option,
     likelihood_option,
     max_new_tokens_option,
     model_option,
@@ -73,6 +74,8 @@ class GenerateOptions:
     device: str | None = device_option()
     trust_remote_code: bool = trust_remote_code_option()
     adapter: str | None = adapter_option()
+    fusion: str | None = fusion_override_option()
+    adapter_scale: float = adapter_scale_option()
     prompt: list[str] = option(default_factory=list, repeat=True, help="the prompt")
     max_new_tokens: int = option(128, positive=True, help="cap on generated tokens")
     chat_template: str = chat_template_option()
@@ -99,6 +102,8 @@ class EvalOptions:
     device: str | None = device_option()
     trust_remote_code: bool = trust_remote_code_option()
     adapter: str | None = adapter_option()
+    fusion: str | None = fusion_override_option()
+    adapter_scale: float = adapter_scale_option()
     split: str | None = option(None, help="split to evaluate (default: each task's evaluation split, as in the paper)")
     limit: int | None = eval_limit_option()
     data_dir: str | None = data_dir_option()
@@ -168,17 +173,17 @@ class DemoOptions:
 
 
 def _load_model(options: GenerateOptions | EvalOptions):
-    """The base model, with the adapter directory of --adapter on it if given."""
-
-    adapter = options.adapter
-    if adapter is not None:
-        check_adapter_directory(adapter)  # fail before the slow model load
-    base, tokenizer = load_model_and_tokenizer(options.model, options.dtype, options.device, options.trust_remote_code)
-    if adapter is None:
-        model = IMSMModel(base, IMSMConfig(fusion="none"))  # the base model alone, same decoding code
-    else:
-        model = IMSMModel.from_pretrained(base, adapter)
-    return model.eval(), tokenizer
+    """The base model, with the adapter directory of --adapter on it if given, run with --fusion and
+    scaled by --adapter-scale (both checked before the slow model load)."""
+    return load_evaluated_model(
+        options.model,
+        options.adapter,
+        options.fusion,
+        options.adapter_scale,
+        options.dtype,
+        options.device,
+        options.trust_remote_code,
+    )
 
 
 def cmd_generate(options: GenerateOptions) -> int:
@@ -197,6 +202,7 @@ def cmd_generate(options: GenerateOptions) -> int:
 def cmd_eval(options: EvalOptions) -> int:
     output = Path(options.output)
     # Everything the run needs is read and checked before the (slow) model load.
+    check_variant(options.adapter, options.fusion, options.adapter_scale)
     tasks = parse_task_list(options.task)
     if not tasks:
         raise IMSMError("--task is empty; name one or more tasks, e.g. --task mrpc,webq")
@@ -209,6 +215,7 @@ def cmd_eval(options: EvalOptions) -> int:
         model=options.model,
         adapter=options.adapter,
         fusion=model.fusion,
+        adapter_scale=options.adapter_scale,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         chat_template=options.chat_template,  # as asked; each task's summary says what it used
         data_dir=str(data_dir) if data_dir else None,
@@ -221,6 +228,8 @@ def cmd_eval(options: EvalOptions) -> int:
     run_settings = {
         "model": options.model,
         "adapter": directory_digest(Path(options.adapter)) if options.adapter else None,
+        "fusion": model.fusion,
+        "adapter_scale": options.adapter_scale,
         "dtype": header["dtype"],
         "chat_template": formatter.use_chat_template,
         "system": options.system,

@@ -96,6 +96,26 @@ def adapter_option() -> Any:
     return option(None, help="adapter directory (IMSM or plain peft); the base model alone if omitted")
 
 
+# How a saved adapter is run: `imsm eval`, `imsm generate` and an experiment's `variants`.
+
+
+def fusion_override_option() -> Any:
+    return option(
+        None,
+        choices=("imsm", "no-query", "mean", "none"),
+        help="run the adapter with this fusion instead of its own: none (vanilla PEFT) or mean (50/50 mix, no "
+        "gate) work on any adapter; imsm and no-query need a gate trained that way",
+    )
+
+
+def adapter_scale_option() -> Any:
+    return option(
+        1.0,
+        help="scale the adapter's change by this factor: 0 = the base model, 1 = the adapter as trained "
+        "(LoRA and AdaLoRA by their scaling, (IA)3 by moving its vectors towards 1)",
+    )
+
+
 # What `imsm eval` and an experiment's `eval:` section share.
 
 

@@ -23,14 +23,10 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from imsm.config import FUSION_MODES, IMSMConfig
 from imsm.errors import IMSMError
 from imsm.generate import left_padded
 from imsm.loglikelihood import prefix_token_id, score_requests
-from imsm.model.load import load_model_and_tokenizer
-from imsm.model.persist import check_adapter_directory, read_imsm_config
-from imsm.model.siamese import IMSMModel
-from imsm.registry import unknown_name_message
+from imsm.model.variant import load_evaluated_model
 from imsm.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -48,35 +44,16 @@ def load_for_evaluation(
     dtype: str = "auto",
     device: str | None = None,
     trust_remote_code: bool = False,
+    adapter_scale: float = 1.0,
 ):
-    """The model to evaluate, as `imsm eval` loads it, with the adapter's fusion optionally replaced.
-
-    Any saved adapter runs as vanilla PEFT (`none`) or with the two branches averaged (`mean`),
-    neither of which needs a gate; `imsm` and `no-query` need a gate trained that way.
+    """The model to evaluate, as `imsm eval` loads it (`imsm.model.variant.load_evaluated_model`):
+    `fusion` other than "saved" replaces the adapter's, `adapter_scale` scales its change.
 
     Returns:
         (IMSMModel in eval mode, tokenizer).
     """
-    if fusion not in (SAVED_FUSION, *FUSION_MODES):
-        raise IMSMError(unknown_name_message("fusion", str(fusion), list(FUSION_MODES)))
-    saved_fusion = "none"
-    if adapter is not None:  # checked before the slow model load
-        saved = read_imsm_config(check_adapter_directory(adapter)) or {}
-        saved_fusion = saved.get("imsm", {}).get("fusion", "none")
-    elif fusion not in (SAVED_FUSION, "none"):
-        raise IMSMError(f"fusion={fusion} needs an adapter; pass adapter=DIR (a directory written by save_pretrained)")
-    if fusion in ("imsm", "no-query") and fusion != saved_fusion:
-        raise IMSMError(
-            f"fusion={fusion} needs a gate trained as {fusion!r}, but {adapter} holds a {saved_fusion!r} adapter; "
-            "leave fusion out to use the adapter's own, or pass fusion=none or fusion=mean"
-        )
-    base, tokenizer = load_model_and_tokenizer(pretrained, dtype, device, trust_remote_code)
-    if adapter is None:
-        return IMSMModel(base, IMSMConfig(fusion="none")).eval(), tokenizer  # the base model alone
-    model = IMSMModel.from_pretrained(base, adapter)
-    if fusion not in (SAVED_FUSION, saved_fusion):  # "none" or "mean": the same branches, no gate needed
-        model = IMSMModel(model.peft_model, IMSMConfig(gate_rank=model.imsm_config.gate_rank, fusion=fusion)).eval()
-    return model, tokenizer
+    chosen = None if fusion == SAVED_FUSION else fusion
+    return load_evaluated_model(pretrained, adapter, chosen, adapter_scale, dtype, device, trust_remote_code)
 
 
 def _resolve_device(device: str | None) -> str | None:
@@ -99,6 +76,7 @@ class IMSMLM(TemplateLM):
         fusion: Replaces the adapter's fusion: `none` (vanilla PEFT), `mean`, or the adapter's own
             `imsm` / `no-query`. Left out, the adapter's own. lm-eval's argument parser turns
             the word `none` into None, so None means `none` here.
+        adapter_scale: Scales the adapter's change (0 = the base model, 1 = as trained).
         dtype: auto, fp32, bf16 or fp16 (also float32, bfloat16, float16).
         device: cpu or cuda[:N]; default CUDA if available.
         batch_size: Contexts scored, or prompts decoded, together (an integer).
@@ -117,6 +95,7 @@ class IMSMLM(TemplateLM):
         max_batch_size: int | None = None,  # lm-eval passes it for batch_size=auto, which is refused
         max_length: int | None = None,
         trust_remote_code: bool = False,
+        adapter_scale: float = 1.0,
     ) -> None:
         super().__init__()
         try:
@@ -130,7 +109,7 @@ class IMSMLM(TemplateLM):
             raise IMSMError(f"batch_size must be at least 1, got {self.batch_size}")
         fusion = "none" if fusion is None else str(fusion)
         self.model, self.tokenizer = load_for_evaluation(
-            str(pretrained), adapter, fusion, dtype, _resolve_device(device), trust_remote_code
+            str(pretrained), adapter, fusion, dtype, _resolve_device(device), trust_remote_code, float(adapter_scale)
         )
         self._device = self.model.device
         self.pretrained, self.adapter = str(pretrained), adapter

@@ -1,0 +1,132 @@
+"""One saved adapter, evaluated another way: with another fusion, or with its change scaled by λ.
+
+These are the free baselines a practitioner would try before training anything new:
+
+- `fusion="none"` runs any adapter as vanilla PEFT (an IMSM adapter without its frozen branch);
+- `fusion="mean"` mixes the two branches' hidden states 50/50 without a gate: on a vanilla
+  adapter that is the *untrained* 50/50 mix;
+- `adapter_scale=λ` interpolates between the base model (0) and the adapter (1), see
+  `imsm.model.adapter_scale`.
+
+`imsm` and `no-query` need a gate trained that way, so they are only accepted on an adapter trained
+with that fusion. Everything is checked from the saved files before the slow model load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from imsm.config import FUSION_MODES, IMSMConfig
+from imsm.errors import IMSMError
+from imsm.model.adapter_scale import check_scalable, scale_adapter
+from imsm.model.load import load_model_and_tokenizer
+from imsm.model.persist import PEFT_CONFIG_FILE, check_adapter_directory, read_imsm_config
+from imsm.model.siamese import IMSMModel
+from imsm.registry import unknown_name_message
+
+GATE_FREE_FUSIONS = ("none", "mean")
+
+
+def saved_fusion(adapter: str | Path | None) -> str:
+    """The fusion an adapter directory was trained with ("none" for a plain peft adapter)."""
+    if adapter is None:
+        return "none"
+    saved = read_imsm_config(check_adapter_directory(adapter)) or {}
+    return str(saved.get("imsm", {}).get("fusion", "none"))
+
+
+def check_variant(adapter: str | Path | None, fusion: str | None = None, adapter_scale: float = 1.0) -> str:
+    """Refuse, with the fix, a variant the saved files cannot give; return the fusion to run.
+
+    Args:
+        adapter: the adapter directory, or None for the base model.
+        fusion: None for the adapter's own, else one of `FUSION_MODES`.
+        adapter_scale: λ for `scale_adapter`; 1 leaves the adapter as trained.
+    """
+    if fusion is not None and fusion not in FUSION_MODES:
+        raise IMSMError(unknown_name_message("fusion", str(fusion), list(FUSION_MODES)))
+    number = isinstance(adapter_scale, int | float) and not isinstance(adapter_scale, bool)
+    if not number or not math.isfinite(adapter_scale):
+        raise IMSMError(f"adapter_scale must be a number (0 = the base model, 1 = the adapter), got {adapter_scale!r}")
+    if adapter_scale < 0:
+        raise IMSMError(f"adapter_scale must be >= 0 (0 = the base model, 1 = the adapter), got {adapter_scale!r}")
+    own = saved_fusion(adapter)
+    if adapter is None:
+        if fusion not in (None, "none"):
+            raise IMSMError(f"fusion {fusion!r} needs an adapter; pass --adapter DIR (a saved adapter directory)")
+        if adapter_scale != 1:
+            raise IMSMError("adapter_scale needs an adapter; pass --adapter DIR (a saved adapter directory)")
+        return "none"
+    if fusion in ("imsm", "no-query") and fusion != own:
+        raise IMSMError(
+            f"fusion {fusion!r} needs a gate trained as {fusion!r}, but {adapter} holds a {own!r} adapter; "
+            "leave the fusion out to use the adapter's own, or choose none or mean"
+        )
+    if adapter_scale != 1:
+        _check_scalable_on_disk(Path(adapter))
+    return own if fusion is None else fusion
+
+
+def _check_scalable_on_disk(adapter: Path) -> None:
+    """`check_scalable`'s verdict from adapter_config.json alone, before any model is built."""
+    path = adapter / PEFT_CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise IMSMError(f"{path} is not valid JSON ({error}); re-save the adapter with save_pretrained") from None
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type == "LORA" and config.get("use_dora"):
+        raise IMSMError(
+            f"adapter_scale cannot scale the DoRA adapter in {adapter}: its magnitude vector rescales the whole "
+            "weight, so scaling the low-rank part does not interpolate towards the base model"
+        )
+    if peft_type not in ("LORA", "ADALORA", "IA3"):
+        raise IMSMError(
+            f"adapter_scale cannot scale the {peft_type or 'unknown'} adapter in {adapter}; it supports LoRA, "
+            "AdaLoRA and (IA)3"
+        )
+
+
+def apply_variant(model: IMSMModel, fusion: str | None = None, adapter_scale: float = 1.0) -> IMSMModel:
+    """`model` with another fusion and/or its adapter's change scaled by λ.
+
+    The returned model shares `model`'s weights, and the scaling is done in place: `model` itself is
+    scaled too. Load the adapter again to get it back as trained.
+    """
+    if fusion is not None and fusion not in FUSION_MODES:
+        raise IMSMError(unknown_name_message("fusion", str(fusion), list(FUSION_MODES)))
+    current = model.imsm_config.fusion
+    if fusion is not None and fusion != current:
+        if fusion not in GATE_FREE_FUSIONS:
+            raise IMSMError(f"fusion {fusion!r} needs a gate trained that way; this model was trained as {current!r}")
+        if not model.has_adapter and fusion != "none":
+            raise IMSMError(f"fusion {fusion!r} needs an adapter; this model has none")
+        config = IMSMConfig(gate_rank=model.imsm_config.gate_rank, fusion=fusion)
+        model = IMSMModel(model.peft_model, config).train(model.training)
+    if adapter_scale != 1:
+        check_scalable(model.peft_model)
+        scale_adapter(model.peft_model, adapter_scale)
+    return model
+
+
+def load_evaluated_model(
+    model_name: str,
+    adapter: str | Path | None = None,
+    fusion: str | None = None,
+    adapter_scale: float = 1.0,
+    dtype: str | torch.dtype = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[IMSMModel, object]:
+    """The model to evaluate, in eval mode, and its tokenizer: the base model alone (`adapter` None),
+    or the adapter as trained, or one of its variants. Bad variants fail before the model load."""
+    check_variant(adapter, fusion, adapter_scale)
+    base, tokenizer = load_model_and_tokenizer(model_name, dtype, device, trust_remote_code)
+    if adapter is None:
+        return IMSMModel(base, IMSMConfig(fusion="none")).eval(), tokenizer  # the same code path, no adapter
+    model = IMSMModel.from_pretrained(base, str(adapter))
+    return apply_variant(model, fusion, adapter_scale).eval(), tokenizer
