@@ -522,3 +522,94 @@ def test_the_shipped_smollm2_grid_trains_each_setting_once():
     # Table 4's vanilla rows are Table 1's cells.
     vanilla = [c for c in experiment.cells if "table4" in c.grids and c.config["fusion"] == "none"]
     assert len(vanilla) == 9 and all("table1" in c.grids for c in vanilla)
+
+
+def variant_grids(workspace, variants, fusion="none", peft="lora"):
+    task, facts = str(workspace / "probe.yaml"), str(workspace / "facts.yaml")
+    return {
+        "curve": {
+            "task": [task],
+            "peft": peft,
+            "fusion": fusion,
+            "seed": 0,
+            "epochs": 2,
+            "evaluate": [facts],
+            "variants": variants,
+        },
+    }
+
+
+def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspace, tmp_path, monkeypatch):
+    """A learning curve and the post-hoc baselines from one run: snapshots at chosen steps, the
+    final adapter scaled by λ and mixed 50/50, each evaluated and kept under its own key."""
+    facts = str(workspace / "facts.yaml")
+    variants = [{}, {"step": 1}, {"step": 2, "fusion": "mean"}, {"adapter_scale": 0.0}, {"fusion": "mean"}]
+    path = write_config(workspace, tmp_path, grids=variant_grids(workspace, variants), original=[facts])
+    experiment = load_experiment(path)
+    [cell] = experiment.cells
+    assert cell.snapshot_steps == [1, 2] and cell.evaluate == [facts]
+    assert list(cell.variants) == ["step=1", "step=2,fusion=mean", "adapter_scale=0", "fusion=mean"]
+    runner.run_experiment(experiment, log=lambda line: None)
+    result = runner.read_cell_result(experiment, cell)
+    assert runner.is_done(experiment, cell)
+    assert set(result["variants"]) == set(cell.variants)
+    for key in cell.variants:
+        assert set(result["variants"][key]["metrics"]) == {facts}
+        assert len(result["variants"][key]["questions"][facts]["gold_nll"]) == 4
+    run = experiment.work / cell.name
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-000001", "step-000002"]
+    assert (run / "eval.step-1.facts.jsonl").exists() and (run / "eval.adapter_scale-0.facts.jsonl").exists()
+    # λ = 0 is the base model: the same answers and gold NLLs as the original row.
+    original = json.loads((experiment.results / "original" / "facts.json").read_text())
+    scaled = result["variants"]["adapter_scale=0"]["questions"][facts]
+    assert scaled["gold_nll"] == pytest.approx(original["questions"]["gold_nll"], abs=1e-4)
+
+    # A variant whose result was lost is evaluated again, alone, without training.
+    del result["variants"]["step=1"]
+    runner.cell_result_path(experiment, cell).write_text(runner.result_text(result))
+    evaluated = []
+    import imsm.evaluate as evaluate_module
+
+    real = evaluate_module.evaluate_task
+    monkeypatch.setattr("imsm.train.run.train", lambda *a, **k: pytest.fail("a trained cell was trained again"))
+    monkeypatch.setattr(evaluate_module, "evaluate_task", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+    runner.run_experiment(experiment, log=lambda line: None)
+    assert len(evaluated) == 1 and runner.is_done(experiment, cell)
+
+
+def test_train_only_trains_every_cell_and_evaluates_nothing(workspace, tmp_path, monkeypatch):
+    path = write_config(workspace, tmp_path, grids=variant_grids(workspace, [{}, {"step": 1}]))
+    monkeypatch.setattr("imsm.evaluate.evaluate_task", lambda *a, **k: pytest.fail("evaluated in --train-only"))
+    assert main(["experiment", path, "--train-only"]) == 0
+    experiment = load_experiment(path)
+    [cell] = experiment.cells
+    assert (experiment.work / cell.name / "snapshots" / "step-000001").is_dir()
+    assert runner.read_cell_result(experiment, cell) is None
+    assert not (experiment.results / "original").exists()
+
+
+@pytest.mark.parametrize(
+    ("variants", "fusion", "peft", "message"),
+    [
+        ([{"fusion": "imsm"}], "none", "lora", "variant fusion 'imsm' needs a gate trained that way"),
+        ([{"adapter_scale": 0.5}], "none", "dora", "adapter_scale cannot scale a dora adapter"),
+        ([{"step": 0}], "none", "lora", r"variants\[0\]: step must be a positive integer"),
+        ([{"adapter_scale": -1}], "none", "lora", "adapter_scale must be a number >= 0"),
+        ([{"lambda": 0.5}], "none", "lora", "unknown field 'lambda'"),
+        ([], "none", "lora", "variants must be a non-empty list"),
+    ],
+)
+def test_impossible_variants_are_problems_of_the_file(workspace, tmp_path, variants, fusion, peft, message):
+    path = write_config(workspace, tmp_path, grids=variant_grids(workspace, variants, fusion, peft))
+    with pytest.raises(IMSMError, match=message):
+        load_experiment(path)
+
+
+def test_a_snapshot_missing_from_a_finished_run_is_named_with_the_fix(workspace, tmp_path):
+    path = write_config(workspace, tmp_path, grids=variant_grids(workspace, [{}]), original=[])
+    runner.run_experiment(load_experiment(path), log=lambda line: None)
+    later = write_config(workspace, tmp_path, grids=variant_grids(workspace, [{}, {"step": 1}]), original=[])
+    experiment = load_experiment(later)
+    assert experiment.cells[0].name == load_experiment(path).cells[0].name  # snapshots are not identity
+    with pytest.raises(IMSMError, match="no snapshot at step 1 .* delete .* to retrain"):
+        runner.run_experiment(experiment, log=lambda line: None)

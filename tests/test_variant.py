@@ -162,8 +162,21 @@ def test_variants_load_from_disk(saved):
 
 
 def test_eval_command_refuses_a_dora_scale_in_one_line(saved, capsys):
-    code = main(["eval", "--model", saved["model"], "--adapter", saved["dora"], "--adapter-scale", "0.5",
-                 "--task", "mrpc", "--output", "unused.json"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            saved["model"],
+            "--adapter",
+            saved["dora"],
+            "--adapter-scale",
+            "0.5",
+            "--task",
+            "mrpc",
+            "--output",
+            "unused.json",
+        ]
+    )
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "cannot scale the DoRA adapter" in error[0]
 
@@ -173,9 +186,29 @@ def test_saved_scale_and_fusion_reach_the_metrics_header(saved, tmp_path):
     (tmp_path / "mrpc").mkdir()
     (tmp_path / "mrpc" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     output = tmp_path / "metrics.json"
-    code = main(["eval", "--model", saved["model"], "--adapter", saved["lora"], "--adapter-scale", "0.5",
-                 "--fusion", "mean", "--task", "mrpc", "--data-dir", str(tmp_path), "--output", str(output),
-                 "--max-new-tokens", "2", "--dtype", "fp32"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            saved["model"],
+            "--adapter",
+            saved["lora"],
+            "--adapter-scale",
+            "0.5",
+            "--fusion",
+            "mean",
+            "--task",
+            "mrpc",
+            "--data-dir",
+            str(tmp_path),
+            "--output",
+            str(output),
+            "--max-new-tokens",
+            "2",
+            "--dtype",
+            "fp32",
+        ]
+    )
     assert code == 0
     header = json.loads(output.read_text())
     assert header["adapter_scale"] == 0.5 and header["fusion"] == "mean"

@@ -165,6 +165,11 @@ def comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: `60, 120` -> [60, 120], each a positive integer."""
+    return [positive_int(item) for item in comma_list(text)]
+
+
 def key_values(text: str) -> dict[str, Any]:
     """argparse type: `r=8,lora_dropout=0` -> {"r": 8, "lora_dropout": 0}, values read as YAML."""
     values = {}
@@ -183,12 +188,22 @@ def _kind(annotation: Any) -> Any:
     return typing.get_origin(annotation) or annotation
 
 
+def _element_type(annotation: Any) -> Any:
+    """`list[int] | None` -> int; anything else -> None. (Annotations may still be strings.)"""
+    if isinstance(annotation, str):
+        return int if annotation.replace(" ", "").startswith("list[int]") else None
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    args = typing.get_args(annotation)
+    return args[0] if typing.get_origin(annotation) is list and args else None
+
+
 def _parse(f: dataclasses.Field, kind: Any) -> Callable[[str], Any]:
     """How one field's text is read, on the command line and from a string in a YAML file."""
     if f.metadata.get("positive"):
         return positive_int
     if kind is list and not f.metadata.get("repeat"):
-        return comma_list
+        return positive_int_list if _element_type(f.type) is int else comma_list
     return {dict: key_values, int: int, float: float, Path: Path}.get(kind, str)
 
 

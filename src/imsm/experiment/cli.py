@@ -28,6 +28,11 @@ class ExperimentOptions:
         "evaluation tasks) into RESULTS/cells/CELL/gate.json; the report then shows the gates' anatomy",
     )
     gate_examples: int = option(16, positive=True, help="examples per task for --inspect-gates")
+    train_only: bool = option(
+        False,
+        help="train every cell (resuming as usual) but evaluate nothing: e.g. on a GPU machine, leaving the "
+        "evaluations to later runs of the same command",
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -79,7 +84,9 @@ def cmd_experiment(options: ExperimentOptions) -> int:
         for cell in cells:
             state = cell_state(experiment, cell)
             counts[state] = counts.get(state, 0) + 1
-            print(f"{cell.name}: {state}; evaluate on {', '.join(cell.evaluate)} ({', '.join(cell.grids)})")
+            variants = "".join(f"; [{key}] on {', '.join(tasks)}" for key, tasks in cell.variants.items())
+            evaluate = ", ".join(cell.evaluate) or "nothing as trained"
+            print(f"{cell.name}: {state}; evaluate on {evaluate}{variants} ({', '.join(cell.grids)})")
         summary = ", ".join(f"{n} {state}" for state, n in counts.items())
         print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
         return 0
@@ -87,7 +94,7 @@ def cmd_experiment(options: ExperimentOptions) -> int:
     if options.inspect_gates:
         inspect_gates(experiment, log=log, only=options.grid, limit=options.gate_examples)
         return 0
-    run_experiment(experiment, log=log, only=options.grid)
+    run_experiment(experiment, log=log, only=options.grid, train_only=options.train_only)
     return 0
 
 

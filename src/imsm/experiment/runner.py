@@ -5,7 +5,8 @@ Layout (results: small JSON meant for git; work: adapters and checkpoints):
     RESULTS/experiment.json              the shared settings every number depends on
     RESULTS/original/<task>.json         the base model on each task of `original`
     RESULTS/cells/<cell>/result.json     settings, training summary, metrics per evaluated task,
-                                         and every question's scores (`questions`, by column)
+                                         and every question's scores (`questions`, by column);
+                                         each other variant's the same under `variants.<key>`
     WORK/<cell>/                         the training run directory (adapter, checkpoints), and
                                          eval.TASK.jsonl: every example's prompt, answer and scores
     WORK/.claims/<cell>.lock             held by the worker running the cell
@@ -33,14 +34,17 @@ from imsm.eval_journal import directory_digest
 from imsm.experiment.claim import claimed
 from imsm.experiment.questions import question_columns
 from imsm.experiment.spec import Cell, Experiment
+from imsm.experiment.variants import Variant
 from imsm.model.load import load_model_and_tokenizer
 from imsm.model.siamese import IMSMModel
+from imsm.model.variant import load_evaluated_model
 from imsm.prompting import PromptFormatter
 from imsm.provenance import provenance_header
 from imsm.tasks import get_task
 from imsm.train import run as training  # called through the module, so tests can stand in for `train`
 from imsm.train.checkpoint import latest_checkpoint
 from imsm.train.config import TrainConfig
+from imsm.train.loop import snapshot_directory
 from imsm.train.run_directory import SUMMARY
 
 SETTINGS = "experiment.json"
@@ -92,9 +96,16 @@ def read_cell_result(experiment: Experiment, cell: Cell) -> dict[str, Any] | Non
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _evaluated(result: dict[str, Any], variant: Variant) -> dict[str, Any]:
+    """The part of a cell's result that holds one variant's metrics, evaluation and questions."""
+    return result if variant.is_default else result.get("variants", {}).get(variant.key, {})
+
+
 def is_done(experiment: Experiment, cell: Cell) -> bool:
     result = read_cell_result(experiment, cell)
-    return result is not None and all(task in result["metrics"] for task in cell.evaluate)
+    return result is not None and all(
+        task in _evaluated(result, variant).get("metrics", {}) for variant, task in cell.evaluations()
+    )
 
 
 def cell_state(experiment: Experiment, cell: Cell) -> str:
@@ -169,8 +180,8 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
             journal.unlink(missing_ok=True)
 
 
-def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any]:
-    """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json."""
+def _train(experiment: Experiment, cell: Cell, data_dir, log) -> Path:
+    """Train the cell's adapter, or resume it, or reuse a finished run; return its directory."""
     run = experiment.work / cell.name
     if not (run / SUMMARY).exists():
         resume = latest_checkpoint(run) is not None
@@ -179,12 +190,46 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
                 **cell.config,
                 "output": str(run),
                 "data_dir": str(data_dir) if data_dir else None,
+                "snapshot_steps": cell.snapshot_steps or None,
                 "resume": resume,
                 "overwrite": not resume,
             }
         )
         log(f"{cell.name}: {'resuming' if resume else 'training'}")
         training.train(config)
+    return run
+
+
+def _adapter_for(run: Path, variant: Variant, summary: dict[str, Any]) -> Path:
+    """The adapter directory a variant reads: a snapshot for `step`, else the final adapter."""
+    if variant.step is None:
+        return run
+    if variant.step > summary["steps"]:
+        raise IMSMError(
+            f"{run.name}: variant step={variant.step} is past the run's last step ({summary['steps']}); "
+            "choose a step within the training run"
+        )
+    snapshot = snapshot_directory(run, variant.step)
+    if not snapshot.is_dir():
+        raise IMSMError(
+            f"{run.name}: no snapshot at step {variant.step} in {snapshot.parent} (the run was trained before the "
+            f"variant was added); delete {run} to retrain the cell with its snapshots"
+        )
+    return snapshot
+
+
+def _journal_stem(variant: Variant, task: str) -> str:
+    """eval.TASK, or eval.<variant>.TASK for a variant (its key with file-name-safe separators)."""
+    slug = variant.key.replace(",", "_").replace("=", "-")
+    return f"eval.{slug + '.' if slug else ''}{Path(task).stem}"
+
+
+def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool = False) -> dict[str, Any] | None:
+    """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json.
+    With `train_only`, stop after training (the evaluations can run later, or on another machine)."""
+    run = _train(experiment, cell, data_dir, log)
+    if train_only:
+        return None
     summary = json.loads((run / SUMMARY).read_text())
     result = {
         "cell": cell.name,
@@ -202,6 +247,8 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
     previous = read_cell_result(experiment, cell) or {}
     for key in ("metrics", "evaluation", "questions"):
         result[key].update(previous.get(key, {}))
+    if cell.variants or previous.get("variants"):
+        result["variants"] = previous.get("variants", {})
     path = cell_result_path(experiment, cell)
 
     def write_result() -> None:
@@ -210,22 +257,34 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log) -> dict[str, Any
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, result_text(result))
 
-    missing = [t for t in cell.evaluate if t not in result["metrics"]]
-    if missing:
-        log(f"{cell.name}: evaluating on {', '.join(missing)}")
-        base, tokenizer = load_model_and_tokenizer(cell.config["model"], cell.config["dtype"])
-        model = IMSMModel.from_pretrained(base, run).eval()
-        settings = {"cell": cell.name, "adapter": directory_digest(run)}
-        for task in missing:  # each task's result is kept as soon as it is in
-            journal = run / f"eval.{Path(task).stem}.partial.jsonl"
+    missing: dict[Variant, list[str]] = {}
+    for variant, task in cell.evaluations():
+        if task not in _evaluated(result, variant).get("metrics", {}):
+            missing.setdefault(variant, []).append(task)
+    if not missing:
+        write_result()
+        return result
+    adapters = {variant: _adapter_for(run, variant, summary) for variant in missing}  # all checked first
+    for variant, tasks in missing.items():
+        label = f"{cell.name}{' [' + variant.key + ']' if variant.key else ''}"
+        log(f"{label}: evaluating on {', '.join(tasks)}")
+        # Loaded afresh per variant: a scaled adapter is scaled in place.
+        model, tokenizer = load_evaluated_model(
+            cell.config["model"], adapters[variant], variant.fusion, variant.adapter_scale, cell.config["dtype"]
+        )
+        settings = {"cell": cell.name, "adapter": directory_digest(adapters[variant]), "variant": variant.key}
+        if variant.is_default:
+            target = result
+        else:
+            target = result["variants"].setdefault(variant.key, {"metrics": {}, "evaluation": {}, "questions": {}})
+        for task in tasks:  # each task's result is kept as soon as it is in
+            journal = run / f"{_journal_stem(variant, task)}.partial.jsonl"
             task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings)
-            result["metrics"][task] = task_summary.pop("metrics")
-            result["questions"][task] = task_summary.pop("questions")
-            result["evaluation"][task] = task_summary
+            target["metrics"][task] = task_summary.pop("metrics")
+            target["questions"][task] = task_summary.pop("questions")
+            target["evaluation"][task] = task_summary
             write_result()
             journal.unlink(missing_ok=True)
-    else:
-        write_result()
     return result
 
 
@@ -239,20 +298,27 @@ def _time_left(experiment: Experiment, todo: list[Cell], current: Cell, duration
     return f"about {left / 3600:.1f} h left" + (f" with {workers} workers" if workers > 1 else "")
 
 
-def run_experiment(experiment: Experiment, log=print, only: str | None = None) -> None:
-    """Every cell not yet done, in file order, with progress and an estimate of what is left."""
+def run_experiment(experiment: Experiment, log=print, only: str | None = None, train_only: bool = False) -> None:
+    """Every cell not yet done, in file order, with progress and an estimate of what is left.
+    With `train_only`, only the training runs (and no original row): e.g. on a GPU machine, leaving
+    the evaluations to CPU workers."""
     data_dir = resolve_data_dir(experiment.data_dir)
     check_results_directory(experiment)
-    run_original(experiment, data_dir, log)
+    if not train_only:
+        run_original(experiment, data_dir, log)
     cells = [c for c in experiment.cells if only is None or only in c.grids]
-    todo = [c for c in cells if not is_done(experiment, c)]
+    if train_only:
+        todo = [c for c in cells if not (experiment.work / c.name / SUMMARY).exists()]
+    else:
+        todo = [c for c in cells if not is_done(experiment, c)]
     log(f"experiment {experiment.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     durations: list[float] = []
     elsewhere = []
     for index, cell in enumerate(todo, start=1):
         with claimed(claim_path(experiment, cell.name)) as mine:
             # Checked again under the claim: another worker may have finished it meanwhile.
-            if not mine or is_done(experiment, cell):
+            finished = (experiment.work / cell.name / SUMMARY).exists() if train_only else is_done(experiment, cell)
+            if not mine or finished:
                 if not mine:
                     elsewhere.append(cell.name)
                 log(f"[{index}/{len(todo)}] {cell.name}: {'another worker has it' if not mine else 'done meanwhile'}")
@@ -261,7 +327,7 @@ def run_experiment(experiment: Experiment, log=print, only: str | None = None) -
             eta = f", {_time_left(experiment, todo, cell, durations)}" if durations else ""
             log(f"[{index}/{len(todo)}{eta}] {cell.name}")
             trained_before = (experiment.work / cell.name / SUMMARY).exists()
-            run_cell(experiment, cell, data_dir, log)
+            run_cell(experiment, cell, data_dir, log, train_only=train_only)
             if not trained_before:  # a cell that only finished its evaluation says little of the rest
                 durations.append(time.perf_counter() - started)
     if elsewhere:

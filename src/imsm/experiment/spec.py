@@ -17,6 +17,11 @@
         fusion: [none, imsm]
         seed: [0, 1, 2]
         evaluate: [target]                    # "target" = the cell's own training task
+      posthoc:
+        task: [mrpc]
+        fusion: [none]
+        evaluate: [target, arc_easy]
+        variants: [{}, {step: 60}, {adapter_scale: 0.5}, {fusion: mean}]   # see experiment/variants.py
 
 A grid axis is any `imsm train` option (task, peft, fusion, seed, gate_rank, learning_rate, ...).
 A cell is one resolved training config; cells that several grids share (say, gate rank 8 in a
@@ -37,6 +42,7 @@ from typing import Any
 import yaml
 
 from imsm.errors import IMSMError
+from imsm.experiment.variants import Variant, parse_variants
 from imsm.options import (
     DEFAULT_MODEL,
     check_options,
@@ -66,7 +72,10 @@ TOP_LEVEL = {
 # Options a grid may not set: the runner owns them.
 RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir"}
 # Fields that do not change what a cell computes, so they are left out of its identity.
-NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir"}
+NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir", "snapshot_steps"}
+GRID_KEYS = {"evaluate", "variants"}  # what a grid may hold besides `imsm train` options
+# The peft methods whose change `adapter_scale` scales exactly (imsm.model.adapter_scale).
+SCALABLE_METHODS = ("lora", "adalora", "ia3", "loramoe")
 TARGET = "target"
 GATE_OPTIONS = ("gate_rank", "gate_dropout", "gate_learning_rate")
 
@@ -103,8 +112,20 @@ class Cell:
     """One training run and the tasks it is evaluated on."""
 
     config: dict[str, Any]  # TrainConfig fields, without output
-    evaluate: list[str] = field(default_factory=list)
+    evaluate: list[str] = field(default_factory=list)  # tasks for the adapter as trained
     grids: list[str] = field(default_factory=list)
+    variants: dict[str, list[str]] = field(default_factory=dict)  # other variants' keys -> their tasks
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        """The optimizer steps at which training must keep the adapter, for the `step` variants."""
+        steps = {Variant.from_key(key).step for key in self.variants}
+        return sorted(step for step in steps if step is not None)
+
+    def evaluations(self) -> list[tuple[Variant, str]]:
+        """Every (variant, task) this cell is evaluated on, the adapter as trained first."""
+        pairs = [(Variant(), task) for task in self.evaluate]
+        return pairs + [(Variant.from_key(key), task) for key, tasks in self.variants.items() for task in tasks]
 
     @property
     def key(self) -> str:
@@ -167,6 +188,19 @@ def _option_table(raw, field_name, kind, problems, train_fields, lookup) -> dict
         for key in sorted(set(options) - train_fields):
             problems.append(f"{field_name}.{name}: unknown option {key!r}")
     return table
+
+
+def _variant_problem(variants: list[Variant], config: dict[str, Any]) -> str | None:
+    """Why a cell trained with `config` cannot give one of `variants`, or None."""
+    for variant in variants:
+        if variant.fusion in ("imsm", "no-query") and variant.fusion != config["fusion"]:
+            trained = config["fusion"]
+            return f"variant fusion {variant.fusion!r} needs a gate trained that way; the cell trains {trained!r}"
+        dora = config["peft"] == "dora" or config.get("peft_options", {}).get("use_dora")
+        if variant.adapter_scale != 1.0 and (dora or config["peft"] not in SCALABLE_METHODS):
+            method = "dora" if dora else config["peft"]
+            return f"adapter_scale cannot scale a {method} adapter (it scales {', '.join(SCALABLE_METHODS)})"
+    return None
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -234,7 +268,8 @@ def load_experiment(path: str | Path) -> Experiment:
             problems.append(f"{where}: must be a mapping of option -> value or list of values")
             continue
         evaluate = [str(t) for t in _as_list(grid.get("evaluate", [TARGET]))]
-        axes = {k: _as_list(v) for k, v in grid.items() if k != "evaluate"}
+        variants = parse_variants(grid.get("variants"), where, problems)
+        axes = {k: _as_list(v) for k, v in grid.items() if k not in GRID_KEYS}
         bad_axes = sorted(set(axes) - train_fields)
         for axis in bad_axes:
             problems.append(f"{where}: unknown option {axis!r}")
@@ -272,10 +307,17 @@ def load_experiment(path: str | Path) -> Experiment:
             resolved.pop("output")
             if resolved["fusion"] == "none":  # no gate: its options must not split identical runs
                 resolved.update({k: defaults[k] for k in GATE_OPTIONS})
+            variant_problem = _variant_problem(variants, resolved)
+            if variant_problem:
+                if f"{where}: {variant_problem}" not in problems:
+                    problems.append(f"{where}: {variant_problem}")
+                continue
             cell = Cell(resolved)
             targets = [str(resolved["task"]) if t == TARGET else t for t in evaluate]
             existing = cells.setdefault(cell.key, cell)
-            existing.evaluate += [t for t in targets if t not in existing.evaluate]
+            for variant in variants:
+                listed = existing.evaluate if variant.is_default else existing.variants.setdefault(variant.key, [])
+                listed += [t for t in targets if t not in listed]
             existing.grids += [grid_name] if grid_name not in existing.grids else []
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)

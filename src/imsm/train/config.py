@@ -77,6 +77,11 @@ class TrainConfig:
     checkpoint_every: int | None = option(
         None, positive=True, help="write a checkpoint every N optimizer steps (and at every epoch end)"
     )
+    snapshot_steps: list[int] | None = option(
+        None,
+        help="also keep the adapter after these optimizer steps, as OUTPUT/snapshots/step-NNNNNN (an adapter "
+        "directory, like the final one): the points of a learning curve from one run",
+    )
     resume: bool = option(False, help="continue the run in --output from its last checkpoint")
     overwrite: bool = option(False, help="replace a finished run in --output")
     trust_remote_code: bool = trust_remote_code_option()
@@ -102,6 +107,9 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}; "
                 "choose sizes that divide"
             )
+        for step in self.snapshot_steps or []:
+            if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+                raise IMSMError(f"snapshot_steps must be positive integers (optimizer steps), got {step!r}")
         if self.resume and self.overwrite:
             raise IMSMError("--resume and --overwrite contradict each other; pick one")
 

@@ -34,6 +34,8 @@ from imsm.train.frozen_cache import FrozenCache, build_frozen_cache
 from imsm.train.optimization import adalora_orthogonal_penalty, adalora_tuner, build_optimizer, build_scheduler
 from imsm.train.run_directory import METRICS_LOG, SUMMARY
 
+SNAPSHOTS = "snapshots"
+
 
 class TrainingDiverged(IMSMError):
     """The loss became NaN or infinite."""
@@ -285,6 +287,7 @@ def run_training(
         accelerator.wait_for_everyone()
 
     n, main = len(data.examples), accelerator.is_main_process
+    snapshot_steps = set(config.snapshot_steps or [])
     steps_per_epoch = math.ceil(n / batch_size)
     wrapped.train()
     log = _StepLog(output / METRICS_LOG if main else None, total_steps, step, show=progress and main)
@@ -306,6 +309,10 @@ def run_training(
                 seconds = time.perf_counter() - started
                 step, position = step + 1, position + 1
                 log.write(step, epoch + position / steps_per_epoch, result, optimizer.param_groups[0]["lr"])
+                if step in snapshot_steps and main:
+                    # Before the step's checkpoint: a run killed in between redoes the step and the
+                    # snapshot, so a checkpoint past a snapshot step implies the snapshot exists.
+                    accelerator.unwrap_model(wrapped).save_pretrained(snapshot_directory(output, step))
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     checkpoint(epoch, position)
                 if hooks.on_step is not None:
@@ -333,6 +340,11 @@ def run_training(
         write_atomically(output / SUMMARY, json.dumps(summary, indent=2) + "\n")
     accelerator.wait_for_everyone()
     return summary
+
+
+def snapshot_directory(output: Path, step: int) -> Path:
+    """Where `snapshot_steps` keeps the adapter after `step` optimizer steps."""
+    return Path(output) / SNAPSHOTS / f"step-{step:06d}"
 
 
 def seed_everything(seed: int) -> None:
