@@ -62,7 +62,7 @@ def test_every_adapted_layer_changes_its_output_by_exactly_lambda_times(method, 
     scale_adapter(scaled.peft_model, scale)
     x = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
     layers = 0
-    for (name, layer), (_, scaled_layer) in zip(full.named_modules(), scaled.named_modules(), strict=True):
+    for (_, layer), (_, scaled_layer) in zip(full.named_modules(), scaled.named_modules(), strict=True):
         if not isinstance(layer, BaseTunerLayer):
             continue
         base_layer = layer.get_base_layer()
