@@ -406,9 +406,14 @@ def test_imsm_eval_on_a_spec_end_to_end(tmp_path, capsys):
     flat = [ll for row in rows for ll in row["log_likelihoods"]]
     assert [ll for row in other for ll in row["log_likelihoods"]] == pytest.approx(flat, abs=1e-4)
     assert "mc" in capsys.readouterr().out
-    # Per-question columns kept by experiments: accuracy, accuracy_norm and gold probability, no answer length.
+    # Per-question columns kept by experiments: accuracy, accuracy_norm, the gold option's probability,
+    # margin and log-likelihood; no answer length.
     columns = question_columns(rows)
-    assert set(columns) == {"index", "accuracy", "accuracy_norm", "gold_probability"}
+    expected = {"index", "accuracy", "accuracy_norm", "gold_probability", "gold_margin", "gold_log_likelihood"}
+    assert set(columns) == expected
+    assert columns["gold_log_likelihood"] == [
+        pytest.approx(row["log_likelihoods"][row["gold"]], abs=1e-4) for row in rows
+    ]
 
 
 @pytest.mark.parametrize(

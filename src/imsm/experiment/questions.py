@@ -20,7 +20,8 @@ from imsm.experiment.stats import PairedTest, paired_t_test
 
 # Row fields kept (besides the metrics in `scores`); prompts, golds and texts stay in the work directory.
 # Multiple-choice rows add the gold option's probability among the options.
-KEPT_FIELDS = ("gold_nll", "yes_no_margin", "gate_frozen_weight", "gold_probability")
+KEPT_FIELDS = ("gold_nll", "yes_no_margin", "gate_frozen_weight", "gold_probability", "gold_margin")
+GOLD_LOG_LIKELIHOOD = "gold_log_likelihood"  # multiple choice: the gold option's summed log-likelihood
 ANSWER_CHARS = "answer_chars"
 
 
@@ -33,7 +34,8 @@ def question_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
     Fields that are missing on every row (e.g. the yes/no margin of a QA task) are left out, and so
     are metrics that only mean something over the whole corpus (MCC, F1). Multiple-choice rows
-    keep accuracy, accuracy_norm and the gold option's probability, and have no answer length."""
+    keep accuracy, accuracy_norm, the gold option's probability among the options, its margin over
+    the best wrong option and its log-likelihood, and have no answer length."""
     columns: dict[str, list[Any]] = {"index": [row["index"] for row in rows]}
     metric_names = list(dict.fromkeys(name for row in rows for name in row.get("scores", {})))
     for name in metric_names:
@@ -46,6 +48,8 @@ def question_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         values = [_round(row.get(name)) for row in rows]
         if any(v is not None for v in values):
             columns[name] = values
+    if rows and all("log_likelihoods" in row and isinstance(row.get("gold"), int) for row in rows):
+        columns[GOLD_LOG_LIKELIHOOD] = [_round(float(row["log_likelihoods"][row["gold"]])) for row in rows]
     if not any(isinstance(row.get("prediction"), int) for row in rows):  # answers, not option indices
         columns[ANSWER_CHARS] = [len(row.get("prediction") or "") for row in rows]
     return columns
