@@ -1,4 +1,4 @@
-"""`imsm experiment` and `imsm report`: the command-line side of experiment grids."""
+"""`imsm experiment`, `imsm report` and `imsm frontier`: the command-line side of experiment grids."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from imsm.atomic_write import write_atomically
 from imsm.errors import IMSMError
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
+from imsm.experiment.report.frontier import collect_study, render_frontier
 from imsm.experiment.runner import cell_state, run_experiment
 from imsm.experiment.spec import load_experiment
 from imsm.options import add_command, check_options, option
@@ -50,6 +51,21 @@ class ReportOptions:
     )
 
 
+@dataclass
+class FrontierOptions:
+    """`imsm frontier`: the learning-forgetting report of an experiment, against the λ-scaled vanilla adapter."""
+
+    file: Path = option(positional=True, help="the experiment YAML file whose results to report")
+    output: Path | None = option(None, help="markdown file to write (default: RESULTS/frontier.md)")
+    plots: Path | None = option(
+        None, help="directory for frontier.png and frontier-gold.png (default: beside --output)"
+    )
+    task: str | None = option(None, help="the target (training) task, where the experiment trains on several")
+    metric: str | None = option(
+        None, help="the target's metric (default: the first of accuracy, exact_match, contains, hit@5 it has)"
+    )
+
+
 def add_experiment_parsers(commands) -> None:
     # The experiment file is the configuration, so these two take no --config file.
     add_command(
@@ -71,6 +87,17 @@ def add_experiment_parsers(commands) -> None:
         help="turn an experiment's results into markdown tables, t-tests and plots",
         description="Tables per grid (mean ± std over seeds), length-independent scores, paired t-tests of "
         "IMSM against vanilla PEFT, and a plot per grid. Works on partial results and lists what is missing.",
+    )
+    add_command(
+        commands,
+        "frontier",
+        cmd_frontier,
+        FrontierOptions,
+        config_file=False,
+        help="target gain against forgetting of general knowledge, each arm against the λ-scaled vanilla adapter",
+        description="Curves over training length, post-hoc variants, question-level tests against the base "
+        "model and between arms, and each arm's forgetting against the λ line at the same target score. "
+        "Works on partial results and lists what is missing.",
     )
 
 
@@ -118,4 +145,20 @@ def cmd_report(options: ReportOptions) -> int:
     write_atomically(output, text)
     print(text)
     print(f"report: {output}; plots in {plots}")
+    return 0
+
+
+def cmd_frontier(options: FrontierOptions) -> int:
+    experiment = load_experiment(options.file)
+    output = options.output or experiment.results / "frontier.md"
+    plots = options.plots or output.parent
+    study = collect_study(experiment, options.task, options.metric)
+    command = f"imsm frontier {options.file} --output {output} --plots {plots}"
+    command += "".join(
+        f" --{name} {value}" for name, value in [("task", options.task), ("metric", options.metric)] if value
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    text = render_frontier(study, plots, link_base=output.parent, commands=[f"imsm experiment {options.file}", command])
+    write_atomically(output, text)
+    print(f"frontier: {output}; plots in {plots}")
     return 0

@@ -333,4 +333,5 @@ def run_experiment(experiment: Experiment, log=print, only: str | None = None, t
     if elsewhere:
         log(f"experiment {experiment.name}: {len(elsewhere)} cells were running in other workers when reached")
     else:
-        log(f"experiment {experiment.name}: all {len(cells)} cells done; results in {experiment.results}")
+        done = "trained; evaluate them with the same command without --train-only" if train_only else "done"
+        log(f"experiment {experiment.name}: all {len(cells)} cells {done}; results in {experiment.results}")
