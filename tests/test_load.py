@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -65,3 +66,22 @@ def test_embedded_default_answers_a_plain_question_and_is_cached(monkeypatch):
 
     monkeypatch.setattr(load, "_embedded_gguf_directory", no_conversion)
     assert (load.converted_embedded_model("smollm2-135m") / "model.safetensors").exists()
+
+
+def test_a_tokenizer_eos_that_generation_does_not_stop_at_is_replaced_by_the_one_it_does(tmp_path, capsys):
+    """Training ends every answer with the tokenizer's EOS and decoding stops at the generation
+    config's; were they different, a trained adapter's answers would run to the length cap (seen with
+    transformers 5.17's conversion of SmolLM2's GGUF, whose tokenizer EOS was <|im_start|>)."""
+    directory = save_tiny_model(tmp_path / "model")
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["eos_token"] = "<s>"  # id 1; the model's generation config stops at 2 ("</s>")
+    config_path.write_text(json.dumps(config))
+    model, tokenizer = load_model_and_tokenizer(str(directory), "fp32", "cpu")
+    assert tokenizer.eos_token_id == 2 == model.generation_config.eos_token_id
+    assert "is not a token generation stops at; using '</s>'" in capsys.readouterr().err
+
+
+def test_a_consistent_tokenizer_is_left_alone(tmp_path, capsys):
+    model, tokenizer = load_model_and_tokenizer(str(save_tiny_model(tmp_path / "model")), "fp32", "cpu")
+    assert tokenizer.eos_token == "</s>" and "generation stops at" not in capsys.readouterr().err

@@ -29,14 +29,20 @@ def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tu
     return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
+def stop_token_ids(model) -> list[int]:
+    """The tokens greedy decoding stops at: the generation config's EOS, else the model config's."""
+    generation_config = getattr(model, "generation_config", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
 def _eos_ids(model: SiameseModel, eos_token_id: int | Sequence[int] | None) -> list[int]:
     if eos_token_id is None:
-        generation_config = getattr(model.causal_lm, "generation_config", None)
-        eos_token_id = getattr(generation_config, "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = model.config.eos_token_id
-    if eos_token_id is None:
-        return []
+        return stop_token_ids(model.causal_lm)
     return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 

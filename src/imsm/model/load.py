@@ -19,6 +19,7 @@ import torch
 
 from imsm.atomic_write import staged_directory
 from imsm.errors import IMSMError
+from imsm.model.decode import stop_token_ids
 from imsm.registry import Registry, unknown_name_message
 
 DTYPES = {
@@ -128,6 +129,7 @@ def converted_embedded_model(name: str) -> Path:
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     model.config._name_or_path = name
+    align_end_of_answer(model, tokenizer, quiet=True)
     # "keep": a concurrent converter that finished first wins, and whoever reads its copy is undisturbed.
     with staged_directory(target, if_exists="keep") as staging:
         model.save_pretrained(staging, safe_serialization=True)
@@ -224,6 +226,28 @@ def load_model_and_tokenizer(
     if name_or_path in EMBEDDED_MODELS:
         model.config._name_or_path = name_or_path  # what adapter configs record as their base model
     model.to(device).eval()
+    align_end_of_answer(model, tokenizer, quiet=name_or_path in EMBEDDED_MODELS)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def align_end_of_answer(model, tokenizer, quiet: bool = False) -> None:
+    """Make the tokenizer's EOS, which training appends to every answer, one of the tokens decoding
+    stops at. Otherwise a trained adapter learns to end its answers with a token generation does
+    not stop on, and every answer runs on to the length cap.
+
+    Not hypothetical: transformers 5.17 converts SmolLM2's GGUF tokenizer with `<|im_start|>` as its
+    EOS while the model's generation config stops at `<|im_end|>` (5.24 gets both right).
+    """
+    stops = stop_token_ids(model)
+    if not stops or tokenizer.eos_token_id in stops:
+        return
+    wrong = tokenizer.eos_token
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stops[0])
+    if not quiet:
+        print(
+            f"imsm: the tokenizer's EOS {wrong!r} is not a token generation stops at; using {tokenizer.eos_token!r} "
+            "(the generation config's) to end training answers",
+            file=sys.stderr,
+        )

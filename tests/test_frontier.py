@@ -1,0 +1,257 @@
+"""`imsm frontier`: learning against forgetting, on hand-made results whose every number is known.
+
+Each arm of the synthetic experiment answers the target's first `target × 20` questions right and
+loses `lost` of the base model's right answers in the pooled probes (80 questions: arc_easy, then
+sciq), so its pooled forgetting is lost / 80; piqa sits at chance, and loses 5 answers that must
+never reach the pool.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imsm.cli import main
+from imsm.experiment import runner
+from imsm.experiment.report.frontier import (
+    FORGETTING,
+    POOL,
+    FrontierPoint,
+    chance_accuracy,
+    collect_study,
+    flips,
+    frontier_at,
+    frontier_rows,
+    point_scores,
+    render_frontier,
+)
+from imsm.experiment.spec import load_experiment
+
+TARGET_QUESTIONS, PROBE_QUESTIONS, DRIFT_QUESTIONS = 20, 40, 10
+BASE_RIGHT = {"arc_easy": 24, "sciq": 32, "piqa": 20}  # piqa: 50%, two options: chance
+PROBES = ["arc_easy", "sciq", "piqa", "sciq_support", "webq"]
+# (trained fusion, variant key) -> (target accuracy, pooled right answers lost)
+PLAN = {
+    ("none", ""): (0.90, 24),  # λ = 1
+    ("none", "step=10"): (0.70, 12),  # + (seed - 1): a spread over seeds
+    ("none", "adapter_scale=0.25"): (0.60, 4),
+    ("none", "adapter_scale=0.5"): (0.70, 8),
+    ("none", "adapter_scale=0.75"): (0.80, 14),
+    ("none", "fusion=mean"): (0.55, 4),
+    ("imsm", ""): (0.70, 4),  # the λ = 0.5 gain, forgetting 5 points instead of 10
+    ("imsm", "step=10"): (0.60, 2),
+    ("mean", ""): (0.75, 11),  # halfway between λ = 0.5 (10 points) and 0.75 (17.5): on the line
+    ("mean", "step=10"): (0.95, 6),  # past LoRA's gain: beyond the line
+}
+STEPS = 40
+
+
+def write_experiment(tmp_path, **changes) -> str:
+    config = {
+        "name": "forgetting",
+        "results": str(tmp_path / "results"),
+        "work": str(tmp_path / "work"),
+        "original": ["mrpc", *PROBES],
+        "grids": {
+            "curves": {
+                "task": ["mrpc"],
+                "peft": ["lora"],
+                "fusion": ["none", "imsm", "mean"],
+                "seed": [0, 1, 2],
+                "evaluate": ["target", *PROBES],
+                "variants": [{}, {"step": 10}],
+            },
+            "posthoc": {
+                "task": ["mrpc"],
+                "fusion": ["none"],
+                "seed": [0, 1, 2],
+                "evaluate": ["target", *PROBES],
+                "variants": [{"adapter_scale": s} for s in (0.25, 0.5, 0.75)] + [{"fusion": "mean"}],
+            },
+        },
+        **changes,
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return str(path)
+
+
+def choice_columns(right: int, lost: int) -> dict[str, list]:
+    accuracy = [1.0 if lost <= i < right else 0.0 for i in range(PROBE_QUESTIONS)]
+    return {
+        "index": list(range(PROBE_QUESTIONS)),
+        "accuracy": accuracy,
+        "gold_probability": [0.3 + 0.5 * a for a in accuracy],
+        "gold_log_likelihood": [-2.0 + a for a in accuracy],
+    }
+
+
+def evaluations(target: float, lost: int, tasks) -> tuple[dict, dict]:
+    """(metrics, questions) per task of `tasks`, as runner.run_cell writes them."""
+    arc = min(lost, BASE_RIGHT["arc_easy"])
+    questions = {
+        "mrpc": {
+            "index": list(range(TARGET_QUESTIONS)),
+            "accuracy": [1.0 if i < round(target * TARGET_QUESTIONS) else 0.0 for i in range(TARGET_QUESTIONS)],
+        },
+        "arc_easy": choice_columns(BASE_RIGHT["arc_easy"], arc),
+        "sciq": choice_columns(BASE_RIGHT["sciq"], lost - arc),
+        "piqa": choice_columns(BASE_RIGHT["piqa"], 5 if lost else 0),
+        "sciq_support": {
+            "index": list(range(DRIFT_QUESTIONS)),
+            "drift_kl": [0.01 * lost] * DRIFT_QUESTIONS,
+            "drift_nll": [2.0 + 0.01 * lost] * DRIFT_QUESTIONS,
+        },
+        "webq": {"index": [0, 1], "hit@5": [1.0, 0.0 if lost else 1.0], "gold_nll": [1.0 + 0.1 * lost] * 2},
+    }
+    metrics = {
+        task: {name: sum(values) / len(values) for name, values in columns.items() if name != "index"}
+        for task, columns in questions.items()
+    }
+    metrics["mrpc"]["f1"] = 0.5
+    return {t: metrics[t] for t in tasks}, {t: questions[t] for t in tasks}
+
+
+def write_results(path: str, skip=lambda cell, key: False) -> None:
+    """The original rows and every cell's result.json; `skip(cell, key)` leaves an evaluation out."""
+    experiment = load_experiment(path)
+    metrics, questions = evaluations(0.5, 0, experiment.original)
+    for task in experiment.original:
+        file = runner.original_path(experiment, task)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(runner.result_text({"task": task, "metrics": metrics[task], "questions": questions[task]}))
+    for cell in experiment.cells:
+        fusion, seed = cell.config["fusion"], cell.config["seed"]
+        result = {"cell": cell.name, "settings": cell.config, "training": {"steps": STEPS}, "variants": {}}
+        for key, tasks in [("", cell.evaluate), *cell.variants.items()]:
+            if skip(cell, key):
+                continue
+            target, lost = PLAN[(fusion, key)]
+            lost += seed - 1 if (fusion, key) == ("none", "step=10") else 0
+            part_metrics, part_questions = evaluations(target, lost, tasks)
+            part = {"metrics": part_metrics, "evaluation": {}, "questions": part_questions}
+            result.update(part) if not key else result["variants"].__setitem__(key, part)
+        file = runner.cell_result_path(experiment, cell)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(runner.result_text(result))
+
+
+@pytest.fixture(scope="module")
+def study_path(tmp_path_factory):
+    path = write_experiment(tmp_path_factory.mktemp("frontier"))
+    write_results(path)
+    return path
+
+
+def test_a_probe_at_chance_stays_out_of_the_pool(study_path):
+    study = collect_study(load_experiment(study_path))
+    assert study.target == "mrpc" and study.metric == "accuracy"
+    assert study.pooled_tasks == ["arc_easy", "sciq"]
+    piqa = next(p for p in study.probes if p.task == "piqa")
+    assert piqa.chance == 0.5 and piqa.exclusion == "base at chance"
+    # piqa's 5 lost answers would make IMSM-LoRA's forgetting 9 / 120; pooled over 80 it is 4 / 80.
+    imsm = next(p for p in study.points if p.arm.label == "IMSM-LoRA" and p.final and p.seed == 0)
+    assert point_scores(study, imsm)[(FORGETTING, "accuracy")] == pytest.approx(4 / 80)
+
+
+def test_forgetting_is_base_minus_the_point(study_path):
+    study = collect_study(load_experiment(study_path))
+    lora = next(p for p in study.points if p.arm.label == "LoRA" and p.final and p.seed == 0)
+    scores = point_scores(study, lora)
+    assert scores[(POOL, "accuracy")] == pytest.approx((56 - 24) / 80)
+    assert scores[(FORGETTING, "accuracy")] == pytest.approx(24 / 80)  # lost answers: positive
+    assert scores[(FORGETTING, "gold_probability")] == pytest.approx(0.5 * 24 / 80)
+    assert (FORGETTING, "accuracy") not in point_scores(study, study.base)
+
+
+def line(*points: tuple[float, float]) -> list[tuple[float, FrontierPoint]]:
+    return [(i / 4, FrontierPoint(f"λ={i / 4}", None, 3, t, 0.0, f, 0.0)) for i, (t, f) in enumerate(points)]
+
+
+def test_frontier_interpolates_between_lambda_points():
+    frontier = line((50, 0), (60, 5), (70, 10), (80, 20), (90, 30))
+    assert frontier_at(frontier, 75) == pytest.approx(15)  # a point there forgetting 15: difference 0
+    assert frontier_at(frontier, 70) == pytest.approx(10)  # on a λ point
+    assert frontier_at(frontier, 95) is None and frontier_at(frontier, 45) is None  # beyond the line
+    # A gain that falls again past some λ: the free baseline's best, the least forgetting, counts.
+    assert frontier_at(line((50, 0), (80, 10), (70, 30)), 75) == pytest.approx(25 / 3)  # not 20
+
+
+def test_arms_are_placed_against_the_lambda_line(study_path):
+    study = collect_study(load_experiment(study_path))
+    rows = {(p.label, p.length): (p.forgetting, at) for p, at in frontier_rows(study, "accuracy")}
+    assert rows[("LoRA", STEPS)] == pytest.approx((30, 30))  # λ = 1 is the line's end
+    assert rows[("IMSM-mean", STEPS)] == pytest.approx((13.75, 13.75))  # on the line: difference 0
+    forgetting, at = rows[("IMSM-LoRA", STEPS)]
+    assert forgetting - at == pytest.approx(-5)  # same gain as λ = 0.5, forgets less: negative
+    forgetting, at = rows[("LoRA", 10)]
+    assert (forgetting, forgetting - at) == pytest.approx((15, 5))  # mean of 13.75, 15, 16.25
+    assert rows[("IMSM-mean", 10)][1] is None  # a gain past the line's range
+    assert rows[("untrained mix", STEPS)] == pytest.approx((5, 2.5))
+
+
+def test_flips_count_changed_answers_both_ways():
+    base = {"index": [0, 1, 2, 3, 4, 5], "accuracy": [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]}
+    point = {"index": [5, 0, 1, 2, 3, 4], "accuracy": [0.0, 0.0, 1.0, 1.0, 0.0, None]}  # other order, one unscored
+    assert flips(point, base) == (2, 1)  # right → wrong: 0 and 5; wrong → right: 2
+
+
+def test_the_report_shows_every_section(study_path, tmp_path):
+    report = render_frontier(collect_study(load_experiment(study_path)), tmp_path / "plots")
+    for heading in ("## Curves", "## Post hoc", "## Against Base", "## Between arms", "## Against the λ frontier"):
+        assert heading in report
+    assert "| piqa | multiple_choice | 40 | 50.0 | 50.0 (usual options) | 15.8 | no: base at chance |" in report
+    assert "| LoRA | 10 | 3 | 70.0 ± 0.0 | 55.0 ± 1.2 |" in report  # (56 - 12 ± 1) / 80 pooled answers right
+    # IMSM-LoRA against Base: 4 of 80 pooled answers lost, in every seed.
+    assert "| IMSM-LoRA | 40 | 3 | 20 / 80 | +20.00 ± 9.18 | 2.2 | -5.00 ± 2.45 | -2.0 |" in report
+    assert "| LoRA | 40 | 3 | 20 / 80 | +40.00 ± 11.24 | **3.6** | -30.00 ± 5.16 | **-5.8** |" in report
+    assert "| -5.00 ± 2.45 | -2.0 | -2.50 ± 1.23 | -2.0 | 4.0 | 0.0 |" in report  # 4 answers lost, none gained
+    assert "| IMSM-LoRA − LoRA λ=0.5 | pooled accuracy | 80 × 3 | +5.00 ± 2.45 | 2.0 |" in report
+    assert "IMSM-mean − LoRA" in report and "IMSM-LoRA − untrained mix" in report
+    assert "| IMSM-LoRA | 40 | 3 | 70.0 ± 0.0 | 5.0 ± 0.0 | 10.0 | -5.0 |" in report
+    assert "outside the frontier's range" in report
+    assert "Missing" not in report
+    assert (tmp_path / "plots" / "frontier.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "frontier-gold.png").stat().st_size > 1000
+
+
+def test_partial_results_are_listed_as_missing(tmp_path):
+    path = write_experiment(tmp_path)
+    empty = render_frontier(collect_study(load_experiment(path)), tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()  # nothing to draw
+    assert "Missing (" in empty and "Base: mrpc" in empty and "Not computable yet" in empty
+
+    def skip(cell, key: str) -> bool:  # seed 2 of IMSM-LoRA never ran its evaluations, λ = 0.75 is not in
+        return (cell.config["fusion"] == "imsm" and cell.config["seed"] == 2) or key == "adapter_scale=0.75"
+
+    write_results(path, skip)
+    study = collect_study(load_experiment(path))
+    report = render_frontier(study, tmp_path / "plots")
+    assert "[adapter_scale=0.75]: mrpc, arc_easy" in report and "![frontier]" in report
+    assert "| IMSM-LoRA | 40 | 2 |" in report  # two seeds, said so
+    assert "LoRA λ=0.75" not in report
+    rows = {(p.label, p.length): (p.forgetting, at) for p, at in frontier_rows(study, "accuracy")}
+    assert rows[("IMSM-mean", STEPS)] == pytest.approx((13.75, 15))  # the line runs from λ = 0.5 to 1 now
+
+
+def test_chance_comes_from_the_base_models_rows_where_kept(study_path, tmp_path):
+    experiment = load_experiment(write_experiment(tmp_path))
+    assert chance_accuracy(experiment, "arc_easy") == (0.25, "usual options")
+    experiment.work.mkdir(parents=True)
+    rows = [{"index": 0, "choices": ["a", "b", "c"]}, {"index": 1, "choices": ["a", "b", "c", "d", "e"]}]
+    (experiment.work / "original.arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chance, source = chance_accuracy(experiment, "arc_easy")
+    assert chance == pytest.approx((1 / 3 + 1 / 5) / 2) and source == "options of the questions"
+
+
+def test_cli_writes_the_report_and_its_plots(tmp_path, capsys):
+    path = write_experiment(tmp_path)
+    write_results(path)
+    assert main(["frontier", path]) == 0
+    output = tmp_path / "results" / "frontier.md"
+    assert str(output) in capsys.readouterr().out
+    text = output.read_text()
+    assert "![frontier](frontier.png)" in text and "![frontier-gold](frontier-gold.png)" in text
+    for plot in ("frontier.png", "frontier-gold.png"):
+        assert (tmp_path / "results" / plot).stat().st_size > 1000
