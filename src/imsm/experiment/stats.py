@@ -68,6 +68,7 @@ class PairedTest:
     mean_difference: float
     t: float
     p: float
+    standard_error: float = math.nan  # of the mean difference; nan for fewer than two pairs
 
 
 def paired_t_test(treatment: Sequence[float], control: Sequence[float]) -> PairedTest:
@@ -80,8 +81,9 @@ def paired_t_test(treatment: Sequence[float], control: Sequence[float]) -> Paire
     mu, sd = mean_std(differences)
     if n < 2:
         return PairedTest(n, mu, math.nan, math.nan)
+    error = sd / math.sqrt(n)
     if sd < 1e-12:  # identical up to rounding (0.03 - 0.02 != 0.02 - 0.01 in floats)
         t = math.nan if mu == 0.0 else math.copysign(math.inf, mu)
-        return PairedTest(n, mu, t, 1.0 if mu == 0.0 else 0.0)
-    t = mu / (sd / math.sqrt(n))
-    return PairedTest(n, mu, t, student_t_two_sided_p(t, n - 1))
+        return PairedTest(n, mu, t, 1.0 if mu == 0.0 else 0.0, error)
+    t = mu / error
+    return PairedTest(n, mu, t, student_t_two_sided_p(t, n - 1), error)

@@ -24,6 +24,7 @@ from typing import Any
 
 from imsm.atomic_write import atomic_path
 from imsm.errors import IMSMError
+from imsm.experiment.questions import paired_over_questions
 from imsm.experiment.report.grid import METHOD_LABELS, NATS, scale
 from imsm.experiment.report.tables import markdown_table
 from imsm.experiment.runner import original_path, read_cell_result
@@ -423,30 +424,12 @@ class QuestionTest:
     seeds: int
 
 
-def _question_means(by_seed: Mapping[Any, Mapping[str, list[Any]]], name: str, seeds: Sequence[Any]) -> dict:
-    per_seed = [
-        {q: float(v) for q, v in zip(by_seed[s]["index"], by_seed[s][name], strict=True) if v is not None}
-        for s in seeds
-    ]
-    shared = set.intersection(*(set(values) for values in per_seed))
-    return {q: sum(values[q] for values in per_seed) / len(seeds) for q in shared}
-
-
 def compare_questions(
     treated: Mapping[Any, Mapping[str, list[Any]]], control: Mapping[Any, Mapping[str, list[Any]]], name: str
 ) -> QuestionTest:
-    """The paired t-test of `questions.paired_over_questions`, with the standard error of the mean
-    difference beside it (which that function's test does not keep)."""
-    seeds = sorted(s for s in set(treated) & set(control) if name in treated[s] and name in control[s])
-    if not seeds:
-        return QuestionTest(paired_t_test([], []), math.nan, 0)
-    treated_means, control_means = _question_means(treated, name, seeds), _question_means(control, name, seeds)
-    questions = sorted(set(treated_means) & set(control_means))
-    differences = [treated_means[q] - control_means[q] for q in questions]
-    test = paired_t_test([treated_means[q] for q in questions], [control_means[q] for q in questions])
-    _, sd = mean_std(differences)
-    error = sd / math.sqrt(len(questions)) if len(questions) > 1 else math.nan
-    return QuestionTest(test, error, len(seeds))
+    """`questions.paired_over_questions`: each question averaged over the seeds both arms have."""
+    test, seeds = paired_over_questions(treated, control, name)
+    return QuestionTest(test, test.standard_error, seeds)
 
 
 def flips(point: Mapping[str, list[Any]], base: Mapping[str, list[Any]]) -> tuple[int, int]:
