@@ -1,4 +1,5 @@
-"""Cached inference for `IMSMModel`: greedy decoding (paper Algorithm 1) and prefill scoring.
+"""Cached inference for `IMSMModel`: decoding (paper Algorithm 1: greedy; sampling on request) and
+prefill scoring.
 
 Both start from one prefill of the prompts through `IMSMModel.cached_branch_states`: the frozen
 and tuned branches run as one doubled batch with one KV cache, and the query memory is taken
@@ -14,9 +15,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from transformers import GenerationConfig
+from transformers.generation.streamers import BaseStreamer
 
+from imsm.model.decoding_plan import DecodingPlan, plan_decoding
 from imsm.model.states import BranchStates, ContinuationScores, SiameseModel
 
 
@@ -62,25 +67,29 @@ def generate(
     model: SiameseModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 64,
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
+    generation_config: GenerationConfig | None = None,
+    streamer: BaseStreamer | None = None,
+    tokenizer: Any = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """Greedy decoding; returns [B, T + new] ids like transformers' `generate`.
+    """Decoding with one KV cache for both branches; returns [B, T + new] ids like transformers'.
 
     Args:
         model: The siamese model.
         input_ids: [B, T] prompts; any padding side (right padding is moved to the left).
         attention_mask: [B, T]; all ones if omitted.
-        max_new_tokens: Cap on generated tokens.
-        eos_token_id: Stop token(s); defaults to the model's generation config.
-        pad_token_id: Written after a row has finished; defaults to the first EOS id.
+        generation_config: A `transformers.GenerationConfig`; greedy, 64 new tokens, if omitted.
+        streamer: A transformers streamer; it receives the prompt, then each new token.
+        tokenizer: For `stop_strings`.
+        options: `GenerationConfig` fields over `generation_config`: max_new_tokens, do_sample,
+            temperature, top_k, top_p, min_p, repetition_penalty, eos_token_id (one or several),
+            pad_token_id, stop_strings (`imsm.model.decoding_plan` says what is refused and why).
 
-    A row stops at its first EOS; decoding stops when every row has, or at the cap.
+    A row stops at its first stop token (or stop string); decoding stops when every row has, or
+    at the cap. Sampling draws from torch's global generator, so `torch.manual_seed` repeats it.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    return _run(model, input_ids, attention_mask, None, False, max_new_tokens, eos_token_id, pad_token_id).sequences
+    plan = plan_decoding(stop_token_ids(model.causal_lm), generation_config, streamer, tokenizer, **options)
+    return _run(model, input_ids, attention_mask, None, False, plan).sequences
 
 
 @torch.no_grad()
@@ -105,16 +114,10 @@ def score_continuations(
         raise ValueError("every prompt needs at least one continuation, and every continuation a token")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    return _run(
-        model,
-        input_ids,
-        attention_mask,
-        continuations,
-        first_token_log_probs,
-        max_new_tokens,
-        eos_token_id,
-        pad_token_id,
-    )
+    eos_ids = _eos_ids(model, eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    plan = DecodingPlan.greedy(max_new_tokens, eos_ids, pad) if max_new_tokens > 0 else None
+    return _run(model, input_ids, attention_mask, continuations, first_token_log_probs, plan)
 
 
 def _last_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -123,12 +126,13 @@ def _last_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _run(
-    model, input_ids, attention_mask, continuations, first_token_log_probs, max_new_tokens, eos_token_id, pad_token_id
+    model, input_ids, attention_mask, continuations, first_token_log_probs, plan: DecodingPlan | None
 ) -> ContinuationScores:
-    """Prefill; then score `continuations` from the prompts' cache; then decode greedily."""
-    input_ids, attention_mask, eos_ids, pad_token_id = _prepare(
-        model, input_ids, attention_mask, eos_token_id, pad_token_id
-    )
+    """Prefill; then score `continuations` from the prompts' cache; then decode as `plan` says."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
+    max_new_tokens = 0 if plan is None else plan.max_new_tokens
     # Prefill: both branches over the prompt, one forward; the query memory is the whole prompt.
     states, cache = model.cached_branch_states(input_ids, attention_mask, None, query_mask=attention_mask.bool())
     last = BranchStates(
@@ -162,8 +166,8 @@ def _run(
             rows = _select(last, index)
             read = _score(model, _cache_rows(cache, index, B), attention_mask[index], rows, flat, first_token_log_probs)
         scores = _grouped(read, counts)
-    if max_new_tokens > 0:
-        scores.sequences = _greedy(model, input_ids, attention_mask, cache, last, max_new_tokens, eos_ids, pad_token_id)
+    if plan is not None:
+        scores.sequences = _decode(model, input_ids, attention_mask, cache, last, plan)
     return scores
 
 
@@ -276,26 +280,45 @@ def _grouped(read: dict, counts: list[int]) -> ContinuationScores:
     )
 
 
-def _greedy(model, input_ids, mask, cache, last: BranchStates, max_new_tokens, eos_ids, pad_token_id) -> torch.Tensor:
-    """Decode from a prefilled cache: each step's greedy token goes to both branches."""
-    eos = torch.tensor(eos_ids, device=input_ids.device, dtype=input_ids.dtype)
+def _decode(model, input_ids, mask, cache, last: BranchStates, plan: DecodingPlan) -> torch.Tensor:
+    """Decode from a prefilled cache: each step's token, greedy or sampled from the fused logits
+    after the plan's processors, goes to both branches."""
+    device = input_ids.device
+    eos = torch.tensor(plan.eos_ids, device=device, dtype=input_ids.dtype)
     position = _last_positions(mask)  # [B, 1]
-    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=device)
     states = last
     new_tokens = []
-    for _ in range(max_new_tokens):
-        token = model.fused_logits(states).logits[:, -1].argmax(dim=-1)  # [B]
-        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+    sequences = input_ids  # grown only when a processor or stopping criterion reads it
+    if plan.streamer is not None:
+        plan.streamer.put(input_ids.cpu())
+    for _ in range(plan.max_new_tokens):
+        logits = model.fused_logits(states).logits[:, -1]  # [B, V]
+        if plan.processors:
+            logits = plan.processors(sequences, logits.float())
+        if plan.do_sample:
+            token = torch.multinomial(torch.softmax(logits.float(), dim=-1), num_samples=1)[:, 0]  # [B]
+        else:
+            token = logits.argmax(dim=-1)  # [B]
+        token = torch.where(unfinished, token, torch.full_like(token, plan.pad_token_id))
         new_tokens.append(token)
+        if plan.reads_sequences:
+            sequences = torch.cat([sequences, token[:, None]], dim=1)
+        if plan.streamer is not None:
+            plan.streamer.put(token.cpu())
         if eos.numel():
             unfinished &= ~torch.isin(token, eos)
-        if not bool(unfinished.any()) or len(new_tokens) == max_new_tokens:
+        if plan.stopping:
+            unfinished &= ~plan.stopping(sequences, logits).to(device)
+        if not bool(unfinished.any()) or len(new_tokens) == plan.max_new_tokens:
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         position = position + 1
         step, cache = model.cached_branch_states(token[:, None], mask, position, cache)
         # The query memory stays the prompt's (Algorithm 1).
         states = BranchStates(step.frozen, step.tuned, last.query_frozen, last.query_tuned)  # [B, 1, d]
+    if plan.streamer is not None:
+        plan.streamer.end()
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
 
 
