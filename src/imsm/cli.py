@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imsm.atomic_write import write_atomically
+import torch
+
+from imsm.atomic_write import disk_refusal, write_atomically
 from imsm.bench.cli import add_bench_parser
+from imsm.chat import Conversation, run_chat
 from imsm.data import load_examples, resolve_data_dir
 from imsm.demo import run_demo
 from imsm.errors import IMSMError
@@ -21,11 +24,12 @@ from imsm.eval_journal import directory_digest
 from imsm.evaluate import evaluate_task, format_table, journal_path, write_results
 from imsm.experiment.cli import add_experiment_parsers
 from imsm.gate_inspection import format_report, inspect_adapter, reports_to_json
-from imsm.generate import generate_answers
+from imsm.generate import generate_answers, stream_answer
 from imsm.model.load import load_model_and_tokenizer
 from imsm.model.persist import check_adapter_directory, read_imsm_config
 from imsm.model.variant import check_variant, load_evaluated_model
 from imsm.options import (
+    DecodingOptions,
     adapter_option,
     adapter_scale_option,
     add_command,
@@ -66,8 +70,8 @@ def _check_json_output(output: str | None) -> None:
 
 
 @dataclass
-class GenerateOptions:
-    """`imsm generate`: greedy answers to prompts."""
+class GenerateOptions(DecodingOptions):
+    """`imsm generate`: answers to prompts, greedy unless --do-sample."""
 
     model: str = model_option()
     dtype: str = dtype_option()
@@ -81,11 +85,30 @@ class GenerateOptions:
     chat_template: str = chat_template_option()
     system: str | None = system_option()
     batch_size: int = option(8, positive=True, help="prompts decoded together")
+    stream: bool = option(False, help="print each answer as it is decoded (one prompt at a time)")
 
     def __post_init__(self) -> None:
         check_options(self)
         if not self.prompt:
             raise IMSMError("no prompt given; pass --prompt TEXT (repeat it for several prompts)")
+
+
+@dataclass
+class ChatOptions(DecodingOptions):
+    """`imsm chat`: a conversation through the model's chat template, each reply streamed."""
+
+    model: str = model_option()
+    dtype: str = dtype_option()
+    device: str | None = device_option()
+    trust_remote_code: bool = trust_remote_code_option()
+    adapter: str | None = adapter_option()
+    fusion: str | None = fusion_override_option()
+    adapter_scale: float = adapter_scale_option()
+    system: str | None = system_option()
+    max_new_tokens: int = option(256, positive=True, help="cap on each reply's tokens")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
@@ -187,15 +210,40 @@ def _load_model(options: GenerateOptions | EvalOptions):
 
 
 def cmd_generate(options: GenerateOptions) -> int:
+    check_variant(options.adapter, options.fusion, options.adapter_scale)
     model, tokenizer = _load_model(options)
     formatter = PromptFormatter.for_tokenizer(tokenizer, options.chat_template, options.system)
-    answers = generate_answers(model, formatter, options.prompt, options.max_new_tokens, options.batch_size)
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    generation = options.generation_options()
+    several = len(options.prompt) > 1
+    if options.stream:
+        for index, prompt in enumerate(options.prompt):
+            if several:
+                print(f"[{index + 1}] {prompt}", flush=True)
+            stream_answer(model, formatter, prompt, options.max_new_tokens, sys.stdout, **generation)
+            if several and index + 1 < len(options.prompt):
+                print()
+        return 0
+    answers = generate_answers(
+        model, formatter, options.prompt, options.max_new_tokens, options.batch_size, **generation
+    )
     for index, answer in enumerate(answers):
-        if len(answers) > 1:
+        if several:
             print(f"[{index + 1}] {options.prompt[index]}")
         print(answer)
-        if len(answers) > 1 and index + 1 < len(answers):
+        if several and index + 1 < len(answers):
             print()
+    return 0
+
+
+def cmd_chat(options: ChatOptions) -> int:
+    check_variant(options.adapter, options.fusion, options.adapter_scale)
+    model, tokenizer = _load_model(options)
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    generation = {"max_new_tokens": options.max_new_tokens, **options.generation_options()}
+    run_chat(Conversation(model, tokenizer, options.system, generation))
     return 0
 
 
@@ -312,8 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         cmd_generate,
         GenerateOptions,
-        help="greedy answers from a model, with or without an adapter",
-        description="Greedy answers from a model, with or without an adapter.",
+        help="answers from a model, with or without an adapter (greedy, or sampled with --do-sample)",
+        description="Answers from a model, with or without an adapter: greedy by default, sampled with "
+        "--do-sample and transformers' options; --stream prints them as they are decoded.",
+    )
+    add_command(
+        commands,
+        "chat",
+        cmd_chat,
+        ChatOptions,
+        help="talk to a model (base or adapted) through its chat template, each reply streamed",
+        description="A multi-turn conversation through the model's chat template; each reply streams as it is "
+        "decoded. Type /reset to start afresh, /exit (or end the input) to stop. Reads a pipe or file as well "
+        "as a terminal.",
     )
     add_command(
         commands,
@@ -366,6 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(read_options(args))
     except IMSMError as error:
         print(f"imsm: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # Files written whole say which one (DiskRefusedWrite); this is a log or journal appended to.
+        if (refusal := disk_refusal(error)) is None:
+            raise
+        where = f" {error.filename}" if error.filename else " a log or journal"
+        print(f"imsm: error: could not write{where} ({refusal[0]}); {refusal[1]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imsm: interrupted", file=sys.stderr)

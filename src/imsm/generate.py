@@ -1,10 +1,12 @@
-"""Text in, text out: batched greedy answers for a list of prompts."""
+"""Text in, text out: batched answers for a list of prompts (greedy unless told), or one streamed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 import torch
+from transformers import TextStreamer
 
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
@@ -29,8 +31,10 @@ def generate_answers(
     max_new_tokens: int = 128,
     batch_size: int = 8,
     on_batch_done: Callable[[list[int], list[str]], None] | None = None,
+    **generation_options: Any,
 ) -> list[str]:
-    """Greedy answers to `prompts`, decoded without special tokens, in input order.
+    """Answers to `prompts`, decoded without special tokens, in input order: greedy, or as
+    `generation_options` (`IMSMModel.generate`'s keywords: do_sample, temperature, ...) say.
 
     Prompts are batched by length (longest first) so little padding is decoded. After each batch
     `on_batch_done(indices, answers)` receives the batch's prompt indices and answers.
@@ -49,6 +53,8 @@ def generate_answers(
             attention_mask=attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_id,
+            tokenizer=tokenizer,
+            **generation_options,
         )
         texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         texts = [text.strip() for text in texts]
@@ -57,3 +63,32 @@ def generate_answers(
         if on_batch_done is not None:
             on_batch_done(rows, texts)
     return answers
+
+
+class WriterStreamer(TextStreamer):
+    """transformers' `TextStreamer` (new text only, no special tokens), writing to any text stream."""
+
+    def __init__(self, tokenizer, output: TextIO):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.output = output
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.output.write(text + ("\n" if stream_end else ""))
+        self.output.flush()
+
+
+@torch.no_grad()
+def stream_answer(
+    model: IMSMModel, formatter: PromptFormatter, prompt: str, max_new_tokens: int, output: TextIO, **generation_options
+) -> str:
+    """One prompt's answer, written to `output` as it is decoded; returns it whole."""
+    ids = torch.tensor([formatter.prompt_ids(prompt)], device=model.device)
+    streamer = WriterStreamer(formatter.tokenizer, output)
+    sequences = model.generate(
+        ids,
+        max_new_tokens=max_new_tokens,
+        streamer=streamer,
+        tokenizer=formatter.tokenizer,
+        **generation_options,
+    )
+    return formatter.tokenizer.decode(sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()

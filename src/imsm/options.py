@@ -15,6 +15,7 @@ import difflib
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,34 @@ def system_option() -> Any:
 
 def adapter_option() -> Any:
     return option(None, help="adapter directory (IMSM or plain peft); the base model alone if omitted")
+
+
+@dataclass
+class DecodingOptions:
+    """How `imsm generate` and `imsm chat` pick tokens: greedy unless --do-sample (transformers'
+    generation options, applied to the fused logits)."""
+
+    do_sample: bool = option(False, help="sample instead of taking the likeliest token")
+    temperature: float | None = option(None, help="sampling temperature (transformers' default: 1.0)")
+    top_k: int | None = option(None, help="sample among the k likeliest tokens (transformers' default: 50; 0: all)")
+    top_p: float | None = option(None, help="sample within the smallest set of tokens holding this probability")
+    min_p: float | None = option(None, help="drop tokens less likely than min_p times the likeliest")
+    repetition_penalty: float | None = option(None, help="divide the logits of tokens already present (1: none)")
+    stop: list[str] = option(default_factory=list, repeat=True, help="stop a reply at this text (repeatable)")
+    seed: int | None = option(None, help="seed for sampling, so a run can be repeated")
+
+    def generation_options(self) -> dict[str, Any]:
+        """The `IMSMModel.generate` keywords these options set (unset ones left to transformers)."""
+        chosen = {
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "stop_strings": list(self.stop) or None,
+        }
+        return {name: value for name, value in chosen.items() if value is not None}
 
 
 # How a saved adapter is run: `imsm eval`, `imsm generate` and an experiment's `variants`.
@@ -266,8 +295,8 @@ def read_config_file(path: Path, cls) -> dict[str, Any]:
     if not path.is_file():
         raise IMSMError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise IMSMError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise IMSMError(f"config file {str(path)!r} must hold a mapping of option names to values")
