@@ -60,6 +60,8 @@ def test_bench_decode_times_every_decoder_on_the_same_prompts(tmp_path, capsys):
         assert result[key] > 0, key
     assert result["ratio"] == result["imsm_tokens_per_s"] / result["vanilla_tokens_per_s"]
     assert result["doubled_batch_ceiling"] > 0
+    assert result["sampled_tokens_per_s"] > 0
+    assert result["sampled_vs_greedy"] == pytest.approx(result["sampled_tokens_per_s"] / result["imsm_tokens_per_s"])
     assert result["batch_size"] == 2 and result["max_new_tokens"] == 6
 
 
@@ -89,7 +91,7 @@ def test_bench_eval_compares_imsm_with_the_same_adapter_without_it(tmp_path):
 
 def test_bench_decode_refuses_unknown_skips(capsys):
     assert main(["bench", "decode", "--skip", "fast"]) == 2
-    assert "--skip takes any of merged, doubled, naive" in capsys.readouterr().err
+    assert "--skip takes any of merged, doubled, sampled, naive" in capsys.readouterr().err
 
 
 def test_bench_decode_builds_an_architecture_with_random_weights(tmp_path):

@@ -27,7 +27,7 @@ from imsm.options import (
 )
 from imsm.provenance import provenance_header
 
-DECODERS_TO_SKIP = ("merged", "doubled", "naive")
+DECODERS_TO_SKIP = ("merged", "doubled", "sampled", "naive")
 
 
 def _output_option():
@@ -58,7 +58,7 @@ class BenchTrainOptions:
 
 @dataclass
 class BenchDecodeOptions:
-    """`imsm bench decode`: greedy decoding tokens/s of IMSM and of plain peft."""
+    """`imsm bench decode`: decoding tokens/s of IMSM (greedy and sampled) and of plain peft."""
 
     model: str = model_option()
     peft: str = peft_option()

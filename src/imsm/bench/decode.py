@@ -1,12 +1,14 @@
 """Decoding speed of IMSM against plain peft (`imsm bench decode`), same model, adapter and prompts.
 
-Every decoder is greedy and ignores EOS, so each decodes exactly `max_new_tokens` per row:
+Every decoder but `sampled` is greedy, and all ignore EOS, so each decodes exactly `max_new_tokens` per row:
 - imsm: `IMSMModel.generate`, both branches in one doubled batch with one KV cache;
 - vanilla: peft's own `generate` on the same unmerged adapter (transformers' greedy search);
 - merged: the adapter merged into a copy of the base weights, plain transformers `generate` (the
   floor: what any adapter decoding costs at best);
 - doubled: peft's `generate` on every prompt twice (2B rows): the cost of IMSM's doubled batch
   with none of its own work, so vanilla / doubled time is the ratio this design can reach;
+- sampled: `IMSMModel.generate` sampling (temperature 0.7, top-p 0.9 and transformers' default
+  top-k 50 through its own warpers): what the options cost over greedy on the same cache;
 - naive: the authors' style, both branches recomputed over the whole sequence for every token, no
   cache (timed on fewer tokens, reported per token).
 """
@@ -74,7 +76,7 @@ def bench_decode(
     repetitions: int = 3,
     naive_tokens: int = 16,
     prompt_repeat: int = 1,
-    include: tuple[str, ...] = ("merged", "doubled", "naive"),
+    include: tuple[str, ...] = ("merged", "doubled", "sampled", "naive"),
     random_weights: bool = False,
 ) -> dict[str, Any]:
     model, tokenizer = adapted_model(model_name, dtype, peft, random_weights=random_weights)
@@ -93,7 +95,7 @@ def time_decoders(
     repetitions: int,
     naive_tokens: int = 16,
     prompt_repeat: int = 1,
-    include: tuple[str, ...] = ("merged", "doubled", "naive"),
+    include: tuple[str, ...] = ("merged", "doubled", "sampled", "naive"),
 ) -> dict[str, Any]:
     """Tokens/s of each decoder on one batch shape, with an already built model (sweeps reuse it)."""
 
@@ -111,6 +113,14 @@ def time_decoders(
             return model.peft_model.generate(input_ids=ids, attention_mask=mask, **hf_greedy)
 
     functions = {"imsm": imsm, "vanilla": vanilla}
+    if "sampled" in include:
+
+        def sampled():
+            return model.generate(
+                ids, mask, max_new_tokens=new, eos_token_id=[], do_sample=True, temperature=0.7, top_p=0.9
+            )
+
+        functions["sampled"] = sampled
     if "doubled" in include:
         ids2, mask2 = ids.repeat(2, 1), mask.repeat(2, 1)
 
@@ -143,6 +153,8 @@ def time_decoders(
         # Per-prompt rate of the doubled batch relative to vanilla: the ceiling of `ratio`.
         result.pop("doubled_tokens_per_s")
         result["doubled_batch_ceiling"] = seconds["vanilla"] / seconds["doubled"]
+    if "sampled" in seconds:
+        result["sampled_vs_greedy"] = seconds["imsm"] / seconds["sampled"]  # 1 = sampling costs nothing
     if "naive" in include:
 
         def naive():
