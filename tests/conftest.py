@@ -189,3 +189,40 @@ def save_tiny_model(directory, architecture: str = "llama", seed: int = 0):
     model.save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return directory
+
+
+# Ways a saved file is found damaged: cut short (a kill or a full disk mid-copy), zero-filled (a
+# crash that left its blocks unwritten), another kind of file in its place, NaN or inf inside.
+DAMAGES = ["truncated", "zero-filled", "wrong format", "nan", "inf"]
+JSON_DAMAGES = ["truncated", "zero-filled", "wrong format"]
+
+
+def damage(path, how: str) -> None:
+    """Damage the file at `path` in place, `how` one of DAMAGES ("nan" and "inf": safetensors only)."""
+    from safetensors.torch import load_file, save_file
+
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "zero-filled":
+        path.write_bytes(bytes(len(data)))
+    elif how == "wrong format":  # JSON in place of safetensors, YAML in place of JSON
+        path.write_bytes(b'{"W_A": [[0.1, 0.2]]}\n' if path.suffix == ".safetensors" else b"name: probe\n")
+    elif how in ("nan", "inf"):
+        tensors = load_file(path)
+        name = next(n for n, t in tensors.items() if t.is_floating_point())
+        tensors[name].view(-1)[0] = float(how)
+        save_file(tensors, path)
+    else:
+        raise ValueError(how)
+
+
+def expected_problem(path, how: str) -> str:
+    """What `imsm.checked_files` says of a file damaged `how`."""
+    if how in ("nan", "inf"):
+        return "holds non-finite values (NaN or inf)"
+    if how == "zero-filled":
+        return "is zero-filled"
+    if path.suffix == ".safetensors":
+        return "is cut short or not a safetensors file"
+    return "is cut short or not valid JSON"

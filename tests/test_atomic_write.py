@@ -52,7 +52,7 @@ def test_the_file_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypat
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     write_atomically(tmp_path / "out.txt", "text")
-    assert events == ["fsync", "replace"]
+    assert events == ["fsync", "replace", "fsync"]  # the file, its rename, then the directory holding it
 
 
 def test_temporary_keeps_the_suffix_for_writers_that_read_it(tmp_path):

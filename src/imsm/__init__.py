@@ -10,4 +10,22 @@ from imsm.model.build import get_imsm_model
 from imsm.model.siamese import IMSMModel, IMSMOutput
 from imsm.version import __version__
 
-__all__ = ["FUSION_MODES", "IMSMConfig", "IMSMError", "IMSMModel", "IMSMOutput", "__version__", "get_imsm_model"]
+__all__ = [
+    "FUSION_MODES",
+    "IMSMConfig",
+    "IMSMError",
+    "IMSMModel",
+    "IMSMOutput",
+    "IMSMTrainer",
+    "__version__",
+    "get_imsm_model",
+]
+
+
+def __getattr__(name: str):
+    # Imported on first use: transformers' Trainer adds about a second to every `imsm` command.
+    if name == "IMSMTrainer":
+        from imsm.trainer import IMSMTrainer
+
+        return IMSMTrainer
+    raise AttributeError(f"module 'imsm' has no attribute {name!r}")

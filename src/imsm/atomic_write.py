@@ -3,12 +3,15 @@
 Everything is written under a temporary name in the target's own directory (the rename then stays
 on one filesystem, where it is atomic), flushed to disk with fsync, and renamed over the target
 with `os.replace`. If the writing fails, the temporary is removed and whatever was at the target
-is left as it was.
+is left as it was. When the disk refuses the write (full, over quota, over the file-size limit,
+read-only, failing), the error is one line naming the file and the fix (`DiskRefusedWrite`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -17,8 +20,49 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from safetensors import SafetensorError
+
+from imsm.errors import IMSMError
+
+# The disk refusing a write, and what the user can do about it.
+_REFUSALS = {
+    errno.ENOSPC: "free some disk space and run again",
+    errno.EDQUOT: "free some space within your disk quota and run again",
+    errno.EFBIG: "the file is over this system's file-size limit (ulimit -f, or the filesystem's); "
+    "raise it or write to another disk",
+    errno.EROFS: "the disk is read-only; write to another one",
+    errno.EIO: "the disk reported an I/O error; check it, or write to another one",
+}
+
+
+class DiskRefusedWrite(IMSMError):
+    """The disk refused a write: full, over quota or a size limit, read-only, or failing."""
+
+
+def disk_refusal(error: BaseException) -> tuple[str, str] | None:
+    """(the system's reason, the fix) when `error` is the disk refusing a write, else None.
+
+    safetensors reports its writes' I/O errors as its own exception, "... (os error 28)".
+    """
+    if isinstance(error, OSError):
+        code = error.errno
+    elif isinstance(error, SafetensorError) and (found := re.search(r"\(os error (\d+)\)", str(error))):
+        code = int(found.group(1))
+    else:
+        return None
+    return (os.strerror(code), _REFUSALS[code]) if code in _REFUSALS else None
+
+
+def _refused(path: Path, error: BaseException) -> DiskRefusedWrite | None:
+    refusal = disk_refusal(error)
+    if refusal is None:
+        return None
+    reason, fix = refusal
+    return DiskRefusedWrite(f"could not write {path} ({reason}); {fix}. What was there before is unchanged")
+
 
 def _fsync(path: Path) -> None:
+    # Directories too: a rename or a new entry is on disk once its directory is synced.
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -30,6 +74,7 @@ def _fsync_tree(directory: Path) -> None:
     for root, _, files in os.walk(directory):
         for name in files:
             _fsync(Path(root) / name)
+        _fsync(Path(root))
 
 
 @contextmanager
@@ -52,6 +97,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         _fsync(temporary)
         os.replace(temporary, path)
+        _fsync(path.parent)
+    except (OSError, SafetensorError) as error:
+        if (refused := _refused(path, error)) is None:
+            raise
+        raise refused from None
     finally:
         temporary.unlink(missing_ok=True)  # only left after a failure: the rename consumed it
 
@@ -74,8 +124,8 @@ def staged_directory(
     Args:
         target: the directory to create (its parent is created if needed).
         if_exists: what to do with a `target` that is already there.
-            "replace": remove it, then rename the staged directory into place (a checkpoint
-            written again).
+            "replace": move it aside, rename the staged directory into place, then delete the
+            old one (a checkpoint written again).
             "keep": a non-empty `target` wins and the staged copy is dropped (a cache that
             several processes may fill at once: the first complete copy stays, and anyone
             reading it is not disturbed).
@@ -92,6 +142,7 @@ def staged_directory(
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    replaced = staging.with_name(staging.name.replace(".staging-", ".replaced-"))
     try:
         yield staging
         _fsync_tree(staging)
@@ -109,8 +160,16 @@ def staged_directory(
                 if not (target.is_dir() and any(target.iterdir())):
                     raise
         else:
+            # Moved aside rather than deleted first: the target is missing for one rename only.
             if target.exists():
-                shutil.rmtree(target)
+                os.replace(target, replaced)
             os.replace(staging, target)
+        for directory in (target, target.parent):  # the renames into and of `target`
+            _fsync(directory)
+    except (OSError, SafetensorError) as error:
+        if (refused := _refused(target, error)) is None:
+            raise
+        raise refused from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)

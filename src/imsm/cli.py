@@ -427,11 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imsm: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        # Files written whole say which one (DiskRefusedWrite); this is a log or journal appended to.
+        # A file written whole fails as DiskRefusedWrite, above; this is a log or journal appended to.
         if (refusal := disk_refusal(error)) is None:
             raise
-        where = f" {error.filename}" if error.filename else " a log or journal"
-        print(f"imsm: error: could not write{where} ({refusal[0]}); {refusal[1]}", file=sys.stderr)
+        reason, fix = refusal
+        print(f"imsm: error: could not write {error.filename or 'a file'} ({reason}); {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imsm: interrupted", file=sys.stderr)

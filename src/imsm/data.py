@@ -17,6 +17,8 @@ from imsm.registry import unknown_name_message
 from imsm.tasks.base import Record, Task
 
 DATA_DIR_VARIABLE = "IMSM_DATA_DIR"
+# Text never holds NUL bytes; a crash can leave a file's blocks zero-filled.
+ZERO_FILLED = "NUL bytes (a zero-filled or binary file, not text); restore the file"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -33,10 +35,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 def read_jsonl(path: Path) -> list[Record]:
     """Records of a JSON Lines file; a bad line is reported with its number."""
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # bytes: a line that is not UTF-8 is reported with its number
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise IMSMError(f"{path}:{number}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
             if not line.strip():
                 continue
+            if "\0" in line:
+                raise IMSMError(f"{path}:{number}: {ZERO_FILLED}")
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
@@ -60,6 +68,9 @@ def read_text_documents(path: Path) -> list[Record]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise IMSMError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    if "\0" in text:
+        number = text.count("\n", 0, text.index("\0")) + 1
+        raise IMSMError(f"{path}:{number}: {ZERO_FILLED}")
     for number, line in enumerate([*text.split("\n"), ""], start=1):  # "" ends the last document
         if line.strip():
             first = first or number

@@ -8,6 +8,11 @@ gives the same results as an uninterrupted one. Each line is one whole example (
 its scores), so an example is either done or not. The first line holds a fingerprint of
 everything that shapes the results; a journal with another fingerprint is stale and is started
 afresh.
+
+A journal is only a cache of work that can be redone, so a damaged one is never refused: one whose
+header cannot be read (cut short, zero-filled, not a journal) is started afresh, and damaged rows
+are evaluated again, each with a one-line note on stderr. Only the last line, which a kill can cut
+short, is dropped without a note.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,14 @@ def directory_digest(directory: Path) -> str | None:
     return digest.hexdigest()[:32] if found else None
 
 
+def _json_line(line: bytes) -> Any:
+    """One journal line's JSON value, or None if it is not a whole line of JSON."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 class EvalJournal:
     """Appends finished examples, one JSON object per line; reads them back on resume.
 
@@ -59,20 +73,28 @@ class EvalJournal:
     def _read(self) -> bool:
         if not self.path.is_file():
             return False
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            header = {}
-        if header.get("fingerprint") != self.fingerprint:
+        lines = [_json_line(line) for line in self.path.read_bytes().splitlines()]
+        header = lines[0] if lines else None
+        if not isinstance(header, dict) or "fingerprint" not in header:
+            print(
+                f"imsm: the evaluation journal {self.path} is damaged (no readable header); starting afresh",
+                file=sys.stderr,
+            )
+            return False
+        if header["fingerprint"] != self.fingerprint:
             return False  # another run's journal: ignore it, `open` starts a new one
-        for line in lines[1:]:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a killed run may be cut short
+        damaged = 0
+        for number, row in enumerate(lines[1:], start=2):
             if isinstance(row, dict) and isinstance(row.get("i"), int) and all(key in row for key in self.fields):
                 self.rows[row.pop("i")] = row
+            elif number < len(lines):  # not the last line, which a kill may have cut short
+                damaged += 1
+        if damaged:
+            print(
+                f"imsm: {damaged} damaged lines of the evaluation journal {self.path} are ignored; "
+                "their examples are evaluated again",
+                file=sys.stderr,
+            )
         return True
 
     def open(self) -> None:
@@ -95,9 +117,13 @@ class EvalJournal:
         for index, row in pairs:
             self.rows[index] = dict(row)
         lines = [json.dumps({"i": index, **row}, ensure_ascii=False) + "\n" for index, row in pairs]
-        self._file.write("".join(lines))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write("".join(lines))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:  # a full disk: the command line's one line names the file
+            error.filename = error.filename or str(self.path)
+            raise
 
     def close(self) -> None:
         if self._file is not None:

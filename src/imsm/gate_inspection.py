@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from imsm.checked_files import read_json
 from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
 from imsm.model.build import get_imsm_model
@@ -72,7 +73,8 @@ def initial_gate(adapter: str | Path, base_model: torch.nn.Module) -> FusionGate
     run_config = path / "train_config.json"
     if not run_config.is_file():
         return None
-    config = json.loads(run_config.read_text())["config"]
+    fix = "restore it from the training run, or pass --no-initial to leave the initial gate out"
+    config = read_json(run_config, fix=fix, keys=("config",))["config"]
     peft_config = loramoe_config_for(path) or PeftConfig.from_pretrained(str(path))
     if getattr(peft_config, "rank_pattern", None) and getattr(peft_config, "init_r", None):
         peft_config.rank_pattern = None  # AdaLoRA's pruned ranks came later; training started from init_r

@@ -7,11 +7,11 @@ pass can be stopped and restarted, and run beside the grid's workers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from imsm.atomic_write import write_atomically
+from imsm.checked_files import read_json
 from imsm.data import load_examples, resolve_data_dir
 from imsm.experiment.claim import claimed
 from imsm.experiment.runner import cell_result_path, claim_path, is_done
@@ -32,7 +32,7 @@ def gate_report_path(experiment: Experiment, cell: Cell) -> Path:
 
 def read_gate_report(experiment: Experiment, cell: Cell) -> dict[str, Any] | None:
     path = gate_report_path(experiment, cell)
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path, fix=f"delete {path} to recompute it") if path.exists() else None
 
 
 def inspect_cell_gate(experiment: Experiment, cell: Cell, data_dir, limit: int) -> None:

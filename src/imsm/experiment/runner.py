@@ -27,6 +27,7 @@ from typing import Any
 
 from imsm import evaluate  # called through the module, so tests can stand in for `evaluate_task`
 from imsm.atomic_write import write_atomically
+from imsm.checked_files import read_json
 from imsm.config import IMSMConfig
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
@@ -45,7 +46,7 @@ from imsm.train import run as training  # called through the module, so tests ca
 from imsm.train.checkpoint import latest_checkpoint
 from imsm.train.config import TrainConfig
 from imsm.train.loop import snapshot_directory
-from imsm.train.run_directory import SUMMARY
+from imsm.train.run_directory import SUMMARY, finished_summary
 
 SETTINGS = "experiment.json"
 RESULT = "result.json"
@@ -56,7 +57,8 @@ def check_results_directory(experiment: Experiment) -> None:
     settings = json.loads(json.dumps(experiment.shared_settings(), default=str))
     marker = experiment.results / SETTINGS
     if marker.exists():
-        changed = _differences(settings, json.loads(marker.read_text())["settings"])
+        fix = "restore it (e.g. from git), or delete it if every result there was made with the current settings"
+        changed = _differences(settings, read_json(marker, fix=fix, keys=("settings",))["settings"])
         if changed:
             raise IMSMError(
                 f"results directory {str(experiment.results)!r} holds results made with other settings "
@@ -91,9 +93,18 @@ def cell_result_path(experiment: Experiment, cell: Cell) -> Path:
     return experiment.results / "cells" / cell.name / RESULT
 
 
+def _read_result(path: Path) -> dict[str, Any] | None:
+    # A damaged result is refused, not silently recomputed: that would hide what damaged it.
+    return read_json(path, fix=f"delete {path} to recompute it") if path.exists() else None
+
+
 def read_cell_result(experiment: Experiment, cell: Cell) -> dict[str, Any] | None:
-    path = cell_result_path(experiment, cell)
-    return json.loads(path.read_text()) if path.exists() else None
+    return _read_result(cell_result_path(experiment, cell))
+
+
+def read_original_row(experiment: Experiment, task: str) -> dict[str, Any] | None:
+    """The base model's result on `task`, None while it is missing."""
+    return _read_result(original_path(experiment, task))
 
 
 def _evaluated(result: dict[str, Any], variant: Variant) -> dict[str, Any]:
@@ -159,7 +170,7 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
 
 def run_original(experiment: Experiment, data_dir, log) -> None:
     """The base model's row: each task of `original`, once."""
-    missing = [t for t in experiment.original if not original_path(experiment, t).exists()]
+    missing = [t for t in experiment.original if read_original_row(experiment, t) is None]
     if not missing:
         return
     log(f"original: evaluating the untrained model on {', '.join(missing)}")
@@ -230,7 +241,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
     run = _train(experiment, cell, data_dir, log)
     if train_only:
         return None
-    summary = json.loads((run / SUMMARY).read_text())
+    summary = finished_summary(run)
     result = {
         "cell": cell.name,
         "grids": cell.grids,

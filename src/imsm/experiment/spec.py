@@ -209,8 +209,8 @@ def load_experiment(path: str | Path) -> Experiment:
     if not path.is_file():
         raise IMSMError(f"experiment file {str(path)!r} does not exist; pass the path of a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise IMSMError(f"experiment file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise IMSMError(f"experiment file {str(path)!r} must hold a mapping (name, results, grids, ...)")

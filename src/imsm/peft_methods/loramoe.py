@@ -34,7 +34,6 @@ config that plain peft cannot, and `imsm` uses it whenever it loads an adapter d
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -46,6 +45,8 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from imsm.checked_files import read_json
 
 # Llama, Qwen2, Mistral and most decoder-only models name their feed-forward linears so.
 FEEDFORWARD_TARGETS = ("gate_proj", "up_proj", "down_proj")
@@ -127,7 +128,7 @@ def loramoe_config_for(directory: str | os.PathLike) -> LoRAMoEConfig | None:
     path = Path(directory) / "adapter_config.json"
     if not path.is_file():
         return None
-    values = json.loads(path.read_text())
+    values = read_json(path, fix="re-save the adapter (save_pretrained) or re-train it")
     if values.get("peft_type") != "LORA" or "num_experts" not in values:
         return None
     return LoRAMoEConfig.from_pretrained(str(directory))

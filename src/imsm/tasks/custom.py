@@ -55,14 +55,17 @@ def is_spec_path(name: str) -> bool:
 def _read_spec(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IMSMError(f"task spec {str(path)!r} does not exist; pass the path of a YAML or JSON spec file")
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             spec = json.loads(text)
         else:
-            spec = yaml.safe_load(text)
-    except (json.JSONDecodeError, ValueError) as error:
-        raise IMSMError(f"task spec {str(path)!r} cannot be parsed: {str(error).splitlines()[0]}") from None
+            spec = yaml.safe_load(text)  # refuses NUL bytes, so a zero-filled file too
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise IMSMError(
+            f"task spec {str(path)!r} cannot be parsed ({str(error).splitlines()[0]}); "
+            "fix it, or restore it from where it came from"
+        ) from None
     if not isinstance(spec, dict):
         raise IMSMError(f"task spec {str(path)!r} must be a mapping with keys {', '.join(REQUIRED)}")
     return spec

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from imsm.atomic_write import write_atomically
 from imsm.errors import IMSMError
 from imsm.model.siamese import FrozenMemory, IMSMModel
 from imsm.peft_methods.loramoe import loramoe_balance_loss
-from imsm.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
+from imsm.train.checkpoint import CHECKPOINTS, newest_intact_checkpoint, restore_checkpoint, save_checkpoint
 from imsm.train.config import TrainConfig
 from imsm.train.examples import TokenizedSet, collate
 from imsm.train.frozen_cache import FrozenCache, build_frozen_cache
@@ -177,10 +178,18 @@ def restore_trainable_state(model: IMSMModel, state: dict[str, torch.Tensor]) ->
     model.load_state_dict(weights, strict=False)
 
 
-def _resume(output: Path, model: IMSMModel, optimizer, scheduler) -> dict[str, int]:
-    """Load the newest checkpoint into the model, optimizer, scheduler and RNGs; return its
-    position: steps taken, epoch, and the next batch in that epoch."""
-    trainable, position = load_checkpoint(latest_checkpoint(output), optimizer, scheduler)
+def _resume(output: Path, model: IMSMModel, optimizer, scheduler, announce: bool = True) -> dict[str, int]:
+    """Load the newest intact checkpoint into the model, optimizer, scheduler and RNGs; return its
+    position: steps taken, epoch, and the next batch in that epoch. Damaged newer ones are named
+    on stderr (when `announce`) and left in place; the next checkpoint written supersedes them."""
+    checkpoint, skipped = newest_intact_checkpoint(output)
+    if skipped and announce:
+        print(
+            f"imsm: --resume: skipping damaged checkpoint(s) ({'; '.join(skipped)}); resuming from "
+            f"{checkpoint.path.name}",
+            file=sys.stderr,
+        )
+    trainable, position = restore_checkpoint(checkpoint, optimizer, scheduler)
     missing = {k for k in trainable_state(model) if not k.startswith("adalora_allocator/")} - set(trainable)
     if missing:
         raise IMSMError(f"checkpoint in {str(output)!r} lacks {sorted(missing)[0]}; it was made by another setup")
@@ -230,8 +239,12 @@ class _StepLog:
             "tokens_per_s": round(self.tokens / self.seconds(), 1),
         }
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as error:  # a full disk: the command line's one line names the file
+                error.filename = error.filename or self.file.name
+                raise
         self.bar.set_postfix(
             loss=f"{result.loss:.4f}", lr=f"{learning_rate:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
         )
@@ -275,7 +288,7 @@ def run_training(
     wrapped = accelerator.prepare(model)
     at = {"step": 0, "epoch": 0, "position": 0}  # steps taken, epoch, next batch within it
     if config.resume:
-        at = _resume(output, model, optimizer, scheduler)
+        at = _resume(output, model, optimizer, scheduler, announce=accelerator.is_main_process)
     elif accelerator.is_main_process:
         (output / METRICS_LOG).unlink(missing_ok=True)
     step, epoch, position = at["step"], at["epoch"], at["position"]

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from imsm.checked_files import read_json
 from imsm.errors import IMSMError
-from imsm.train.checkpoint import latest_checkpoint
+from imsm.train.checkpoint import CHECKPOINTS, latest_checkpoint, newest_intact_checkpoint
 from imsm.train.config import TrainConfig
 
 SUMMARY = "train_summary.json"
@@ -39,7 +39,10 @@ def check_output_directory(config: TrainConfig) -> Path:
                 f"--resume: {str(output)!r} has no {CONFIG}, so its settings are unknown; "
                 "start a new run in another directory"
             )
-        saved = json.loads((output / CONFIG).read_text())["config"]
+        fix = "start the run afresh with --overwrite, or in another directory"
+        saved = read_json(output / CONFIG, fix=fix, keys=("config",))["config"]
+        if not finished:
+            newest_intact_checkpoint(output)  # none intact: say so before any model is loaded
         current = config.to_dict()
         changed = sorted(k for k in saved if k not in _RESUMABLE_CHANGES and saved[k] != current.get(k))
         if changed:
@@ -60,7 +63,13 @@ def check_output_directory(config: TrainConfig) -> Path:
 def finished_summary(output: Path) -> dict[str, Any] | None:
     """The summary of the finished run in `output`, or None while it is unfinished."""
     path = output / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    fix = (
+        f"delete it and resume the run (imsm train --resume, or the experiment again) to write it anew from "
+        f"its last checkpoint in {output / CHECKPOINTS}"
+    )
+    return read_json(path, fix=fix, keys=("steps",))
 
 
 def remove_previous_run(output: Path) -> None:
