@@ -613,3 +613,18 @@ def test_a_snapshot_missing_from_a_finished_run_is_named_with_the_fix(workspace,
     assert experiment.cells[0].name == load_experiment(path).cells[0].name  # snapshots are not identity
     with pytest.raises(IMSMError, match="no snapshot at step 1 .* delete .* to retrain"):
         runner.run_experiment(experiment, log=lambda line: None)
+
+
+def test_options_that_change_no_number_can_change_between_sessions(workspace, tmp_path):
+    path = write_config(workspace, tmp_path, grids=variant_grids(workspace, [{}]), original=[])
+    runner.check_results_directory(load_experiment(path))
+    train = {"epochs": 1, "batch_size": 4, "micro_batch_size": 2, "learning_rate": 0.01, "dtype": "fp32"}
+    later = write_config(
+        workspace, tmp_path, grids=variant_grids(workspace, [{}]), original=[], train={**train, "checkpoint_every": 5}
+    )
+    runner.check_results_directory(load_experiment(later))  # accepted: checkpoints change no number
+    other = write_config(
+        workspace, tmp_path, grids=variant_grids(workspace, [{}]), original=[], train={**train, "learning_rate": 0.02}
+    )
+    with pytest.raises(IMSMError, match="learning_rate"):
+        runner.check_results_directory(load_experiment(other))

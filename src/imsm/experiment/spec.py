@@ -157,12 +157,18 @@ class Experiment:
     eval_options: EvalSettings = field(default_factory=EvalSettings)  # `eval`, checked, defaults filled in
 
     def shared_settings(self) -> dict[str, Any]:
-        """What every cell's numbers depend on; a results directory keeps to one set of them."""
+        """What every cell's numbers depend on; a results directory keeps to one set of them.
+        Options that change no number (how often to checkpoint, say) are left out, so they can be
+        changed between sessions of a long grid."""
+
+        def numbers_only(options: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in options.items() if k not in NOT_IDENTITY}
+
         return {
             "model": self.model,
-            "train": self.train,
-            "method_options": self.method_options,
-            "task_options": self.task_options,
+            "train": numbers_only(self.train),
+            "method_options": {k: numbers_only(v) for k, v in self.method_options.items()},
+            "task_options": {k: numbers_only(v) for k, v in self.task_options.items()},
             "eval": self.eval,
         }
 
