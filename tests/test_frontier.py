@@ -14,7 +14,8 @@ import pytest
 
 from imsm.cli import main
 from imsm.experiment import runner
-from imsm.experiment.report.frontier import (
+from imsm.experiment.report.frontier import render_frontier
+from imsm.experiment.report.frontier_study import (
     FORGETTING,
     POOL,
     FrontierPoint,
@@ -24,7 +25,6 @@ from imsm.experiment.report.frontier import (
     frontier_at,
     frontier_rows,
     point_scores,
-    render_frontier,
 )
 from imsm.experiment.spec import load_experiment
 

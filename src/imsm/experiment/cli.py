@@ -9,7 +9,8 @@ from imsm.atomic_write import write_atomically
 from imsm.errors import IMSMError
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
-from imsm.experiment.report.frontier import collect_study, render_frontier
+from imsm.experiment.report.frontier import render_frontier
+from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.runner import cell_state, run_experiment
 from imsm.experiment.spec import load_experiment
 from imsm.options import add_command, check_options, option

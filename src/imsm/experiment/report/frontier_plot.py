@@ -1,0 +1,96 @@
+"""The plot of `imsm frontier`: a study's target score against its forgetting, the trained arms beside
+the λ line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imsm.atomic_write import atomic_path
+from imsm.experiment.report.frontier_study import (
+    UNTRAINED_MIX,
+    FrontierPoint,
+    Study,
+    frontier_rows,
+    lambda_line,
+    length_label,
+)
+
+PLOTS = {"accuracy": "frontier.png", "gold_probability": "frontier-gold.png"}  # pooled score -> file name
+
+
+def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
+    """Target score against forgetting of the pooled `name`: the λ line, each trained arm over its
+    lengths (arrows in training order), the untrained mix, Base; error bars = std over seeds. False,
+    and no file, where there is nothing to draw (no Base or no probe pool)."""
+    line = lambda_line(study, name)
+    rows = frontier_rows(study, name)
+    if not line and not rows:
+        return False
+    # Imported here: the backend must be chosen before pyplot loads, and only plotting needs it.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5.5))
+    lams = [lam for lam, _ in line]
+    points = [p for _, p in line]
+    axis.errorbar(
+        [p.forgetting for p in points],
+        [p.target for p in points],
+        xerr=[p.forgetting_std for p in points],
+        yerr=[p.target_std for p in points],
+        fmt="--o",
+        color="gray",
+        capsize=2,
+        label="vanilla scaled by λ (free)",
+    )
+    for lam, point in zip(lams, points, strict=True):
+        axis.annotate(f"λ={lam:g}", (point.forgetting, point.target), xytext=(5, -11), textcoords="offset points")
+    arms: dict[str, list[FrontierPoint]] = {}
+    for point, _ in rows:
+        arms.setdefault(point.label, []).append(point)
+    for label, curve in arms.items():
+        mix = label.startswith(UNTRAINED_MIX)
+        drawn = axis.errorbar(
+            [p.forgetting for p in curve],
+            [p.target for p in curve],
+            xerr=[p.forgetting_std for p in curve],
+            yerr=[p.target_std for p in curve],
+            fmt="s" if mix else "-o",
+            capsize=2,
+            markersize=7 if mix else 5,
+            label=label + ("" if len(curve) == 1 else f" ({' → '.join(length_label(p.length) for p in curve)} steps)"),
+        )
+        color = drawn.lines[0].get_color()
+        for point in curve if len(curve) > 1 else []:  # each length's step count beside its point
+            offset = {"xytext": (-4, 6), "textcoords": "offset points", "ha": "right"}
+            axis.annotate(
+                length_label(point.length), (point.forgetting, point.target), fontsize=7, color=color, **offset
+            )
+        for before, after in zip(curve, curve[1:], strict=False):  # training order
+            axis.annotate(
+                "",
+                xy=(after.forgetting, after.target),
+                xytext=(before.forgetting, before.target),
+                arrowprops={"arrowstyle": "->", "color": color, "lw": 1.2},
+            )
+    base = next((p for lam, p in line if lam == 0.0), None)
+    if base is not None:
+        axis.plot([0.0], [base.target], "k*", markersize=13, label="Base", zorder=5)
+    axis.axvline(0.0, color="black", linewidth=0.6, linestyle=":")
+    score = "accuracy" if name == "accuracy" else "gold-option probability"
+    axis.set_xlabel(f"forgetting: Base − arm, pooled multiple-choice {score} (points; right = forgets more)")
+    axis.set_ylabel(f"{study.target} {study.metric} (×100)")
+    probes = ", ".join(study.pooled_tasks) or "no probes"
+    axis.set_title(
+        f"{study.experiment.model}: learning {study.target} vs forgetting ({probes})\nmean ± std over seeds",
+        fontsize=9,
+    )
+    axis.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    return True
