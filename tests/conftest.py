@@ -5,6 +5,8 @@ Nothing here touches a hub: every model is random, a few thousand parameters, fp
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from peft import AdaLoraConfig, IA3Config, LoraConfig, VeraConfig
@@ -21,6 +23,16 @@ from transformers import (
 
 from imsm.peft_methods.builders import build_peft_config
 from imsm.peft_methods.loramoe import LoRAMoEConfig
+
+# The model tests on an accelerator or in another dtype, opt-in (a GPU machine; CI runs neither):
+#   IMSM_TEST_DEVICE=cuda IMSM_TEST_DTYPE=bf16 python -m pytest tests/test_decode.py ...
+# Every tensor and model the tests build then lands there by default. Tolerances written for fp32
+# on a CPU may fail in bf16; such a run is for seeing where, not a gate.
+_TEST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+if os.environ.get("IMSM_TEST_DEVICE"):
+    torch.set_default_device(os.environ["IMSM_TEST_DEVICE"])
+if os.environ.get("IMSM_TEST_DTYPE"):
+    torch.set_default_dtype(_TEST_DTYPES[os.environ["IMSM_TEST_DTYPE"]])
 
 VOCAB = 96
 EOS = 2
