@@ -26,7 +26,7 @@ from typing import Any
 from imsm.errors import IMSMError
 from imsm.experiment.questions import paired_over_questions
 from imsm.experiment.report.grid import METHOD_LABELS, scale
-from imsm.experiment.runner import original_path, read_cell_result
+from imsm.experiment.runner import read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
 from imsm.experiment.stats import PairedTest, mean_std
 from imsm.experiment.variants import Variant
@@ -248,11 +248,10 @@ def _base_point(experiment: Experiment, missing: list[str]) -> Point | None:
     """The untrained model (0 steps) on every task of the experiment's `original`."""
     metrics, questions = {}, {}
     for task in experiment.original:
-        path = original_path(experiment, task)
-        if not path.exists():
+        row = read_original_row(experiment, task)  # a damaged file is refused with the fix
+        if row is None:
             missing.append(f"Base: {task}")
             continue
-        row = json.loads(path.read_text())
         metrics[task] = row.get("metrics") or {}
         if row.get("questions"):
             questions[task] = row["questions"]

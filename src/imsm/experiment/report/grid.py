@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imsm.experiment.runner import original_path, read_cell_result
+from imsm.experiment.runner import read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, TARGET, Cell, Experiment
 from imsm.tasks import get_task
 from imsm.train.config import TrainConfig
@@ -71,8 +71,8 @@ def row_label(settings: dict[str, Any], varying: list[str]) -> str:
 
 def original_metrics(experiment: Experiment, task: str) -> dict[str, float] | None:
     """The untrained model's metrics on `task` (the tables' "Original" row), if evaluated."""
-    path = original_path(experiment, task)
-    return json.loads(path.read_text())["metrics"] if path.exists() else None
+    row = read_original_row(experiment, task)  # a damaged file is refused with the fix
+    return None if row is None else row["metrics"]
 
 
 class GridView:
