@@ -2,7 +2,7 @@
 # Issue 17, point 6: configs/forgetting-paper-budget.yaml on a GPU machine that has torch,
 # transformers, peft and accelerate but neither the embedded model's package nor the data sets.
 #
-# What it expects in the working tree (git-ignored, carried there):
+# What it expects in the working tree (git-ignored, carried there; scripts/gpu_prepare.sh builds it):
 #   .gpu2/part-b, /root/imsm-gguf/part-a   the packaged GGUF of SmolLM2-135M-Instruct, in two parts
 #                                          (a transfer limit), checked against .gpu2/gguf.sha256
 #   .gpu2/gguf-*.whl                       the `gguf` reader transformers needs
