@@ -70,8 +70,8 @@ def _check_json_output(output: str | None) -> None:
 
 
 @dataclass
-class GenerateOptions(DecodingOptions):
-    """`imsm generate`: answers to prompts, greedy unless --do-sample."""
+class DecodedModelOptions(DecodingOptions):
+    """The model `imsm generate` and `imsm chat` decode from, and how its tokens are picked."""
 
     model: str = model_option()
     dtype: str = dtype_option()
@@ -80,6 +80,12 @@ class GenerateOptions(DecodingOptions):
     adapter: str | None = adapter_option()
     fusion: str | None = fusion_override_option()
     adapter_scale: float = adapter_scale_option()
+
+
+@dataclass
+class GenerateOptions(DecodedModelOptions):
+    """`imsm generate`: answers to prompts, greedy unless --do-sample."""
+
     prompt: list[str] = option(default_factory=list, repeat=True, help="the prompt")
     max_new_tokens: int = option(128, positive=True, help="cap on generated tokens")
     chat_template: str = chat_template_option()
@@ -94,16 +100,9 @@ class GenerateOptions(DecodingOptions):
 
 
 @dataclass
-class ChatOptions(DecodingOptions):
+class ChatOptions(DecodedModelOptions):
     """`imsm chat`: a conversation through the model's chat template, each reply streamed."""
 
-    model: str = model_option()
-    dtype: str = dtype_option()
-    device: str | None = device_option()
-    trust_remote_code: bool = trust_remote_code_option()
-    adapter: str | None = adapter_option()
-    fusion: str | None = fusion_override_option()
-    adapter_scale: float = adapter_scale_option()
     system: str | None = system_option()
     max_new_tokens: int = option(256, positive=True, help="cap on each reply's tokens")
 
@@ -195,7 +194,7 @@ class DemoOptions:
             raise IMSMError(f"learning_rate must be greater than 0, got {self.learning_rate!r}")
 
 
-def _load_model(options: GenerateOptions | EvalOptions):
+def _load_model(options: DecodedModelOptions | EvalOptions):
     """The base model, with the adapter directory of --adapter on it if given, run with --fusion and
     scaled by --adapter-scale (both checked before the slow model load)."""
     return load_evaluated_model(
