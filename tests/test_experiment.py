@@ -383,11 +383,11 @@ def test_per_task_options_do_not_split_a_methods_row(workspace, tmp_path):
 
 
 def test_report_scales_proportions_and_mcc_to_percent_but_not_nll_or_lengths():
-    from imsm.experiment.report.tables import _format
+    from imsm.experiment.report.tables import spread_text
 
-    assert _format([0.253, 0.247], "mcc", 2) == "25.0 ± 0.4"  # as the paper prints CoLA
-    assert _format([0.5], "accuracy", 1) == "50.0"
-    assert _format([4.8765], "gold_nll", 1) == "4.877" and _format([14.92], "answer_chars", 3) == "14.9 (n=1)"
+    assert spread_text([0.253, 0.247], "mcc", 2) == "25.0 ± 0.4"  # as the paper prints CoLA
+    assert spread_text([0.5], "accuracy", 1) == "50.0"
+    assert spread_text([4.8765], "gold_nll", 1) == "4.877" and spread_text([14.92], "answer_chars", 3) == "14.9 (n=1)"
 
 
 def test_a_gate_option_axis_keeps_one_vanilla_row_paired_with_every_gated_row(workspace, tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +33,15 @@ from imsm.experiment.report.frontier_study import (
     pooled_columns,
     seed_values,
 )
-from imsm.experiment.report.grid import NATS, scale
-from imsm.experiment.report.tables import markdown_table
-from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
+from imsm.experiment.report.grid import scale
+from imsm.experiment.report.tables import markdown_table, spread_text
+from imsm.experiment.stats import PairedTest, paired_t_test
 from imsm.tasks import get_task
 
 STRONG_T = 3.0  # |t| at which a question-level difference is marked (z-type: about 3 standard errors)
 # The vanilla arms every gated arm is compared with at the final length, as (mixed, scale): as
 # trained, scaled to λ = 0.5 (the study's mid-gain free baseline) and mixed 50/50 untrained.
 BASELINES = ((None, 1.0), (None, 0.5), ("mean", 1.0))
-
-
-def _spread(values: Sequence[float], metric: str, expected: int) -> str:
-    """mean ± sample std in display scale, with (n=k) where fewer than `expected` seeds have it."""
-    if not values:
-        return "–"
-    mu, sd = mean_std([scale(metric, v) for v in values])
-    digits = 3 if metric in NATS else 1
-    text = f"{mu:.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{mu:.{digits}f}"
-    return text if len(values) >= expected else f"{text} (n={len(values)})"
 
 
 def _difference(result: QuestionTest, metric: str) -> tuple[str, str]:
@@ -94,10 +84,10 @@ def _score_table(study: Study, groups: Mapping[tuple[Arm, int | None], Mapping[A
     rows = []
     if study.base is not None:
         base = study.scores(study.base)
-        rows.append(["Base", "0", "–", *(_spread([base[s]] if s in base else [], s[1], 1) for s in scores)])
+        rows.append(["Base", "0", "–", *(spread_text([base[s]] if s in base else [], s[1], 1) for s in scores)])
     for (arm, length), points in groups.items():
         entries = [arm.label, length_label(length), str(len(points))]
-        entries += [_spread(list(seed_values(study, points, s).values()), s[1], len(points)) for s in scores]
+        entries += [spread_text(list(seed_values(study, points, s).values()), s[1], len(points)) for s in scores]
         rows.append(entries)
     return markdown_table(["arm", "steps", "seeds", *(_score_header(study, s) for s in scores)], rows)
 

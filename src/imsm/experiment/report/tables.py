@@ -59,7 +59,8 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> lis
     return [line(headers), "|" + "---|" * len(headers), *(line(cells) for cells in rows)]
 
 
-def _format(values: list[float], metric: str, expected: int) -> str:
+def spread_text(values: Sequence[float], metric: str, expected: int) -> str:
+    """mean ± sample std in display scale, with (n=k) where fewer than `expected` seeds have it."""
     if not values:
         return "–"
     mu, sd = mean_std([scale(metric, v) for v in values])
@@ -81,20 +82,21 @@ def metric_table(view: GridView, metric_for) -> list[str]:
         for column in view.columns:
             metrics = original_metrics(view.experiment, column.eval_task) or {}
             metric = metric_for(column.eval_task)
-            original.append(_format([metrics[metric]], metric, 1) if metric in metrics else "–")
+            original.append(spread_text([metrics[metric]], metric, 1) if metric in metrics else "–")
             if in_average(metric):
                 scores.append(scale(metric, metrics[metric]) if metric in metrics else None)
         if averaged:
-            original.append(_format([sum(scores) / len(scores)], AVERAGE, 1) if scores and None not in scores else "–")
+            complete = scores and None not in scores
+            original.append(spread_text([sum(scores) / len(scores)], AVERAGE, 1) if complete else "–")
         rows.append(original)
     for row in view.rows:
         count = view.trainable(row)
         entries = [view.label(row), f"{count:,}" if count else "–"]
         for column in view.columns:
             metric = metric_for(column.eval_task)
-            entries.append(_format(list(view.values(row, column, metric).values()), metric, view.seeds))
+            entries.append(spread_text(list(view.values(row, column, metric).values()), metric, view.seeds))
         if averaged:
-            entries.append(_format(list(view.averages(row).values()), AVERAGE, view.seeds))
+            entries.append(spread_text(list(view.averages(row).values()), AVERAGE, view.seeds))
         rows.append(entries)
     return markdown_table(headers, rows)
 
@@ -122,12 +124,12 @@ def side_score_table(view: GridView) -> list[str]:
         entries = ["Original"]
         for column, score in pairs:
             metrics = original_metrics(view.experiment, column.eval_task) or {}
-            entries.append(_format([metrics[score]], score, 1) if score in metrics else "–")
+            entries.append(spread_text([metrics[score]], score, 1) if score in metrics else "–")
         rows.append(entries)
     for row in view.rows:
         entries = [view.label(row)]
         for column, score in pairs:
-            entries.append(_format(list(view.values(row, column, score).values()), score, view.seeds))
+            entries.append(spread_text(list(view.values(row, column, score).values()), score, view.seeds))
         rows.append(entries)
     return markdown_table(headers, rows)
 
@@ -137,7 +139,7 @@ def gate_table(view: GridView) -> list[str]:
     how much of each answer the base model's memory supplies (0.5 = both memories equally)."""
     several = len(view.train_tasks) > 1
     rows = {
-        row: [_format(list(view.values(row, c, GATE_SCORE).values()), GATE_SCORE, view.seeds) for c in view.columns]
+        row: [spread_text(list(view.values(row, c, GATE_SCORE).values()), GATE_SCORE, view.seeds) for c in view.columns]
         for row in view.rows
     }
     rows = {row: entries for row, entries in rows.items() if any(e != "–" for e in entries)}
