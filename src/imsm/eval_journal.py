@@ -24,9 +24,27 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from imsm.tasks.base import Task
+
+
+def journal_settings(
+    run_settings: dict[str, Any] | None, task: Task, split: str, journal_format: int, **details: Any
+) -> dict[str, Any]:
+    """What shapes one task's results, for its journal's fingerprint: the run's settings (model,
+    adapter, ...), the task and split, the journal's own format and the evaluator's `details`."""
+    return {
+        **(run_settings or {}),
+        "task": task.name,
+        "task_version": task.version,
+        "split": split,
+        "journal_format": journal_format,
+        **details,
+    }
 
 
 def fingerprint(settings: dict[str, Any], texts: Sequence[str] = ()) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from imsm.atomic_write import write_atomically
-from imsm.eval_journal import EvalJournal, fingerprint, run_journaled
+from imsm.eval_journal import EvalJournal, fingerprint, journal_settings, run_journaled
 from imsm.evaluate_choice import evaluate_multiple_choice
 from imsm.evaluate_drift import evaluate_drift
 from imsm.generate import left_padded
@@ -250,15 +250,9 @@ def evaluate_task(
     max_new_tokens = max_new_tokens or task.max_new_tokens
     journal = None
     if journal_path is not None:
-        settings = {
-            **(run_settings or {}),
-            "task": task.name,
-            "task_version": task.version,
-            "split": split,
-            "max_new_tokens": max_new_tokens,
-            "likelihood": likelihood,
-            "journal_format": JOURNAL_FORMAT,
-        }
+        settings = journal_settings(
+            run_settings, task, split, JOURNAL_FORMAT, max_new_tokens=max_new_tokens, likelihood=likelihood
+        )
         fields = [f.name for f in dataclasses.fields(ExampleOutcome)]
         journal = EvalJournal(journal_path, fingerprint(settings, prompts + (targets or [])), fields)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from imsm.eval_journal import EvalJournal, fingerprint, run_journaled
+from imsm.eval_journal import EvalJournal, fingerprint, journal_settings, run_journaled
 from imsm.loglikelihood import encode_pair, score_requests
 from imsm.metrics import METRICS, best_choice, choice_probability, mean, mean_stderr, normalized_log_likelihoods
 from imsm.model.siamese import IMSMModel
@@ -216,15 +216,14 @@ def evaluate_multiple_choice(
     golds = [task.gold_index(r) for r in records]
     journal = None
     if journal_path is not None:
-        settings = {
-            **(run_settings or {}),
-            "task": task.name,
-            "task_version": task.version,
-            "split": split,
-            "chat_template": formatter.use_chat_template,
-            "journal_format": JOURNAL_FORMAT,
-            "answer_type": task.answer_type,
-        }
+        settings = journal_settings(
+            run_settings,
+            task,
+            split,
+            JOURNAL_FORMAT,
+            chat_template=formatter.use_chat_template,
+            answer_type=task.answer_type,
+        )
         texts = [text for q in questions for pair in request_texts(formatter, q) for text in pair]
         fields = [f.name for f in dataclasses.fields(ChoiceReading)]
         journal = EvalJournal(journal_path, fingerprint(settings, texts), fields)

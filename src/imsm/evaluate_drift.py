@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from imsm.errors import IMSMError
-from imsm.eval_journal import EvalJournal, fingerprint, run_journaled
+from imsm.eval_journal import EvalJournal, fingerprint, journal_settings, run_journaled
 from imsm.loglikelihood import prefix_token_id
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
@@ -232,14 +232,7 @@ def evaluate_drift(
         raise IMSMError(f"task {task.name}: none of its {len(records)} documents has text to score")
     journal = None
     if journal_path is not None:
-        settings = {
-            **(run_settings or {}),
-            "task": task.name,
-            "task_version": task.version,
-            "split": split,
-            "max_length": max_length,
-            "journal_format": JOURNAL_FORMAT,
-        }
+        settings = journal_settings(run_settings, task, split, JOURNAL_FORMAT, max_length=max_length)
         texts = [f"{context}\0{text}" for context, text in documents]
         journal = EvalJournal(journal_path, fingerprint(settings, texts), [f.name for f in fields(DocumentDrift)])
 
