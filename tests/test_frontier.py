@@ -24,6 +24,8 @@ from imsm.experiment.report.frontier_study import (
     flips,
     frontier_at,
     frontier_rows,
+    line_columns,
+    line_tests,
     point_scores,
 )
 from imsm.experiment.spec import load_experiment
@@ -207,7 +209,7 @@ def test_the_report_shows_every_section(study_path, tmp_path):
     assert "| IMSM-LoRA | 40 | 3 | 20 / 80 | +20.00 ± 9.18 | 2.2 | -5.00 ± 2.45 | -2.0 |" in report
     assert "| LoRA | 40 | 3 | 20 / 80 | +40.00 ± 11.24 | **3.6** | -30.00 ± 5.16 | **-5.8** |" in report
     assert "| -5.00 ± 2.45 | -2.0 | -2.50 ± 1.23 | -2.0 | 4.0 | 0.0 |" in report  # 4 answers lost, none gained
-    assert "| IMSM-LoRA − LoRA λ=0.5 | pooled accuracy | 80 × 3 | +5.00 ± 2.45 | 2.0 |" in report
+    assert "| IMSM-LoRA − LoRA λ=0.5 | 40 | pooled accuracy | 80 × 3 | +5.00 ± 2.45 | 2.0 |" in report
     assert "IMSM-mean − LoRA" in report and "IMSM-LoRA − untrained mix" in report
     assert "| IMSM-LoRA | 40 | 3 | 70.0 ± 0.0 | 5.0 ± 0.0 | 10.0 | -5.0 |" in report
     assert "outside the frontier's range" in report
@@ -255,3 +257,70 @@ def test_cli_writes_the_report_and_its_plots(tmp_path, capsys):
     assert "![frontier](frontier.png)" in text and "![frontier-gold](frontier-gold.png)" in text
     for plot in ("frontier.png", "frontier-gold.png"):
         assert (tmp_path / "results" / plot).stat().st_size > 1000
+
+
+def test_each_seed_is_tested_against_its_own_lambda_line(study_path):
+    study = collect_study(load_experiment(study_path))
+    tests = {(t.arm.label, t.length): t for t in line_tests(study, "accuracy")}
+    # LoRA after 10 steps reaches λ = 0.5's gain (70) in every seed, losing 11, 12, 13 answers where
+    # λ = 0.5 loses 8: 3, 4 and 5 of 80 more, so the seeds agree (t = 5 / (1.25 / √3)).
+    early = tests[("LoRA", 10)]
+    assert early.by_seed.mean_difference == pytest.approx(4 / 80)
+    assert early.by_seed.t == pytest.approx(0.05 / (0.0125 / 3**0.5))
+    assert early.by_question.seeds == 3 and early.by_question.test.n == 80
+    # IMSM-LoRA keeps 4 of the answers λ = 0.5 loses at the same gain: 4 questions of 80 at -1.
+    gated = tests[("IMSM-LoRA", STEPS)]
+    assert gated.by_question.test.mean_difference == pytest.approx(-4 / 80)
+    assert gated.by_question.standard_error == pytest.approx((((4 * 0.95**2 + 76 * 0.05**2) / 79) / 80) ** 0.5)
+    assert tests[("IMSM-mean", 10)].outside == 3 and tests[("IMSM-mean", 10)].by_seed.n == 0  # past LoRA's gain
+
+
+def test_the_line_is_interpolated_question_by_question():
+    low = {"index": [0, 1, 2, 3], "accuracy": [1.0, 1.0, 1.0, 0.0]}
+    high = {"index": [0, 1, 2, 3], "accuracy": [1.0, 0.0, 0.0, 1.0]}
+    line = [(0.0, 0.5, low), (1.0, 0.9, high)]
+    at = line_columns(line, 0.6, "accuracy")  # a quarter of the way from λ = 0 to λ = 1
+    assert at["index"] == [0, 1, 2, 3] and at["accuracy"] == pytest.approx([1.0, 0.75, 0.75, 0.25])
+    assert line_columns(line, 0.95, "accuracy") is None and line_columns(line, 0.4, "accuracy") is None
+    # Crossed twice (the gain falls again past λ = 0.5): the segment that keeps more answers counts.
+    worse = {"index": [0, 1, 2, 3], "accuracy": [0.0, 0.0, 0.0, 0.0]}
+    bent = [(0.0, 0.5, low), (0.5, 0.9, high), (1.0, 0.5, worse)]
+    assert line_columns(bent, 0.7, "accuracy")["accuracy"] == pytest.approx([1.0, 0.5, 0.5, 0.5])
+
+
+def test_arms_are_compared_at_every_length(study_path):
+    report = render_frontier(collect_study(load_experiment(study_path)), None)
+    # After 10 steps IMSM-LoRA has lost 2 answers where LoRA has lost 11, 12 and 13.
+    assert "| IMSM-LoRA − LoRA | 10 | pooled accuracy | 80 × 3 | +12.50 ± 3.63 | **3.4** | 3 | +12.50 |" in report
+    assert "| IMSM-LoRA − IMSM-mean | 40 | pooled accuracy |" in report
+    assert "| IMSM-LoRA − LoRA λ=0.5 | 10 |" not in report  # post-hoc variants exist at the final length only
+
+
+def test_a_point_rests_on_the_seeds_that_have_both_its_scores(tmp_path):
+    path = write_experiment(tmp_path)
+    write_results(path)
+    experiment = load_experiment(path)
+    cell = next(c for c in experiment.cells if c.config["fusion"] == "none" and c.config["seed"] == 0)
+    file = runner.cell_result_path(experiment, cell)
+    result = json.loads(file.read_text())
+    del result["variants"]["step=10"]["metrics"]["mrpc"]  # seed 0's target score not in yet
+    file.write_text(runner.result_text(result))
+    study = collect_study(load_experiment(path))
+    rows = {(p.label, p.length): p for p, _ in frontier_rows(study, "accuracy")}
+    early = rows[("LoRA", 10)]
+    assert early.seeds == 2 and early.forgetting == pytest.approx(100 * (12 + 13) / 2 / 80)  # not seed 0's 11
+
+
+def test_forgetting_counts_the_questions_base_answered_alike(tmp_path):
+    path = write_experiment(tmp_path)
+    write_results(path)
+    experiment = load_experiment(path)
+    cell = next(c for c in experiment.cells if c.config["fusion"] == "none" and c.config["seed"] == 0)
+    file = runner.cell_result_path(experiment, cell)
+    result = json.loads(file.read_text())
+    result["questions"]["arc_easy"] = {k: v[:20] for k, v in result["questions"]["arc_easy"].items()}
+    file.write_text(runner.result_text(result))
+    study = collect_study(load_experiment(path))
+    lora = next(p for p in study.points if p.arm.label == "LoRA" and p.final and p.seed == 0)
+    # On the 60 questions it answered, Base got 20 + 32 right and LoRA 0 + 32.
+    assert point_scores(study, lora)[(FORGETTING, "accuracy")] == pytest.approx(20 / 60)

@@ -55,7 +55,8 @@ def question_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     return columns
 
 
-def _by_question(columns: Mapping[str, list[Any]], name: str) -> dict[int, float]:
+def values_by_question(columns: Mapping[str, list[Any]], name: str) -> dict[Any, float]:
+    """question index -> float value of `name`, over the questions that have one."""
     values = columns.get(name)
     if values is None:
         return {}
@@ -72,8 +73,8 @@ def paired_over_questions(
     seeds = sorted(s for s in set(treated) & set(control) if name in treated[s] and name in control[s])
     if not seeds:
         return paired_t_test([], []), 0
-    treated_values = [_by_question(treated[s], name) for s in seeds]
-    control_values = [_by_question(control[s], name) for s in seeds]
+    treated_values = [values_by_question(treated[s], name) for s in seeds]
+    control_values = [values_by_question(control[s], name) for s in seeds]
     shared = set.intersection(*(set(v) for v in treated_values + control_values))
     questions = sorted(shared)
     treated_means = [sum(v[q] for v in treated_values) / len(seeds) for q in questions]

@@ -28,8 +28,10 @@ from imsm.experiment.report.frontier_study import (
     compare_questions,
     flips,
     frontier_rows,
+    lambda_gaps,
     lambda_line,
     length_label,
+    line_tests,
     pooled_columns,
     seed_values,
 )
@@ -39,9 +41,10 @@ from imsm.experiment.stats import PairedTest, paired_t_test
 from imsm.tasks import get_task
 
 STRONG_T = 3.0  # |t| at which a question-level difference is marked (z-type: about 3 standard errors)
-# The vanilla arms every gated arm is compared with at the final length, as (mixed, scale): as
-# trained, scaled to λ = 0.5 (the study's mid-gain free baseline) and mixed 50/50 untrained.
-BASELINES = ((None, 1.0), (None, 0.5), ("mean", 1.0))
+# The post-hoc variants of the vanilla adapter every gated arm is also compared with at the final
+# length, as (mixed, scale): scaled to λ = 0.5 (the study's mid-gain free baseline) and mixed 50/50
+# untrained.
+POSTHOC_BASELINES = ((None, 0.5), ("mean", 1.0))
 
 
 def _difference(result: QuestionTest, metric: str) -> tuple[str, str]:
@@ -49,7 +52,7 @@ def _difference(result: QuestionTest, metric: str) -> tuple[str, str]:
     test = result.test
     if math.isnan(test.mean_difference):
         return "–", "–"
-    difference = f"{scale(metric, test.mean_difference):+.2f}"
+    difference = f"{round(scale(metric, test.mean_difference), 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
     if not math.isnan(result.standard_error):
         difference += f" ± {scale(metric, result.standard_error):.2f}"
     if math.isnan(test.t):
@@ -199,17 +202,27 @@ def base_tests_section(study: Study) -> list[str]:
     ]
 
 
-def _baselines(study: Study) -> list[tuple[Arm, Arm]]:
-    """(gated arm, arm it is tested against): each trained gated arm against the vanilla adapter of its
-    setting as trained, scaled by λ = 0.5 and mixed untrained, where the study has them."""
-    arms = [a for a in study.arms() if study.final(a)]
-    return [
-        (arm, Arm(arm.method, "none", arm.setting, mixed, scale))
-        for arm in arms
-        if arm.is_trained and arm.fusion != "none"
-        for mixed, scale in BASELINES
-        if Arm(arm.method, "none", arm.setting, mixed, scale) in arms
-    ]
+def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
+    """(arm, arm it is tested against, length), both read at that length: at every length each gated
+    arm against the vanilla adapter of its method and setting, and the gated arms against each other;
+    at the final length also against the vanilla adapter scaled by λ = 0.5 and mixed untrained."""
+    groups = study.groups()
+    gated = [(a, n) for a, n in groups if a.is_trained and a.fusion != "none"]
+    pairs = []
+    for arm, length in gated:
+        vanilla = Arm(arm.method, "none", arm.setting)
+        if (vanilla, length) in groups:
+            pairs.append((arm, vanilla, length))
+        for other, other_length in gated:
+            same_kind = (other.method, other.setting) == (arm.method, arm.setting)
+            if same_kind and other_length == length and other.order > arm.order:
+                pairs.append((arm, other, length))
+        if length == study.final_length(arm):
+            for mixed, scale in POSTHOC_BASELINES:
+                baseline = Arm(arm.method, "none", arm.setting, mixed, scale)
+                if (baseline, length) in groups:
+                    pairs.append((arm, baseline, length))
+    return pairs
 
 
 def _seed_test_cells(test: PairedTest) -> tuple[str, str]:
@@ -221,10 +234,11 @@ def _seed_test_cells(test: PairedTest) -> tuple[str, str]:
 
 
 def between_arms_section(study: Study) -> list[str]:
-    """Gated arms against the vanilla ones at the final length: question by question and by seed."""
+    """Arms against each other at the same length (`_comparisons`): question by question and by seed."""
     rows = []
-    for arm, other in _baselines(study):
-        treated, control = study.final(arm), study.final(other)
+    groups = study.groups()
+    for arm, other, length in _comparisons(study):
+        treated, control = groups[(arm, length)], groups[(other, length)]
         for task, name in [(study.target, study.metric), *((None, n) for n in POOLED)]:
             score = (study.target, name) if task else (POOL, name)
             by_question = compare_questions(
@@ -237,6 +251,7 @@ def between_arms_section(study: Study) -> list[str]:
             rows.append(
                 [
                     f"{arm.label} − {other.label}",
+                    length_label(length),
                     _score_header(study, score),
                     f"{by_question.test.n} × {by_question.seeds}" if by_question.seeds else "–",
                     difference,
@@ -248,9 +263,9 @@ def between_arms_section(study: Study) -> list[str]:
             )
     if not rows:
         return []
-    headers = ["comparison", "score", "questions × seeds", "Δ ± SE", "t", "seeds", "Δ seed means", "t", "p"]
+    headers = ["comparison", "steps", "score", "questions × seeds", "Δ ± SE", "t", "seeds", "Δ seed means", "t", "p"]
     return [
-        "## Between arms, at the final length",
+        "## Between arms, at the same length",
         "",
         "Question by question (each question averaged over the seeds both arms have; **bold** t: "
         f"|t| ≥ {STRONG_T:g}), then the seed-level paired t-test of the arms' means (pairs share a seed; "
@@ -296,6 +311,9 @@ def frontier_section(study: Study) -> list[str]:
         *markdown_table(["λ", "arm", "seeds", target, "forgetting (accuracy)", "forgetting (gold prob.)"], line_rows),
         "",
     ]
+    gaps = list(dict.fromkeys(label for name in POOLED for label in lambda_gaps(study, name)))
+    if gaps:
+        lines += [f"Left out of the line until their results are in: {', '.join(gaps)}.", ""]
     keyed = {name: {(p.label, p.length): (p, at) for p, at in rows_by_score[name]} for name in POOLED}
     order = list(dict.fromkeys(key for name in POOLED for key in keyed[name]))
     rows = []
@@ -306,14 +324,14 @@ def frontier_section(study: Study) -> list[str]:
             first.label,
             length_label(first.length),
             str(first.seeds),
-            f"{first.target:.1f} ± {first.target_std:.1f}",
+            _with_spread(first.target, first.target_std, first.seeds),
         ]
         for entry in entries:
             if entry is None:
                 row += ["–", "–", "–"]
                 continue
             point, at = entry
-            row.append(f"{point.forgetting:.1f} ± {point.forgetting_std:.1f}")
+            row.append(_with_spread(point.forgetting, point.forgetting_std, point.seeds))
             if at is None:
                 row += ["outside the frontier's range", "–"]
             else:  # rounded first, so that a point on the line reads +0.0, not -0.0
@@ -331,7 +349,50 @@ def frontier_section(study: Study) -> list[str]:
         *markdown_table(headers, rows),
         "",
     ]
-    return lines
+    return lines + line_tests_section(study)
+
+
+def _with_spread(value: float, std: float, seeds: int) -> str:
+    return f"{value:.1f} ± {std:.1f}" if seeds > 1 else f"{value:.1f}"
+
+
+def line_tests_section(study: Study) -> list[str]:
+    """`line_tests`: each seed's arm against its own seed's λ line, question by question and by seed."""
+    rows = []
+    for name in POOLED:
+        for test in line_tests(study, name):
+            difference, t = _difference(test.by_question, name)
+            by_seed = test.by_seed
+            seeds = "–" if math.isnan(by_seed.mean_difference) else f"{scale(name, by_seed.mean_difference):+.2f}"
+            rows.append(
+                [
+                    test.arm.label,
+                    length_label(test.length),
+                    _score_header(study, (FORGETTING, name)),
+                    f"{test.by_question.test.n} × {test.by_question.seeds}" if test.by_question.seeds else "–",
+                    difference,
+                    t,
+                    str(by_seed.n),
+                    seeds,
+                    *_seed_test_cells(by_seed),
+                    str(test.outside) if test.outside else "",
+                ]
+            )
+    if not rows:
+        return []
+    headers = ["arm", "steps", "score", "questions × seeds", "Δ ± SE", "t", "seeds", "Δ seed means", "t", "p"]
+    headers.append("seeds beyond the line")
+    return [
+        "Tested seed by seed: each seed's arm against the λ line of that seed's own vanilla adapter, at the "
+        "arm's target score (each question interpolated between the two λ points around it). Δ = arm's "
+        "forgetting − the line's, in points: negative forgets less than scaling the vanilla adapter to the "
+        f"same gain. Question by question (averaged over seeds first; **bold** t: |t| ≥ {STRONG_T:g}), then "
+        "the seeds' mean differences against 0 (two-sided t-test); seeds whose target score lies beyond "
+        "their line's range are left out and counted.",
+        "",
+        *markdown_table(headers, rows),
+        "",
+    ]
 
 
 def render_frontier(study: Study, plots: Path | None, link_base: Path | None = None, commands=None) -> str:

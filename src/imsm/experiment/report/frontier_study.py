@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from imsm.errors import IMSMError
-from imsm.experiment.questions import paired_over_questions
+from imsm.experiment.questions import paired_over_questions, values_by_question
 from imsm.experiment.report.grid import METHOD_LABELS, scale
 from imsm.experiment.runner import read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
-from imsm.experiment.stats import PairedTest, mean_std
+from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
 from imsm.experiment.variants import Variant
 from imsm.tasks import get_task
 
@@ -368,18 +368,33 @@ def point_scores(study: Study, point: Point) -> dict[Score, float]:
     if target is not None:
         scores[(study.target, study.metric)] = target
     pooled = pooled_columns(point, study.pooled_tasks)
+    base_pool = pooled_columns(study.base, study.pooled_tasks) if study.base and point.arm != BASE_ARM else None
     for name in POOLED:
         value, _ = _column_mean(pooled, name)
         if value is not None:
             scores[(POOL, name)] = value
-            if point.arm != BASE_ARM and (POOL, name) in study.base_scores:
-                scores[(FORGETTING, name)] = study.base_scores[(POOL, name)] - value
+            if base_pool is not None and pooled is not None:
+                # Over the questions both answered: a probe cut to other limits must not pass for forgetting.
+                base_value, point_value = shared_means(base_pool, pooled, name)
+                if base_value is not None and point_value is not None:
+                    scores[(FORGETTING, name)] = base_value - point_value
     for probe in study.probes:
         for metric in PROBE_SCORES.get(probe.kind, ()):
             value = point.metrics.get(probe.task, {}).get(metric)
             if value is not None:
                 scores[(probe.task, metric)] = value
     return scores
+
+
+def shared_means(
+    first: Mapping[str, list[Any]], second: Mapping[str, list[Any]], name: str
+) -> tuple[float | None, float | None]:
+    """The means of `name` in two sets of question columns, over the questions both have a value for."""
+    a, b = values_by_question(first, name), values_by_question(second, name)
+    shared = a.keys() & b.keys()
+    if not shared:
+        return None, None
+    return sum(a[q] for q in shared) / len(shared), sum(b[q] for q in shared) / len(shared)
 
 
 def seed_values(study: Study, points: Mapping[Any, Point], score: Score) -> dict[Any, float]:
@@ -392,9 +407,12 @@ def seed_values(study: Study, points: Mapping[Any, Point], score: Score) -> dict
     return out
 
 
-def _seed_mean(study: Study, points: Mapping[Any, Point], score: Score) -> tuple[float, float, int] | None:
-    """(mean, std, seeds) of `score` in display scale, or None where no seed has it."""
-    values = list(seed_values(study, points, score).values())
+def _seed_mean(
+    study: Study, points: Mapping[Any, Point], score: Score, seeds: set[Any] | None = None
+) -> tuple[float, float, int] | None:
+    """(mean, std, seeds) of `score` in display scale over `seeds` (default: all), or None where no seed
+    has it."""
+    values = [v for seed, v in seed_values(study, points, score).items() if seeds is None or seed in seeds]
     if not values:
         return None
     mu, sd = mean_std([scale(score[1], v) for v in values])
@@ -461,16 +479,37 @@ class FrontierPoint:
 def _frontier_point(
     study: Study, label: str, length: int | None, points: Mapping[Any, Point], name: str
 ) -> FrontierPoint | None:
-    target = _seed_mean(study, points, (study.target, study.metric))
-    forgetting = _seed_mean(study, points, (FORGETTING, name))
+    # Target and forgetting from the same seeds: a seed still being evaluated must not lend the point
+    # one coordinate and not the other.
+    target_score, forgetting_score = (study.target, study.metric), (FORGETTING, name)
+    seeds = set(seed_values(study, points, target_score)) & set(seed_values(study, points, forgetting_score))
+    target = _seed_mean(study, points, target_score, seeds)
+    forgetting = _seed_mean(study, points, forgetting_score, seeds)
     if target is None or forgetting is None:
         return None
-    return FrontierPoint(label, length, min(target[2], forgetting[2]), target[0], target[1], *forgetting[:2])
+    return FrontierPoint(label, length, len(seeds), target[0], target[1], *forgetting[:2])
 
 
-def vanilla_arm(study: Study) -> Arm | None:
-    """The vanilla adapter the λ line scales: the first vanilla arm read as trained at the end."""
-    return next((a for a in study.arms() if a.is_trained and a.fusion == "none" and study.final(a)), None)
+def vanilla_arm(study: Study, like: Arm | None = None) -> Arm | None:
+    """The vanilla adapter the λ line scales: the vanilla arm read as trained at the end, of the same
+    peft method and setting as `like` where given (else the first)."""
+    return next(
+        (
+            a
+            for a in study.arms()
+            if a.is_trained
+            and a.fusion == "none"
+            and study.final(a)
+            and (like is None or (a.method, a.setting) == (like.method, like.setting))
+        ),
+        None,
+    )
+
+
+def _scaled_arms(study: Study, vanilla: Arm) -> list[Arm]:
+    """The vanilla adapter's λ variants (λ ≠ 1), by λ."""
+    scaled = [a for a in study.arms() if a == Arm(vanilla.method, vanilla.fusion, vanilla.setting, None, a.scale)]
+    return sorted((a for a in scaled if a.scale != 1.0), key=lambda a: a.scale)
 
 
 def lambda_line(study: Study, name: str) -> list[tuple[float, FrontierPoint]]:
@@ -483,10 +522,8 @@ def lambda_line(study: Study, name: str) -> list[tuple[float, FrontierPoint]]:
         base_target = scale(study.metric, study.base_scores[(study.target, study.metric)])
         line.append((0.0, FrontierPoint("Base", 0, 1, base_target, 0.0, 0.0, 0.0)))
     if vanilla is not None:
-        for arm in study.arms():
-            scaled = Arm(vanilla.method, vanilla.fusion, vanilla.setting, None, arm.scale)
-            if arm == scaled and arm.scale != 1.0:
-                line.append((arm.scale, _frontier_point(study, arm.label, None, study.final(arm), name)))
+        for arm in _scaled_arms(study, vanilla):
+            line.append((arm.scale, _frontier_point(study, arm.label, None, study.final(arm), name)))
         final = study.final_length(vanilla)
         line.append((1.0, _frontier_point(study, vanilla.label, final, study.final(vanilla), name)))
     return sorted(((lam, p) for lam, p in line if p is not None), key=lambda entry: entry[0])
@@ -510,15 +547,117 @@ def frontier_at(line: Sequence[tuple[float, FrontierPoint]], target: float) -> f
     return min(crossings) if crossings else None
 
 
+def lambda_gaps(study: Study, name: str) -> list[str]:
+    """The λ variants that the line leaves out for want of results (labels)."""
+    vanilla = vanilla_arm(study)
+    if vanilla is None:
+        return []
+    return [
+        arm.label
+        for arm in _scaled_arms(study, vanilla)
+        if _frontier_point(study, arm.label, None, study.final(arm), name) is None
+    ]
+
+
+def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
+    """The groups set against the λ line: every trained arm at every length, and the untrained mix."""
+    return {
+        (arm, length): points
+        for (arm, length), points in study.groups().items()
+        if arm.is_trained or (arm.mixed == "mean" and arm.fusion == "none" and arm.scale == 1.0)
+    }
+
+
 def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, float | None]]:
     """Every trained arm at every length, and the untrained mix, as (seed mean, frontier's forgetting
     at its target score)."""
     line = lambda_line(study, name)
     rows = []
-    for (arm, length), points in study.groups().items():
-        if not (arm.is_trained or (arm.mixed == "mean" and arm.fusion == "none" and arm.scale == 1.0)):
-            continue
+    for (arm, length), points in _placed_arms(study).items():
         point = _frontier_point(study, arm.label, length, points, name)
         if point is not None:
             rows.append((point, frontier_at(line, point.target)))
     return rows
+
+
+# --- each seed against its own λ line --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineTest:
+    """An arm's forgetting minus its λ line's at the same target score (negative: forgets less), each
+    seed's arm against the line of that seed's own vanilla adapter, on the pooled score `name`."""
+
+    arm: Arm
+    length: int | None
+    name: str
+    by_question: QuestionTest  # each question's difference averaged over the seeds first
+    by_seed: PairedTest  # the seeds' mean differences against 0
+    outside: int  # seeds whose target score lies beyond their line's range (left out)
+
+
+def _seed_line(study: Study, vanilla: Arm, seed: Any) -> list[tuple[float, float, dict[str, list[Any]]]]:
+    """(λ, target score, pooled question columns) of one seed's λ line: Base, that seed's scaled vanilla
+    adapters, that seed's vanilla adapter as trained; points without both are left out."""
+    candidates = [(0.0, study.base)] if study.base is not None else []
+    candidates += [(a.scale, study.final(a).get(seed)) for a in _scaled_arms(study, vanilla)]
+    candidates.append((1.0, study.final(vanilla).get(seed)))
+    line = []
+    for lam, point in candidates:
+        if point is None:
+            continue
+        target = study.scores(point).get((study.target, study.metric))
+        columns = pooled_columns(point, study.pooled_tasks)
+        if target is not None and columns is not None:
+            line.append((lam, target, columns))
+    return line
+
+
+def line_columns(
+    line: Sequence[tuple[float, float, Mapping[str, list[Any]]]], target: float, name: str
+) -> dict[str, list[Any]] | None:
+    """The λ line's per-question `name` at `target`: each question interpolated between the two λ points
+    whose target scores bracket it, with the weight that puts the line at `target`. Where several
+    segments bracket it, the one with the highest mean score (least forgetting, as `frontier_at`);
+    None beyond the line's range."""
+    best: tuple[float, dict[str, list[Any]]] | None = None
+    for (_, low_target, low), (_, high_target, high) in zip(line, line[1:], strict=False):
+        if not min(low_target, high_target) - 1e-9 <= target <= max(low_target, high_target) + 1e-9:
+            continue
+        span = high_target - low_target
+        weights = [0.0, 1.0] if abs(span) < 1e-12 else [(target - low_target) / span]
+        a, b = values_by_question(low, name), values_by_question(high, name)
+        questions = [q for q in a if q in b]
+        for w in weights:
+            values = [(1 - w) * a[q] + w * b[q] for q in questions]
+            mean = sum(values) / len(values) if values else -math.inf
+            if values and (best is None or mean > best[0]):
+                best = (mean, {"index": questions, name: values})
+    return None if best is None else best[1]
+
+
+def line_tests(study: Study, name: str) -> list[LineTest]:
+    """Every arm `frontier_rows` places, tested against the λ line seed by seed: its forgetting minus
+    the line's at its own target score, per question (line − arm on the pooled score)."""
+    tests = []
+    for (arm, length), points in _placed_arms(study).items():
+        vanilla = vanilla_arm(study, arm)
+        if vanilla is None:
+            continue
+        on_line, mine, outside = {}, {}, 0
+        for seed, point in points.items():
+            target = study.scores(point).get((study.target, study.metric))
+            columns = pooled_columns(point, study.pooled_tasks)
+            if target is None or columns is None:
+                continue
+            at = line_columns(_seed_line(study, vanilla, seed), target, name)
+            if at is None:
+                outside += 1
+                continue
+            on_line[seed], mine[seed] = at, columns
+        if not mine and not outside:
+            continue
+        per_seed = [compare_questions({s: on_line[s]}, {s: mine[s]}, name).test.mean_difference for s in sorted(mine)]
+        by_seed = paired_t_test(per_seed, [0.0] * len(per_seed))
+        tests.append(LineTest(arm, length, name, compare_questions(on_line, mine, name), by_seed, outside))
+    return tests
