@@ -130,7 +130,7 @@ def settings_section(study: Study) -> list[str]:
         headers = ["probe", "kind", "questions", "Base accuracy", "chance", f"{CHANCE_MARGIN:g} SE", "pooled"]
         lines += [
             f"Probes (a multiple-choice probe is pooled when Base clears chance by {CHANCE_MARGIN:g} binomial "
-            "standard errors):",
+            "standard errors of an accuracy at chance over its questions):",
             "",
             *markdown_table(headers, rows),
             "",

@@ -135,11 +135,11 @@ class Probe:
 
     @property
     def margin(self) -> float | None:
-        """CHANCE_MARGIN binomial standard errors of the base accuracy."""
-        if self.base_accuracy is None or not self.questions:
+        """CHANCE_MARGIN binomial standard errors of an accuracy at chance over this many questions:
+        the test of "answers better than guessing"."""
+        if self.chance is None or not self.questions:
             return None
-        p = self.base_accuracy
-        return CHANCE_MARGIN * math.sqrt(p * (1 - p) / self.questions)
+        return CHANCE_MARGIN * math.sqrt(self.chance * (1 - self.chance) / self.questions)
 
     @property
     def pooled(self) -> bool:
@@ -148,9 +148,9 @@ class Probe:
     @property
     def exclusion(self) -> str | None:
         """Why a multiple-choice probe stays out of the pool, or None."""
-        if self.base_accuracy is None or self.margin is None:
+        if self.base_accuracy is None or not self.questions:
             return "no base row"
-        if self.chance is None:
+        if self.chance is None or self.margin is None:
             return "chance unknown"
         if self.base_accuracy - self.chance < self.margin:
             return "base at chance"
