@@ -115,8 +115,9 @@ class EvalOptions:
     """`imsm eval`: a model's scores on tasks. An experiment's `eval:` section shares these defaults."""
 
     task: str = option(
-        help="task name(s), comma-separated (mrpc, cola, ropes, gsm8k, webq, freebaseqa, multirc), "
-        "or a task spec file (.yaml/.json)"
+        help="task name(s), comma-separated (mrpc, cola, ropes, gsm8k, webq, freebaseqa, multirc; multiple "
+        "choice: arc_easy, arc_challenge, piqa, sciq, winogrande; drift: sciq_support), or a task spec file "
+        "(.yaml/.json)"
     )
     output: str = option(help="metrics JSON; per-example JSONL files go beside it")
     model: str = model_option()

@@ -80,7 +80,7 @@ def data_dir_option() -> Any:
 
 
 def peft_option() -> Any:
-    return option("lora", help="peft method (lora, dora, adalora, ia3, or any peft layer tuner by name)")
+    return option("lora", help="peft method (lora, dora, adalora, ia3, loramoe, or any peft layer tuner by name)")
 
 
 def chat_template_option() -> Any:
@@ -141,7 +141,7 @@ def adapter_scale_option() -> Any:
     return option(
         1.0,
         help="scale the adapter's change by this factor: 0 = the base model, 1 = the adapter as trained "
-        "(LoRA and AdaLoRA by their scaling, (IA)3 by moving its vectors towards 1)",
+        "(LoRA, AdaLoRA and LoRAMoE by their scaling, (IA)3 by moving its vectors towards 1; DoRA refused)",
     )
 
 
