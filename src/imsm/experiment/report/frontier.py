@@ -47,12 +47,19 @@ STRONG_T = 3.0  # |t| at which a question-level difference is marked (z-type: ab
 POSTHOC_BASELINES = ((None, 0.5), ("mean", 1.0))
 
 
+def _signed(metric: str, value: float) -> str:
+    """A difference in display scale with its sign, to 2 decimals. Rounded to 9 first, so that one
+    value reached by two float paths (a mean of question means, a mean of seed means) reads alike;
+    + 0.0 so that it never reads "-0.00"."""
+    return f"{round(round(scale(metric, value), 9), 2) + 0.0:+.2f}"
+
+
 def _difference(result: QuestionTest, metric: str) -> tuple[str, str]:
     """'Δ ± SE' in display scale and t, bold where |t| >= STRONG_T; dashes where undefined."""
     test = result.test
     if math.isnan(test.mean_difference):
         return "–", "–"
-    difference = f"{round(scale(metric, test.mean_difference), 2) + 0.0:+.2f}"  # + 0.0: no "-0.00"
+    difference = _signed(metric, test.mean_difference)
     if not math.isnan(result.standard_error):
         difference += f" ± {scale(metric, result.standard_error):.2f}"
     if math.isnan(test.t):
@@ -257,7 +264,7 @@ def between_arms_section(study: Study) -> list[str]:
                     difference,
                     t,
                     str(by_seed.n),
-                    "–" if math.isnan(by_seed.mean_difference) else f"{scale(name, by_seed.mean_difference):+.2f}",
+                    "–" if math.isnan(by_seed.mean_difference) else _signed(name, by_seed.mean_difference),
                     *_seed_test_cells(by_seed),
                 ]
             )
@@ -363,7 +370,7 @@ def line_tests_section(study: Study) -> list[str]:
         for test in line_tests(study, name):
             difference, t = _difference(test.by_question, name)
             by_seed = test.by_seed
-            seeds = "–" if math.isnan(by_seed.mean_difference) else f"{scale(name, by_seed.mean_difference):+.2f}"
+            seeds = "–" if math.isnan(by_seed.mean_difference) else _signed(name, by_seed.mean_difference)
             rows.append(
                 [
                     test.arm.label,
