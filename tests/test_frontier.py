@@ -296,31 +296,34 @@ def test_arms_are_compared_at_every_length(study_path):
     assert "| IMSM-LoRA − LoRA λ=0.5 | 10 |" not in report  # post-hoc variants exist at the final length only
 
 
-def test_a_point_rests_on_the_seeds_that_have_both_its_scores(tmp_path):
+def study_with_vanilla_seed_0_changed(tmp_path, change):
+    """The synthetic study after `change(result)` edits vanilla LoRA seed 0's result.json."""
     path = write_experiment(tmp_path)
     write_results(path)
     experiment = load_experiment(path)
     cell = next(c for c in experiment.cells if c.config["fusion"] == "none" and c.config["seed"] == 0)
     file = runner.cell_result_path(experiment, cell)
     result = json.loads(file.read_text())
-    del result["variants"]["step=10"]["metrics"]["mrpc"]  # seed 0's target score not in yet
+    change(result)
     file.write_text(runner.result_text(result))
-    study = collect_study(load_experiment(path))
+    return collect_study(load_experiment(path))
+
+
+def test_a_point_rests_on_the_seeds_that_have_both_its_scores(tmp_path):
+    def drop_target(result: dict) -> None:  # seed 0's target score not in yet
+        del result["variants"]["step=10"]["metrics"]["mrpc"]
+
+    study = study_with_vanilla_seed_0_changed(tmp_path, drop_target)
     rows = {(p.label, p.length): p for p, _ in frontier_rows(study, "accuracy")}
     early = rows[("LoRA", 10)]
     assert early.seeds == 2 and early.forgetting == pytest.approx(100 * (12 + 13) / 2 / 80)  # not seed 0's 11
 
 
 def test_forgetting_counts_the_questions_base_answered_alike(tmp_path):
-    path = write_experiment(tmp_path)
-    write_results(path)
-    experiment = load_experiment(path)
-    cell = next(c for c in experiment.cells if c.config["fusion"] == "none" and c.config["seed"] == 0)
-    file = runner.cell_result_path(experiment, cell)
-    result = json.loads(file.read_text())
-    result["questions"]["arc_easy"] = {k: v[:20] for k, v in result["questions"]["arc_easy"].items()}
-    file.write_text(runner.result_text(result))
-    study = collect_study(load_experiment(path))
+    def cut_arc_easy(result: dict) -> None:
+        result["questions"]["arc_easy"] = {k: v[:20] for k, v in result["questions"]["arc_easy"].items()}
+
+    study = study_with_vanilla_seed_0_changed(tmp_path, cut_arc_easy)
     lora = next(p for p in study.points if p.arm.label == "LoRA" and p.final and p.seed == 0)
     # On the 60 questions it answered, Base got 20 + 32 right and LoRA 0 + 32.
     assert point_scores(study, lora)[(FORGETTING, "accuracy")] == pytest.approx(20 / 60)
