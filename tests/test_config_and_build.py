@@ -101,3 +101,30 @@ def test_the_model_keeps_its_dtype_and_the_gate_stays_fp32():
     model = get_imsm_model(base, peft_config("lora", "llama"), IMSMConfig())
     assert base.lm_head.weight.dtype == torch.bfloat16 and model.gate.W_A.dtype == torch.float32
     assert model(torch.tensor([[3, 4, 5]])).logits.dtype == torch.bfloat16
+
+
+def test_building_and_loading_print_no_checkpointing_rename_warning(tmp_path):
+    """peft probes transformers' renamed `is_gradient_checkpointing` on every wrap; users see nothing of it."""
+    import warnings
+
+    from imsm import IMSMModel
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = get_imsm_model(tiny_model("llama"), peft_config("lora", "llama"))
+        model.save_pretrained(tmp_path / "adapter")
+        IMSMModel.from_pretrained(tiny_model("llama"), tmp_path / "adapter")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_only_the_rename_warning_is_silenced():
+    import warnings
+
+    from imsm.model.peft_wrapping import peft_wrapping
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with peft_wrapping():
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("something else is deprecated", FutureWarning)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]

@@ -7,6 +7,7 @@ from torch import nn
 
 from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
+from imsm.model.peft_wrapping import peft_wrapping
 from imsm.model.siamese import IMSMModel
 
 
@@ -69,7 +70,8 @@ def get_imsm_model(
             )
         check_target_modules(base_model, peft_config)
         try:
-            peft_model = get_peft_model(base_model, peft_config)
+            with peft_wrapping():
+                peft_model = get_peft_model(base_model, peft_config)
         except (TypeError, ValueError) as error:
             raise IMSMError(
                 f"peft could not apply {peft_config.peft_type.value}: {str(error).splitlines()[0]}"

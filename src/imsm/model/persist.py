@@ -26,6 +26,7 @@ from imsm.atomic_write import staged_directory
 from imsm.checked_files import check_safetensors, read_json, read_safetensors
 from imsm.config import IMSMConfig
 from imsm.errors import IMSMError
+from imsm.model.peft_wrapping import peft_wrapping
 from imsm.peft_methods.loramoe import loramoe_config_for
 from imsm.version import __version__
 
@@ -139,7 +140,8 @@ def load_tuned_branch(
     try:
         # LoRAMoE saves as peft LoRA plus expert fields; peft alone would rebuild plain LoRA layers.
         peft_config = loramoe_config_for(path)
-        peft_model = PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable, config=peft_config)
+        with peft_wrapping():
+            peft_model = PeftModel.from_pretrained(base_model, str(path), is_trainable=is_trainable, config=peft_config)
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise IMSMError(
