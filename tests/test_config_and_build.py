@@ -125,6 +125,8 @@ def test_only_the_rename_warning_is_silenced():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with peft_wrapping():
-            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-            warnings.warn("something else is deprecated", FutureWarning)
+            warnings.warn(
+                "`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1
+            )
+            warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
