@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from conftest import DAMAGES, JSON_DAMAGES, damage, expected_problem
 from imsm.atomic_write import disk_refusal
-from imsm.checked_files import DamagedFile, check_safetensors, read_json, read_safetensors
+from imsm.checked_files import DamagedFile, check_safetensors, read_json, read_json_lines, read_safetensors
 
 FIX = "re-save it"
 
@@ -77,6 +77,28 @@ def test_json_that_is_not_the_object_expected_is_refused(tmp_path, content, prob
     path.write_bytes(content)
     with pytest.raises(DamagedFile, match=f"^{re.escape(f'{path} {problem}; {FIX}')}$"):
         read_json(path, fix=FIX, keys=("position", "optimizer"))
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b'{"a": 1}\n{"a": 2', "at line 2 is cut short or not valid JSON (Expecting ',' delimiter at column 8)"),
+        (b'{"a": 1}\n\n[3]\n', "at line 3 holds a JSON list, not an object"),
+        (bytes(16), "is zero-filled"),
+        (b"\n\n", "is empty"),
+    ],
+)
+def test_a_damaged_json_lines_file_is_named_with_the_line(tmp_path, content, problem):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DamagedFile, match=f"^{re.escape(f'{path} {problem}; {FIX}')}$"):
+        read_json_lines(path, fix=FIX)
+
+
+def test_json_lines_read_as_objects_skipping_blank_lines(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert read_json_lines(path, fix=FIX) == [{"a": 1}, {"a": 2}]
 
 
 def test_a_missing_file_is_named(tmp_path):

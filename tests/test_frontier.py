@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from imsm.checked_files import DamagedFile
 from imsm.cli import main
 from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
@@ -245,6 +246,15 @@ def test_chance_comes_from_the_base_models_rows_where_kept(study_path, tmp_path)
     (experiment.work / "original.arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     chance, source = chance_accuracy(experiment, "arc_easy")
     assert chance == pytest.approx((1 / 3 + 1 / 5) / 2) and source == "options of the questions"
+
+
+def test_damaged_base_rows_are_refused_with_the_files_to_delete(tmp_path):
+    experiment = load_experiment(write_experiment(tmp_path))
+    experiment.work.mkdir(parents=True)
+    rows = experiment.work / "original.arc_easy.jsonl"
+    rows.write_text('{"index": 0, "choices": ["a", "b"]}\n{"index": 1, "choi')
+    with pytest.raises(DamagedFile, match=r"original.arc_easy.jsonl at line 2 is cut short .*; delete it \(the report"):
+        chance_accuracy(experiment, "arc_easy")
 
 
 def test_cli_writes_the_report_and_its_plots(tmp_path, capsys):

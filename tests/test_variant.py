@@ -8,6 +8,7 @@ done exactly is refused with one line, before any model is loaded.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -212,3 +213,14 @@ def test_saved_scale_and_fusion_reach_the_metrics_header(saved, tmp_path):
     assert code == 0
     header = json.loads(output.read_text())
     assert header["adapter_scale"] == 0.5 and header["fusion"] == "mean"
+
+
+def test_eval_with_a_scale_refuses_a_damaged_adapter_config_in_one_line(saved, tmp_path, capsys):
+    adapter = shutil.copytree(saved["lora"], tmp_path / "adapter")
+    (adapter / "adapter_config.json").write_bytes(b'["not", "a", "config"]')
+    argv = ["eval", "--model", saved["model"], "--adapter", adapter, "--adapter-scale", "0.5", "--task", "mrpc"]
+    code = main([str(a) for a in [*argv, "--output", tmp_path / "metrics.json"]])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1
+    assert f"{adapter / 'adapter_config.json'} holds a JSON list, not an object; re-save the adapter" in error[0]
+    assert not (tmp_path / "metrics.json").exists()

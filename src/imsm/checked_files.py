@@ -87,13 +87,8 @@ def check_safetensors(path: str | os.PathLike, *, fix: str, values: bool = True)
     return _read_tensors(Path(path), fix, values=values, keep=False)
 
 
-def read_json(path: str | os.PathLike, *, fix: str, keys: Sequence[str] = ()) -> dict[str, Any]:
-    """A JSON file that must hold an object (with `keys`, if given).
-
-    Raises:
-        DamagedFile: missing, cut short, zero-filled, not JSON, not an object, or lacking a key.
-    """
-    path = Path(path)
+def _read_text(path: Path, fix: str) -> str:
+    """A saved text file's contents, refused when missing, unreadable, not UTF-8, zero-filled or empty."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -107,14 +102,41 @@ def read_json(path: str | os.PathLike, *, fix: str, keys: Sequence[str] = ()) ->
         raise DamagedFile(path, "is zero-filled" if zeros else "holds NUL bytes (zero-filled or binary), not JSON", fix)
     if not text.strip():
         raise DamagedFile(path, "is empty", fix)
+    return text
+
+
+def _json_object(path: Path, text: str, fix: str, where: str = "") -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        where = f"line {error.lineno} column {error.colno}"
-        raise DamagedFile(path, f"is cut short or not valid JSON ({error.msg} at {where})", fix) from None
+        at = f"line {error.lineno} column {error.colno}" if not where else f"column {error.colno}"
+        raise DamagedFile(path, f"{where}is cut short or not valid JSON ({error.msg} at {at})", fix) from None
     if not isinstance(value, dict):
-        raise DamagedFile(path, f"holds a JSON {type(value).__name__}, not an object", fix)
+        raise DamagedFile(path, f"{where}holds a JSON {type(value).__name__}, not an object", fix)
+    return value
+
+
+def read_json(path: str | os.PathLike, *, fix: str, keys: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON file that must hold an object (with `keys`, if given).
+
+    Raises:
+        DamagedFile: missing, cut short, zero-filled, not JSON, not an object, or lacking a key.
+    """
+    path = Path(path)
+    value = _json_object(path, _read_text(path, fix), fix)
     missing = [key for key in keys if key not in value]
     if missing:
         raise DamagedFile(path, f"lacks the field {missing[0]!r}", fix)
     return value
+
+
+def read_json_lines(path: str | os.PathLike, *, fix: str) -> list[dict[str, Any]]:
+    """A JSON Lines file this package wrote (per-example rows): one object per non-blank line.
+
+    Raises:
+        DamagedFile: missing, zero-filled, empty, or a line that is not a JSON object (named by number).
+    """
+    path = Path(path)
+    text = _read_text(path, fix)
+    lines = enumerate(text.splitlines(), start=1)
+    return [_json_object(path, line, fix, f"at line {number} ") for number, line in lines if line.strip()]

@@ -14,17 +14,17 @@ with that fusion. Everything is checked from the saved files before the slow mod
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
+from imsm.checked_files import read_json
 from imsm.config import FUSION_MODES, IMSMConfig
 from imsm.errors import IMSMError
 from imsm.model.adapter_scale import check_scalable, scale_adapter
 from imsm.model.load import load_model_and_tokenizer
-from imsm.model.persist import PEFT_CONFIG_FILE, check_adapter_directory, read_imsm_config
+from imsm.model.persist import PEFT_CONFIG_FILE, REMEDY, check_adapter_directory, read_imsm_config
 from imsm.model.siamese import IMSMModel
 from imsm.registry import unknown_name_message
 
@@ -74,10 +74,7 @@ def check_variant(adapter: str | Path | None, fusion: str | None = None, adapter
 def _check_scalable_on_disk(adapter: Path) -> None:
     """`check_scalable`'s verdict from adapter_config.json alone, before any model is built."""
     path = adapter / PEFT_CONFIG_FILE
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise IMSMError(f"{path} is not valid JSON ({error}); re-save the adapter with save_pretrained") from None
+    config = read_json(path, fix=REMEDY)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type == "LORA" and config.get("use_dora"):
         raise IMSMError(

@@ -23,10 +23,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from imsm.checked_files import read_json_lines
 from imsm.errors import IMSMError
 from imsm.experiment.questions import paired_over_questions, values_by_question
 from imsm.experiment.report.grid import METHOD_LABELS, scale
-from imsm.experiment.runner import read_cell_result, read_original_row
+from imsm.experiment.runner import original_path, read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
 from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
 from imsm.experiment.variants import Variant
@@ -263,7 +264,11 @@ def chance_accuracy(experiment: Experiment, task: str) -> tuple[float | None, st
     the questions the base model answered where their rows are kept, else the task's usual options."""
     rows = experiment.work / f"original.{Path(task).stem}.jsonl"
     if rows.is_file():
-        counts = [len(json.loads(line).get("choices") or []) for line in rows.read_text().splitlines() if line]
+        fix = (
+            f"delete it (the report then assumes the task's usual options), or delete it and "
+            f"{original_path(experiment, task)} and rerun imsm experiment to recompute both"
+        )
+        counts = [len(row.get("choices") or []) for row in read_json_lines(rows, fix=fix)]
         counts = [n for n in counts if n]
         if counts:
             return sum(1 / n for n in counts) / len(counts), "options of the questions"
