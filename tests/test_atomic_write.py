@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+from pathlib import Path
 
 import pytest
 
-from imsm.atomic_write import atomic_path, staged_directory, write_atomically
+from imsm.atomic_write import DiskRefusedWrite, atomic_path, staged_directory, write_atomically, write_together
 
 
 class Interrupted(Exception):
@@ -44,6 +47,35 @@ def test_a_failed_write_creates_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         write_atomically(tmp_path / "new.txt", "text")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_written_together_all_change_or_none(tmp_path, monkeypatch):
+    rows, results = tmp_path / "rows.jsonl", tmp_path / "results.json"
+    rows.write_text("old rows\n")
+    results.write_text("old results\n")
+    real_write = Path.write_text
+
+    def disk_full_at_results(path, data, **kwargs):
+        if path.name.startswith(".results.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full_at_results)
+    with pytest.raises(DiskRefusedWrite, match=f"could not write {re.escape(str(results))} .*free some disk space"):
+        write_together({rows: "new rows\n", results: "new results\n"})
+    assert (rows.read_text(), results.read_text()) == ("old rows\n", "old results\n")
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+    write_together({rows: "new rows\n", results: b"new results\n"})
+    assert (rows.read_text(), results.read_text()) == ("new rows\n", "new results\n")
+
+
+def test_files_written_together_are_renamed_in_the_order_given(tmp_path, monkeypatch):
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(b).name), real_replace(a, b))[1])
+    write_together({tmp_path / "b.jsonl": "rows", tmp_path / "a.json": "summary"})
+    assert renamed == ["b.jsonl", "a.json"]
 
 
 def test_the_file_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):

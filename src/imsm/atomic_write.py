@@ -15,7 +15,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -77,6 +77,18 @@ def _fsync_tree(directory: Path) -> None:
         _fsync(Path(root))
 
 
+def _temporary_beside(path: Path) -> Path:
+    # Hidden, unique per call (two threads or processes may write the same target).
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+def _write_data(path: Path, data: str | bytes) -> None:
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data, encoding="utf-8")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to, renamed over `path` when the block succeeds.
@@ -91,8 +103,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         The temporary path (not yet created); the block must write the whole file there.
     """
     path = Path(path)
-    # Hidden, unique per call (two threads or processes may write the same target).
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    temporary = _temporary_beside(path)
     try:
         yield temporary
         _fsync(temporary)
@@ -109,10 +120,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_atomically(path: str | os.PathLike, data: str | bytes) -> None:
     """Write `data` (text as UTF-8, or bytes) to `path`, so readers never see half a file."""
     with atomic_path(path) as temporary:
-        if isinstance(data, bytes):
-            temporary.write_bytes(data)
-        else:
-            temporary.write_text(data, encoding="utf-8")
+        _write_data(temporary, data)
+
+
+def write_together(files: Mapping[str | os.PathLike, str | bytes]) -> None:
+    """Write files that belong together (per-example rows and the results that summarise them) so
+    that a failure leaves every one as it was: all are written and synced under temporary names
+    before the first is renamed, then renamed in the order given (the file whose presence marks
+    the whole as done goes last). A rename needs no space, so a full disk never splits the set."""
+    staged: list[tuple[Path, Path]] = []
+    path = None
+    try:
+        for target, data in files.items():
+            path = Path(target)
+            staged.append((_temporary_beside(path), path))
+            _write_data(staged[-1][0], data)
+            _fsync(staged[-1][0])
+        for temporary, path in staged:
+            os.replace(temporary, path)
+        for directory in dict.fromkeys(target.parent for _, target in staged):
+            _fsync(directory)
+    except OSError as error:
+        if path is None or (refused := _refused(path, error)) is None:
+            raise
+        raise refused from None
+    finally:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)  # only left after a failure: the renames consumed them
 
 
 @contextmanager

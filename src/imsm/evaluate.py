@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from imsm.atomic_write import write_atomically
+from imsm.atomic_write import write_together
 from imsm.eval_journal import EvalJournal, fingerprint, journal_settings, run_journaled
 from imsm.evaluate_choice import evaluate_multiple_choice
 from imsm.evaluate_drift import evaluate_drift
@@ -297,11 +297,14 @@ def journal_path(output: Path, task: Task) -> Path:
 
 
 def write_results(output: Path, header: dict[str, Any], results: list[TaskResult]) -> None:
-    for result in results:
-        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
-        write_atomically(predictions_path(output, result.task), lines)
+    """The per-example files and the metrics file, all new or (on a full disk) all as they were."""
+    files: dict[Path, str] = {
+        predictions_path(output, r.task): "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in r.examples)
+        for r in results
+    }
     payload = {**header, "tasks": {r.task.name: r.summary() for r in results}}
-    write_atomically(output, json.dumps(payload, indent=2) + "\n")
+    files[output] = json.dumps(payload, indent=2) + "\n"  # last: its presence says the evaluation finished
+    write_together(files)
 
 
 COUNTS = ("tokens", "truncated_documents", "skipped_documents")  # metrics that are counts, not rates
