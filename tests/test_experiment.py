@@ -302,6 +302,12 @@ def test_report_carries_its_commands_and_the_authors_discussion(workspace, tmp_p
     assert len(err) == 1 and "absent.md" in err[0] and "does not exist" in err[0]
     assert output.read_text() == report  # nothing overwritten on bad input
 
+    (tmp_path / "binary.md").write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert main(["report", path, "--output", str(output), "--discussion", str(tmp_path / "binary.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "binary.md' is not UTF-8 text (byte 0); save it as UTF-8" in err[0]
+    assert output.read_text() == report
+
 
 def test_a_claim_excludes_other_holders_until_released(tmp_path):
     lock = tmp_path / "claims" / "cell.lock"

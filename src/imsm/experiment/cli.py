@@ -136,7 +136,13 @@ def cmd_report(options: ReportOptions) -> int:
             raise IMSMError(
                 f"discussion file {str(options.discussion)!r} does not exist; give a markdown file or drop --discussion"
             )
-        discussion = options.discussion.read_text()
+        try:
+            discussion = options.discussion.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise IMSMError(
+                f"discussion file {str(options.discussion)!r} is not UTF-8 text (byte {error.start}); "
+                "save it as UTF-8 markdown"
+            ) from None
     report_command = f"imsm report {options.file} --output {output} --plots {plots}"
     if options.discussion is not None:
         report_command += f" --discussion {options.discussion}"
