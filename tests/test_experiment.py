@@ -545,7 +545,7 @@ def variant_grids(workspace, variants, fusion="none", peft="lora"):
     }
 
 
-def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspace, tmp_path, monkeypatch):
+def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspace, tmp_path, monkeypatch, capsys):
     """A learning curve and the post-hoc baselines from one run: snapshots at chosen steps, the
     final adapter scaled by λ and mixed 50/50, each evaluated and kept under its own key."""
     facts = str(workspace / "facts.yaml")
@@ -573,6 +573,10 @@ def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspac
     # A variant whose result was lost is evaluated again, alone, without training.
     del result["variants"]["step=1"]
     runner.cell_result_path(experiment, cell).write_text(runner.result_text(result))
+    capsys.readouterr()
+    assert main(["experiment", path, "--dry-run"]) == 0  # says what is left
+    progress = f"{cell.name}: to run; 4 of 5 evaluations done; to evaluate: [step=1] on {facts} (curve)"
+    assert capsys.readouterr().out.splitlines()[0] == progress
     evaluated = []
     import imsm.evaluate as evaluate_module
 
@@ -583,7 +587,7 @@ def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspac
     assert len(evaluated) == 1 and runner.is_done(experiment, cell)
 
 
-def test_train_only_trains_every_cell_and_evaluates_nothing(workspace, tmp_path, monkeypatch):
+def test_train_only_trains_every_cell_and_evaluates_nothing(workspace, tmp_path, monkeypatch, capsys):
     path = write_config(workspace, tmp_path, grids=variant_grids(workspace, [{}, {"step": 1}]))
     monkeypatch.setattr("imsm.evaluate.evaluate_task", lambda *a, **k: pytest.fail("evaluated in --train-only"))
     assert main(["experiment", path, "--train-only"]) == 0
@@ -592,6 +596,11 @@ def test_train_only_trains_every_cell_and_evaluates_nothing(workspace, tmp_path,
     assert (experiment.work / cell.name / "snapshots" / "step-000001").is_dir()
     assert runner.read_cell_result(experiment, cell) is None
     assert not (experiment.results / "original").exists()
+    facts = str(workspace / "facts.yaml")
+    capsys.readouterr()
+    assert main(["experiment", path, "--dry-run"]) == 0
+    plan = f"0 of 2 evaluations done; to evaluate: as trained on {facts}; [step=1] on {facts}"
+    assert plan in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
 from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_study import collect_study
-from imsm.experiment.runner import cell_state, run_experiment
+from imsm.experiment.runner import cell_state, evaluations_left, run_experiment
 from imsm.experiment.spec import load_experiment
 from imsm.options import add_command, check_options, option
 from imsm.registry import unknown_name_message
@@ -102,6 +102,18 @@ def add_experiment_parsers(commands) -> None:
     )
 
 
+def _evaluation_progress(experiment, cell) -> str:
+    """How many of a cell's evaluations are done, and which are left, grouped by variant."""
+    total, left = len(cell.evaluations()), evaluations_left(experiment, cell)
+    if not left:
+        return f"{total} evaluations" if total else "nothing to evaluate"
+    by_variant: dict[str, list[str]] = {}
+    for variant, task in left:
+        by_variant.setdefault(f"[{variant.key}]" if variant.key else "as trained", []).append(task)
+    plan = "; ".join(f"{name} on {', '.join(tasks)}" for name, tasks in by_variant.items())
+    return f"{total - len(left)} of {total} evaluations done; to evaluate: {plan}"
+
+
 def cmd_experiment(options: ExperimentOptions) -> int:
     experiment = load_experiment(options.file)
     if options.grid is not None and options.grid not in experiment.grids:
@@ -112,9 +124,7 @@ def cmd_experiment(options: ExperimentOptions) -> int:
         for cell in cells:
             state = cell_state(experiment, cell)
             counts[state] = counts.get(state, 0) + 1
-            variants = "".join(f"; [{key}] on {', '.join(tasks)}" for key, tasks in cell.variants.items())
-            evaluate = ", ".join(cell.evaluate) or "nothing as trained"
-            print(f"{cell.name}: {state}; evaluate on {evaluate}{variants} ({', '.join(cell.grids)})")
+            print(f"{cell.name}: {state}; {_evaluation_progress(experiment, cell)} ({', '.join(cell.grids)})")
         summary = ", ".join(f"{n} {state}" for state, n in counts.items())
         print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
         return 0

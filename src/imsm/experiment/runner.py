@@ -112,11 +112,14 @@ def _evaluated(result: dict[str, Any], variant: Variant) -> dict[str, Any]:
     return result if variant.is_default else result.get("variants", {}).get(variant.key, {})
 
 
+def evaluations_left(experiment: Experiment, cell: Cell) -> list[tuple[Variant, str]]:
+    """The (variant, task) evaluations of `cell` whose metrics its result does not hold yet."""
+    result = read_cell_result(experiment, cell) or {}
+    return [(v, task) for v, task in cell.evaluations() if task not in _evaluated(result, v).get("metrics", {})]
+
+
 def is_done(experiment: Experiment, cell: Cell) -> bool:
-    result = read_cell_result(experiment, cell)
-    return result is not None and all(
-        task in _evaluated(result, variant).get("metrics", {}) for variant, task in cell.evaluations()
-    )
+    return cell_result_path(experiment, cell).exists() and not evaluations_left(experiment, cell)
 
 
 def cell_state(experiment: Experiment, cell: Cell) -> str:
