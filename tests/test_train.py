@@ -393,3 +393,66 @@ def test_demo_runs_end_to_end_offline(workspace, tmp_path, capsys):
     assert results["details"]["IMSM-LoRA"]["training"]["steps"] == 1
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 0
     assert "IMSM-LoRA" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The frozen memories on disk: computed once, read back by resumed runs and by other runs on the
+# same base model and examples, never by runs they do not fit.
+
+
+SAFETENSORS_CUT = "incomplete metadata, file not fully covered"
+
+
+def frozen_cache_files(directory):
+    return sorted(p.name for p in directory.glob("*.safetensors")) if directory.is_dir() else []
+
+
+def test_frozen_memories_are_stored_and_read_back_with_the_same_result(workspace, tmp_path):
+    shared = tmp_path / "memories"
+    first = train(config(workspace, tmp_path / "a", frozen_cache_dir=str(shared)), progress=False)
+    assert first["frozen_cache_read"] is False and len(frozen_cache_files(shared)) == 1
+    second = train(config(workspace, tmp_path / "b", frozen_cache_dir=str(shared), fusion="mean"), progress=False)
+    third = train(config(workspace, tmp_path / "c", frozen_cache_dir=str(shared)), progress=False)
+    assert second["frozen_cache_read"] is True and third["frozen_cache_read"] is True
+    assert len(frozen_cache_files(shared)) == 1  # one base model, one set of examples: one file
+    a, c = adapter_tensors(tmp_path / "a"), adapter_tensors(tmp_path / "c")
+    assert all(torch.equal(a[k], c[k]) for k in a)  # read back, the memories train to the same weights
+
+
+def test_by_default_a_run_keeps_its_memories_and_overwrite_leaves_them(workspace, tmp_path):
+    run = tmp_path / "run"
+    train(config(workspace, run), progress=False)
+    stored = frozen_cache_files(run / "frozen-memories")
+    assert len(stored) == 1
+    again = train(config(workspace, run, overwrite=True, seed=3), progress=False)
+    assert again["frozen_cache_read"] is True and frozen_cache_files(run / "frozen-memories") == stored
+    vanilla = train(config(workspace, tmp_path / "vanilla", fusion="none"), progress=False)
+    assert vanilla["frozen_cache_read"] is False and not (tmp_path / "vanilla" / "frozen-memories").exists()
+
+
+def test_memories_of_other_examples_or_another_base_model_are_not_read(workspace, tmp_path):
+    shared = str(tmp_path / "memories")
+    train(config(workspace, tmp_path / "a", frozen_cache_dir=shared), progress=False)
+    other_task = train(
+        config(workspace, tmp_path / "b", frozen_cache_dir=shared, task=str(workspace / "same.yaml")), progress=False
+    )
+    save_tiny_model(tmp_path / "other-model", seed=5)
+    other_model = train(
+        config(workspace, tmp_path / "c", frozen_cache_dir=shared, model=str(tmp_path / "other-model")), progress=False
+    )
+    assert other_task["frozen_cache_read"] is False and other_model["frozen_cache_read"] is False
+    assert len(frozen_cache_files(tmp_path / "memories")) == 3
+
+
+def test_a_damaged_memory_file_is_rebuilt_with_a_note(workspace, tmp_path, capsys):
+    shared = tmp_path / "memories"
+    train(config(workspace, tmp_path / "a", frozen_cache_dir=str(shared)), progress=False)
+    [name] = frozen_cache_files(shared)
+    intact = (shared / name).read_bytes()
+    (shared / name).write_bytes(intact[: len(intact) // 2])
+    capsys.readouterr()
+    summary = train(config(workspace, tmp_path / "b", frozen_cache_dir=str(shared)), progress=False)
+    assert summary["frozen_cache_read"] is False
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("imsm: ")]
+    assert note == [f"imsm: {shared / name} is cut short or not a safetensors file ({SAFETENSORS_CUT}); it is rebuilt"]
+    assert (shared / name).read_bytes() == intact

@@ -194,6 +194,9 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
             journal.unlink(missing_ok=True)
 
 
+FROZEN_MEMORIES = "frozen-memories"
+
+
 def _train(experiment: Experiment, cell: Cell, data_dir, log) -> Path:
     """Train the cell's adapter, or resume it, or reuse a finished run; return its directory."""
     run = experiment.work / cell.name
@@ -205,6 +208,8 @@ def _train(experiment: Experiment, cell: Cell, data_dir, log) -> Path:
                 "output": str(run),
                 "data_dir": str(data_dir) if data_dir else None,
                 "snapshot_steps": cell.snapshot_steps or None,
+                # Every cell on the same base model and training examples reads one set of frozen memories.
+                "frozen_cache_dir": str(experiment.work / FROZEN_MEMORIES),
                 "resume": resume,
                 "overwrite": not resume,
             }
@@ -251,7 +256,8 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
         "settings": cell.config,
         "trainable_parameters": summary["resolved"]["trainable_parameters"],
         "training": {
-            k: summary.get(k) for k in ("steps", "final_loss", "seconds", "frozen_cache_seconds", "tokens_per_s")
+            k: summary.get(k)
+            for k in ("steps", "final_loss", "seconds", "frozen_cache_seconds", "frozen_cache_read", "tokens_per_s")
         },
         "examples": summary["resolved"]["examples"],
         "metrics": {},

@@ -72,7 +72,7 @@ TOP_LEVEL = {
 # Options a grid may not set: the runner owns them.
 RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir"}
 # Fields that do not change what a cell computes, so they are left out of its identity.
-NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir", "snapshot_steps"}
+NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir", "snapshot_steps", "frozen_cache_dir"}
 GRID_KEYS = {"evaluate", "variants"}  # what a grid may hold besides `imsm train` options
 # The peft methods whose change `adapter_scale` scales exactly (imsm.model.adapter_scale).
 SCALABLE_METHODS = ("lora", "adalora", "ia3", "loramoe")

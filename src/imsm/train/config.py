@@ -74,6 +74,11 @@ class TrainConfig:
     dtype: str = dtype_option()
     chat_template: str = chat_template_option()
     cache_frozen: bool = option(True, help="compute the frozen branch once per example and reuse it every epoch")
+    frozen_cache_dir: str | None = option(
+        None,
+        help="where those frozen memories are kept on disk and looked up, under a fingerprint of the base "
+        "weights and examples (default OUTPUT/frozen-memories; runs that share a directory share them)",
+    )
     checkpoint_every: int | None = option(
         None, positive=True, help="write a checkpoint every N optimizer steps (and at every epoch end)"
     )

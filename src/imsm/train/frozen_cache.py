@@ -1,15 +1,35 @@
 """The frozen branch's memories, computed once per example before training and reused every
-epoch: the frozen model never changes, so neither do they."""
+epoch: the frozen model never changes, so neither do they.
+
+They are also kept on disk, in a file named by a fingerprint of everything they depend on (the
+frozen weights, their dtype and device type, the tokenised examples, padding and the batch size
+they were computed in). A resumed run, and any other run on the same base model and examples (an
+experiment's seeds, IMSM beside IMSM-mean), reads them back instead of running the frozen model
+over the whole training set again. The build order is fixed, so a rebuild gives the same memories
+(bit for bit where the arithmetic runs alike); a damaged file is rebuilt with a note, never trusted.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from imsm.atomic_write import atomic_path
+from imsm.checked_files import DamagedFile, read_safetensors
 from imsm.model.siamese import FrozenMemory, IMSMModel
 from imsm.train.examples import TokenizedSet, collate
+
+# Bumped when what a cache file holds changes meaning, so older files are never read.
+CACHE_FORMAT = 1
+_SAMPLED_VALUES = 4096  # per weight tensor, for the fingerprint of the frozen weights
 
 
 @dataclass
@@ -45,3 +65,93 @@ def build_frozen_cache(
         query.extend(memory.query.cpu().unbind(0))
         hidden.extend(memory.hidden.cpu().split(counts))
     return FrozenCache(query, hidden)
+
+
+@torch.no_grad()
+def frozen_weights_digest(model: IMSMModel) -> str:
+    """A digest of the weights the frozen branch runs on: every frozen parameter's name, shape and
+    dtype, and an evenly strided sample of its values (another checkpoint, a merged adapter or a
+    resized vocabulary changes it; hashing every value of an 8B model would take a minute)."""
+    digest = hashlib.sha256()
+    for name, parameter in model.causal_lm.named_parameters():
+        if parameter.requires_grad:  # the adapter and anything else training changes
+            continue
+        flat = parameter.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _SAMPLED_VALUES)].float().cpu()
+        digest.update(f"{name}|{tuple(parameter.shape)}|{parameter.dtype}|".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_fingerprint(model: IMSMModel, data: TokenizedSet, pad_id: int, batch_size: int, device) -> str:
+    """What the memories depend on, hashed: the file name they are kept under."""
+    digest = hashlib.sha256()
+    facts = {
+        "format": CACHE_FORMAT,
+        "weights": frozen_weights_digest(model),
+        "dtype": str(model.frozen_head.weight.dtype),
+        "device": torch.device(device).type,
+        "pad_id": pad_id,
+        "batch_size": batch_size,
+    }
+    digest.update(json.dumps(facts, sort_keys=True).encode())
+    for example in data.examples:
+        digest.update(json.dumps([example.prompt_length, example.input_ids]).encode())
+    return digest.hexdigest()[:32]
+
+
+def _expected_counts(data: TokenizedSet) -> list[int]:
+    # The positions whose next token is labelled: the answer's tokens, each predicted from the one before.
+    return [len(e.input_ids) - e.prompt_length for e in data.examples]
+
+
+def save_frozen_cache(cache: FrozenCache, path: Path) -> None:
+    """Write the cache whole under `path` (a safetensors file), or leave nothing there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "query": torch.stack(cache.query).contiguous(),  # [N, d]
+        "hidden": torch.cat(cache.hidden).contiguous(),  # [sum n_i, d]
+        "counts": torch.tensor([len(h) for h in cache.hidden], dtype=torch.int64),  # [N]
+    }
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": str(CACHE_FORMAT)})
+
+
+def read_frozen_cache(path: Path, data: TokenizedSet) -> FrozenCache:
+    """The cache stored at `path` for `data`; DamagedFile if it is damaged or does not fit the data."""
+    fix = "it is rebuilt"
+    tensors = read_safetensors(path, fix=fix)
+    if set(tensors) != {"query", "hidden", "counts"}:
+        raise DamagedFile(path, f"holds tensors {sorted(tensors)}, not a frozen-memory cache", fix)
+    counts = tensors["counts"].tolist()
+    if counts != _expected_counts(data) or tensors["query"].shape[0] != len(counts):
+        raise DamagedFile(path, "does not fit these training examples", fix)
+    if tensors["hidden"].shape[0] != sum(counts) or tensors["hidden"].shape[1:] != tensors["query"].shape[1:]:
+        raise DamagedFile(path, "holds tensors of inconsistent shapes", fix)
+    return FrozenCache(list(tensors["query"].unbind(0)), list(tensors["hidden"].split(counts)))
+
+
+def stored_frozen_cache(
+    model: IMSMModel,
+    data: TokenizedSet,
+    pad_id: int,
+    batch_size: int,
+    device,
+    directory: Path,
+    progress: bool,
+    write: bool = True,
+    note: Callable[[str], None] | None = None,
+) -> tuple[FrozenCache, bool]:
+    """The memories for `data` from `directory` when stored there, else built (and stored, when
+    `write`: the main process of a distributed run). Returns (cache, whether it was read back)."""
+    note = note or (lambda line: print(f"imsm: {line}", file=sys.stderr))
+    path = directory / f"{cache_fingerprint(model, data, pad_id, batch_size, device)}.safetensors"
+    if path.exists():
+        try:
+            return read_frozen_cache(path, data), True
+        except DamagedFile as error:
+            note(str(error))
+    cache = build_frozen_cache(model, data, pad_id, batch_size, device, progress)
+    if write:
+        save_frozen_cache(cache, path)
+    return cache, False

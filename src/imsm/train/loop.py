@@ -31,9 +31,9 @@ from imsm.peft_methods.loramoe import loramoe_balance_loss
 from imsm.train.checkpoint import CHECKPOINTS, newest_intact_checkpoint, restore_checkpoint, save_checkpoint
 from imsm.train.config import TrainConfig
 from imsm.train.examples import TokenizedSet, collate
-from imsm.train.frozen_cache import FrozenCache, build_frozen_cache
+from imsm.train.frozen_cache import FrozenCache, stored_frozen_cache
 from imsm.train.optimization import adalora_orthogonal_penalty, adalora_tuner, build_optimizer, build_scheduler
-from imsm.train.run_directory import METRICS_LOG, SUMMARY
+from imsm.train.run_directory import FROZEN_CACHE_DIR, METRICS_LOG, SUMMARY
 
 SNAPSHOTS = "snapshots"
 
@@ -278,9 +278,13 @@ def run_training(
     hooks = hooks or TrainingHooks()
     if hooks.on_start is not None:
         hooks.on_start(model)
-    cache, cache_started = None, time.perf_counter()
+    cache, cache_reused, cache_started = None, False, time.perf_counter()
     if config.cache_frozen and model.imsm_config.is_siamese:
-        cache = build_frozen_cache(model, data, pad_id, max(config.micro_batch_size, 8), accelerator.device, progress)
+        directory = Path(config.frozen_cache_dir) if config.frozen_cache_dir else output / FROZEN_CACHE_DIR
+        batch = max(config.micro_batch_size, 8)
+        cache, cache_reused = stored_frozen_cache(
+            model, data, pad_id, batch, accelerator.device, directory, progress, write=accelerator.is_main_process
+        )
     frozen_cache_seconds = time.perf_counter() - cache_started
 
     optimizer = build_optimizer(model, optimizer_name, learning_rate, config.gate_learning_rate, config.weight_decay)
@@ -341,9 +345,10 @@ def run_training(
         "epochs_completed": epoch,
         "final_loss": log.last_loss,
         # `seconds` and `tokens_per_s` cover the optimizer steps of this process's session; the
-        # frozen memories are computed before them, in `frozen_cache_seconds`.
+        # frozen memories are computed (or read back from disk) before them, in `frozen_cache_seconds`.
         "seconds": round(seconds, 2),
         "frozen_cache_seconds": round(frozen_cache_seconds, 2),
+        "frozen_cache_read": cache_reused,
         "tokens": log.tokens,
         "tokens_per_s": round(log.tokens / seconds, 1) if seconds else None,
     }

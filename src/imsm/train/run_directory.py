@@ -15,9 +15,10 @@ from imsm.train.config import TrainConfig
 SUMMARY = "train_summary.json"
 CONFIG = "train_config.json"
 METRICS_LOG = "metrics.jsonl"
+FROZEN_CACHE_DIR = "frozen-memories"  # the default --frozen-cache-dir (imsm.train.frozen_cache)
 
-# Options that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "checkpoint_every"}
+# Options that may differ between a run and its resumption (none changes a number).
+_RESUMABLE_CHANGES = {"resume", "overwrite", "checkpoint_every", "frozen_cache_dir"}
 
 
 def check_output_directory(config: TrainConfig) -> Path:
@@ -73,8 +74,11 @@ def finished_summary(output: Path) -> dict[str, Any] | None:
 
 
 def remove_previous_run(output: Path) -> None:
-    """--overwrite: clear the directory's previous run before starting."""
+    """--overwrite: clear the directory's previous run before starting. Its frozen memories stay:
+    they are filed under what they depend on, so a new run reads them only where they still fit."""
     for item in output.iterdir():
+        if item.name == FROZEN_CACHE_DIR:
+            continue
         if item.is_dir():
             shutil.rmtree(item)
         else:
