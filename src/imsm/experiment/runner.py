@@ -318,6 +318,35 @@ def _time_left(experiment: Experiment, todo: list[Cell], current: Cell, duration
     return f"about {left / 3600:.1f} h left" + (f" with {workers} workers" if workers > 1 else "")
 
 
+def _claim_is_free(experiment: Experiment, cell: Cell) -> bool:
+    with claimed(claim_path(experiment, cell.name)) as free:
+        return free
+
+
+def _run_pass(
+    experiment: Experiment, todo: list[Cell], finished, durations: list[float], data_dir, log, train_only: bool
+) -> list[Cell]:
+    """One pass over `todo` in order: each cell no other worker holds is run. Returns the cells that
+    another worker held when reached."""
+    elsewhere = []
+    for index, cell in enumerate(todo, start=1):
+        with claimed(claim_path(experiment, cell.name)) as mine:
+            # Checked again under the claim: another worker may have finished it meanwhile.
+            if not mine or finished(cell):
+                if not mine:
+                    elsewhere.append(cell)
+                log(f"[{index}/{len(todo)}] {cell.name}: {'another worker has it' if not mine else 'done meanwhile'}")
+                continue
+            started = time.perf_counter()
+            eta = f", {_time_left(experiment, todo, cell, durations)}" if durations else ""
+            log(f"[{index}/{len(todo)}{eta}] {cell.name}")
+            trained_before = (experiment.work / cell.name / SUMMARY).exists()
+            run_cell(experiment, cell, data_dir, log, train_only=train_only)
+            if not trained_before:  # a cell that only finished its evaluation says little of the rest
+                durations.append(time.perf_counter() - started)
+    return elsewhere
+
+
 def run_experiment(experiment: Experiment, log=print, only: str | None = None, train_only: bool = False) -> None:
     """Every cell not yet done, in file order, with progress and an estimate of what is left.
     With `train_only`, only the training runs (and no original row): e.g. on a GPU machine, leaving
@@ -332,24 +361,17 @@ def run_experiment(experiment: Experiment, log=print, only: str | None = None, t
     else:
         todo = [c for c in cells if not is_done(experiment, c)]
     log(f"experiment {experiment.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+
+    def finished(cell: Cell) -> bool:
+        return (experiment.work / cell.name / SUMMARY).exists() if train_only else is_done(experiment, cell)
+
     durations: list[float] = []
-    elsewhere = []
-    for index, cell in enumerate(todo, start=1):
-        with claimed(claim_path(experiment, cell.name)) as mine:
-            # Checked again under the claim: another worker may have finished it meanwhile.
-            finished = (experiment.work / cell.name / SUMMARY).exists() if train_only else is_done(experiment, cell)
-            if not mine or finished:
-                if not mine:
-                    elsewhere.append(cell.name)
-                log(f"[{index}/{len(todo)}] {cell.name}: {'another worker has it' if not mine else 'done meanwhile'}")
-                continue
-            started = time.perf_counter()
-            eta = f", {_time_left(experiment, todo, cell, durations)}" if durations else ""
-            log(f"[{index}/{len(todo)}{eta}] {cell.name}")
-            trained_before = (experiment.work / cell.name / SUMMARY).exists()
-            run_cell(experiment, cell, data_dir, log, train_only=train_only)
-            if not trained_before:  # a cell that only finished its evaluation says little of the rest
-                durations.append(time.perf_counter() - started)
+    elsewhere = _run_pass(experiment, todo, finished, durations, data_dir, log, train_only)
+    # A cell another worker held when this one reached it may have been left unfinished since (that
+    # worker was stopped): take it up, rather than leave it to the next run of the command.
+    while left_behind := [c for c in elsewhere if not finished(c) and _claim_is_free(experiment, c)]:
+        log(f"experiment {experiment.name}: {len(left_behind)} cells another worker held are free again")
+        elsewhere = _run_pass(experiment, left_behind, finished, durations, data_dir, log, train_only)
     if elsewhere:
         log(f"experiment {experiment.name}: {len(elsewhere)} cells were running in other workers when reached")
     else:
