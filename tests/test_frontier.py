@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from imsm.checked_files import DamagedFile
 from imsm.cli import main
 from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
+from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON, SeedPair, compare_with_line, nondecreasing
 from imsm.experiment.report.frontier_study import (
     FORGETTING,
     POOL,
@@ -25,7 +27,6 @@ from imsm.experiment.report.frontier_study import (
     flips,
     frontier_at,
     frontier_rows,
-    line_columns,
     line_tests,
     point_scores,
 )
@@ -174,24 +175,30 @@ def line(*points: tuple[float, float]) -> list[tuple[float, FrontierPoint]]:
 
 def test_frontier_interpolates_between_lambda_points():
     frontier = line((50, 0), (60, 5), (70, 10), (80, 20), (90, 30))
-    assert frontier_at(frontier, 75) == pytest.approx(15)  # a point there forgetting 15: difference 0
-    assert frontier_at(frontier, 70) == pytest.approx(10)  # on a λ point
-    assert frontier_at(frontier, 95) is None and frontier_at(frontier, 45) is None  # beyond the line
-    # A gain that falls again past some λ: the free baseline's best, the least forgetting, counts.
-    assert frontier_at(line((50, 0), (80, 10), (70, 30)), 75) == pytest.approx(25 / 3)  # not 20
+    assert frontier_at(frontier, 75) == pytest.approx((15, ON))  # a point there forgetting 15: difference 0
+    assert frontier_at(frontier, 70) == pytest.approx((10, ON))  # on a λ point
+    assert frontier_at(frontier, 95) == pytest.approx((30, BEYOND))  # past the best gain: set against λ = 1
+    assert frontier_at(frontier, 45) == (0, BELOW)  # under Base's gain: set against Base
+    # A gain that falls again past some λ (noise): the gains are made non-decreasing (80 and 70 pool to
+    # 75) and the smallest λ that reaches the target counts, not the best of several crossings.
+    bent = line((50, 0), (80, 10), (70, 30))
+    assert frontier_at(bent, 75) == pytest.approx((10, ON))
+    assert frontier_at(bent, 72) == pytest.approx((8.8, ON))  # 22 / 25 of the way to λ = 0.25
+    assert frontier_at(bent, 78) == (10, BEYOND)  # past the pooled best gain: its first point
 
 
 def test_arms_are_placed_against_the_lambda_line(study_path):
     study = collect_study(load_experiment(study_path))
     rows = {(p.label, p.length): (p.forgetting, at) for p, at in frontier_rows(study, "accuracy")}
-    assert rows[("LoRA", STEPS)] == pytest.approx((30, 30))  # λ = 1 is the line's end
-    assert rows[("IMSM-mean", STEPS)] == pytest.approx((13.75, 13.75))  # on the line: difference 0
-    forgetting, at = rows[("IMSM-LoRA", STEPS)]
+    assert rows[("LoRA", STEPS)] == (pytest.approx(30), (pytest.approx(30), ON))  # λ = 1 is the line's end
+    assert rows[("IMSM-mean", STEPS)] == (pytest.approx(13.75), (pytest.approx(13.75), ON))  # on the line: difference 0
+    forgetting, (at, _) = rows[("IMSM-LoRA", STEPS)]
     assert forgetting - at == pytest.approx(-5)  # same gain as λ = 0.5, forgets less: negative
-    forgetting, at = rows[("LoRA", 10)]
+    forgetting, (at, _) = rows[("LoRA", 10)]
     assert (forgetting, forgetting - at) == pytest.approx((15, 5))  # mean of 13.75, 15, 16.25
-    assert rows[("IMSM-mean", 10)][1] is None  # a gain past the line's range
-    assert rows[("untrained mix", STEPS)] == pytest.approx((5, 2.5))
+    # A gain past the line's: set against λ = 1.
+    assert rows[("IMSM-mean", 10)] == (pytest.approx(7.5), (pytest.approx(30), BEYOND))
+    assert rows[("untrained mix", STEPS)] == (pytest.approx(5), (pytest.approx(2.5), ON))
 
 
 def test_flips_count_changed_answers_both_ways():
@@ -213,7 +220,7 @@ def test_the_report_shows_every_section(study_path, tmp_path):
     assert "| IMSM-LoRA − LoRA λ=0.5 | 40 | pooled accuracy | 80 × 3 | +5.00 ± 2.45 | 2.0 |" in report
     assert "IMSM-mean − LoRA" in report and "IMSM-LoRA − untrained mix" in report
     assert "| IMSM-LoRA | 40 | 3 | 70.0 ± 0.0 | 5.0 ± 0.0 | 10.0 | -5.0 |" in report
-    assert "outside the frontier's range" in report
+    assert "| IMSM-mean | 10 | 3 | 95.0 ± 0.0 | 7.5 ± 0.0 | 30.0 (beyond) | -22.5 |" in report
     assert "Missing" not in report
     assert (tmp_path / "plots" / "frontier.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "frontier-gold.png").stat().st_size > 1000
@@ -235,7 +242,8 @@ def test_partial_results_are_listed_as_missing(tmp_path):
     assert "| IMSM-LoRA | 40 | 2 |" in report  # two seeds, said so
     assert "LoRA λ=0.75" not in report
     rows = {(p.label, p.length): (p.forgetting, at) for p, at in frontier_rows(study, "accuracy")}
-    assert rows[("IMSM-mean", STEPS)] == pytest.approx((13.75, 15))  # the line runs from λ = 0.5 to 1 now
+    # The line runs from λ = 0.5 to 1 now.
+    assert rows[("IMSM-mean", STEPS)] == (pytest.approx(13.75), (pytest.approx(15), ON))
 
 
 def test_chance_comes_from_the_base_models_rows_where_kept(study_path, tmp_path):
@@ -275,27 +283,45 @@ def test_each_seed_is_tested_against_its_own_lambda_line(study_path):
     # LoRA after 10 steps reaches λ = 0.5's gain (70) in every seed, losing 11, 12, 13 answers where
     # λ = 0.5 loses 8: 3, 4 and 5 of 80 more, so the seeds agree (t = 5 / (1.25 / √3)).
     early = tests[("LoRA", 10)]
-    assert early.by_seed.mean_difference == pytest.approx(4 / 80)
+    assert early.comparison.deltas == pytest.approx([3 / 80, 4 / 80, 5 / 80])
+    assert early.comparison.places == [ON, ON, ON] and early.comparison.mean == pytest.approx(4 / 80)
     assert early.by_seed.t == pytest.approx(0.05 / (0.0125 / 3**0.5))
-    assert early.by_question.seeds == 3 and early.by_question.test.n == 80
-    # IMSM-LoRA keeps 4 of the answers λ = 0.5 loses at the same gain: 4 questions of 80 at -1.
-    gated = tests[("IMSM-LoRA", STEPS)]
-    assert gated.by_question.test.mean_difference == pytest.approx(-4 / 80)
-    assert gated.by_question.standard_error == pytest.approx((((4 * 0.95**2 + 76 * 0.05**2) / 79) / 80) ** 0.5)
-    assert tests[("IMSM-mean", 10)].outside == 3 and tests[("IMSM-mean", 10)].by_seed.n == 0  # past LoRA's gain
+    # IMSM-LoRA keeps 4 of the answers λ = 0.5 loses at the same gain: 4 questions of 80 at -1. The
+    # spread is wider than over probe questions alone: in resamples that miss target questions 12 and
+    # 13, λ = 0.25 reaches the same gain (and loses only 4 answers, as IMSM-LoRA does).
+    gated = tests[("IMSM-LoRA", STEPS)].comparison
+    assert gated.mean == pytest.approx(-4 / 80)
+    probes_alone = (((4 * 0.95**2 + 76 * 0.05**2) / 79) / 80) ** 0.5
+    assert gated.standard_error > 1.1 * probes_alone
+    low, high = gated.interval
+    assert low < -4 / 80 < high < 1e-9  # the top: resamples that match at λ = 0.25, where Δ is 0
+    # Past LoRA's gain in every seed: set against λ = 1, not left out.
+    beyond = tests[("IMSM-mean", 10)].comparison
+    assert beyond.places == [BEYOND] * 3 and beyond.deltas == pytest.approx([(6 - 24) / 80] * 3)
 
 
-def test_the_line_is_interpolated_question_by_question():
-    low = {"index": [0, 1, 2, 3], "accuracy": [1.0, 1.0, 1.0, 0.0]}
-    high = {"index": [0, 1, 2, 3], "accuracy": [1.0, 0.0, 0.0, 1.0]}
-    line = [(0.0, 0.5, low), (1.0, 0.9, high)]
-    at = line_columns(line, 0.6, "accuracy")  # a quarter of the way from λ = 0 to λ = 1
-    assert at["index"] == [0, 1, 2, 3] and at["accuracy"] == pytest.approx([1.0, 0.75, 0.75, 0.25])
-    assert line_columns(line, 0.95, "accuracy") is None and line_columns(line, 0.4, "accuracy") is None
-    # Crossed twice (the gain falls again past λ = 0.5): the segment that keeps more answers counts.
-    worse = {"index": [0, 1, 2, 3], "accuracy": [0.0, 0.0, 0.0, 0.0]}
-    bent = [(0.0, 0.5, low), (0.5, 0.9, high), (1.0, 0.5, worse)]
-    assert line_columns(bent, 0.7, "accuracy")["accuracy"] == pytest.approx([1.0, 0.5, 0.5, 0.5])
+def pair(line_targets, line_scores, arm_target, arm_score) -> SeedPair:
+    return SeedPair(*(np.array(v, dtype=float) for v in (line_targets, line_scores, arm_target, arm_score)))
+
+
+def test_the_bootstrap_carries_the_noise_of_the_target_match():
+    # An arm on the line exactly: its probe scores are the line's, interpolated halfway, on every
+    # question, so a test over probe questions alone would see no spread at all. But its target
+    # score rests on other questions than the line's points, and resampling them moves the match.
+    base, adapter = [1.0] * 10 + [0.0] * 10, [1.0] * 16 + [0.0] * 4  # target 50 and 80
+    arm = [0.0] * 4 + [1.0] * 13 + [0.0] * 3  # 65: halfway
+    comparison = compare_with_line([pair([base, adapter], [[1.0] * 40, [0.6] * 40], arm, [0.8] * 40)])
+    assert comparison.deltas == pytest.approx([0.0]) and comparison.places == [ON]
+    assert comparison.standard_error > 0.05
+    assert comparison.interval[0] < 0 < comparison.interval[1]
+    again = compare_with_line([pair([base, adapter], [[1.0] * 40, [0.6] * 40], arm, [0.8] * 40)])
+    assert again == comparison  # a fixed bootstrap seed: the same report from the same results
+
+
+def test_nondecreasing_pools_adjacent_violators():
+    assert nondecreasing([1, 3, 2, 4]) == pytest.approx([1, 2.5, 2.5, 4])
+    assert nondecreasing([5, 1, 1, 9]) == pytest.approx([7 / 3] * 3 + [9])
+    assert nondecreasing([1, 2, 3]) == [1, 2, 3]
 
 
 def test_arms_are_compared_at_every_length(study_path):

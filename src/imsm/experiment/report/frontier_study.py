@@ -23,9 +23,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imsm.checked_files import read_json_lines
 from imsm.errors import IMSMError
 from imsm.experiment.questions import paired_over_questions, values_by_question
+from imsm.experiment.report.frontier_line import LineComparison, SeedPair, compare_with_line, matched_score
 from imsm.experiment.report.grid import METHOD_LABELS, scale
 from imsm.experiment.runner import original_path, read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
@@ -517,11 +520,12 @@ def _scaled_arms(study: Study, vanilla: Arm) -> list[Arm]:
     return sorted((a for a in scaled if a.scale != 1.0), key=lambda a: a.scale)
 
 
-def lambda_line(study: Study, name: str) -> list[tuple[float, FrontierPoint]]:
+def lambda_line(study: Study, name: str, vanilla: Arm | None = None) -> list[tuple[float, FrontierPoint]]:
     """(λ, seed mean) of Base (λ = 0), the scaled vanilla adapter and the vanilla adapter as trained
-    (λ = 1), by λ; `name` is the pooled score forgetting is measured on. Entries without both the
-    target score and the forgetting are left out."""
-    vanilla = vanilla_arm(study)
+    (λ = 1), by λ; `name` is the pooled score forgetting is measured on, `vanilla` the adapter scaled
+    (default: the first vanilla arm). Entries without both the target score and the forgetting are
+    left out."""
+    vanilla = vanilla or vanilla_arm(study)
     line: list[tuple[float, FrontierPoint | None]] = []
     if (study.target, study.metric) in study.base_scores and (POOL, name) in study.base_scores:
         base_target = scale(study.metric, study.base_scores[(study.target, study.metric)])
@@ -534,22 +538,13 @@ def lambda_line(study: Study, name: str) -> list[tuple[float, FrontierPoint]]:
     return sorted(((lam, p) for lam, p in line if p is not None), key=lambda entry: entry[0])
 
 
-def frontier_at(line: Sequence[tuple[float, FrontierPoint]], target: float) -> float | None:
-    """The λ line's forgetting at `target` (piecewise linear between consecutive λ), or None where the
-    target lies beyond the line's range. Where the line crosses `target` more than once (a gain that
-    is not monotone in λ), the least forgetting: the best the free baseline offers."""
-    crossings = []
-    for (_, a), (_, b) in zip(line, line[1:], strict=False):
-        low, high = sorted((a.target, b.target))
-        if not low - 1e-9 <= target <= high + 1e-9:
-            continue
-        if high - low < 1e-12:
-            crossings.append(min(a.forgetting, b.forgetting))
-        else:
-            crossings.append(a.forgetting + (target - a.target) * (b.forgetting - a.forgetting) / (b.target - a.target))
-    if len(line) == 1 and abs(line[0][1].target - target) < 1e-9:
-        crossings.append(line[0][1].forgetting)
-    return min(crossings) if crossings else None
+def frontier_at(line: Sequence[tuple[float, FrontierPoint]], target: float) -> tuple[float, str] | None:
+    """The λ line's forgetting at `target` and where the target fell (`frontier_line.matched_score`:
+    the line's gain made non-decreasing in λ, the smallest λ that reaches `target`; past the line's
+    best gain its first point that reaches it, below Base's Base), or None for an empty line."""
+    if not line:
+        return None
+    return matched_score([p.target for _, p in line], [p.forgetting for _, p in line], target)
 
 
 def lambda_gaps(study: Study, name: str) -> list[str]:
@@ -573,15 +568,18 @@ def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]
     }
 
 
-def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, float | None]]:
-    """Every trained arm at every length, and the untrained mix, as (seed mean, frontier's forgetting
-    at its target score)."""
-    line = lambda_line(study, name)
+def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[float, str] | None]]:
+    """Every trained arm at every length, and the untrained mix, as (seed mean, `frontier_at` its target
+    score on the line of seed means of its own vanilla adapter)."""
+    lines: dict[Arm | None, list[tuple[float, FrontierPoint]]] = {}
     rows = []
     for (arm, length), points in _placed_arms(study).items():
+        vanilla = vanilla_arm(study, arm)
+        if vanilla not in lines:
+            lines[vanilla] = lambda_line(study, name, vanilla)
         point = _frontier_point(study, arm.label, length, points, name)
         if point is not None:
-            rows.append((point, frontier_at(line, point.target)))
+            rows.append((point, frontier_at(lines[vanilla], point.target)))
     return rows
 
 
@@ -591,78 +589,75 @@ def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, float | 
 @dataclass(frozen=True)
 class LineTest:
     """An arm's forgetting minus its λ line's at the same target score (negative: forgets less), each
-    seed's arm against the line of that seed's own vanilla adapter, on the pooled score `name`."""
+    seed's arm against the line of that seed's own vanilla adapter, on the pooled score `name`:
+    the seeds' mean Δ with its bootstrap over questions, and the seeds' Δ tested against 0."""
 
     arm: Arm
     length: int | None
     name: str
-    by_question: QuestionTest  # each question's difference averaged over the seeds first
-    by_seed: PairedTest  # the seeds' mean differences against 0
-    outside: int  # seeds whose target score lies beyond their line's range (left out)
+    comparison: LineComparison
+    by_seed: PairedTest
+    unmatched: int  # seeds without per-question target scores or a line to match against
 
 
-def _seed_line(study: Study, vanilla: Arm, seed: Any) -> list[tuple[float, float, dict[str, list[Any]]]]:
-    """(λ, target score, pooled question columns) of one seed's λ line: Base, that seed's scaled vanilla
-    adapters, that seed's vanilla adapter as trained; points without both are left out."""
-    candidates = [(0.0, study.base)] if study.base is not None else []
-    candidates += [(a.scale, study.final(a).get(seed)) for a in _scaled_arms(study, vanilla)]
-    candidates.append((1.0, study.final(vanilla).get(seed)))
-    line = []
-    for lam, point in candidates:
-        if point is None:
-            continue
-        target = study.scores(point).get((study.target, study.metric))
-        columns = pooled_columns(point, study.pooled_tasks)
-        if target is not None and columns is not None:
-            line.append((lam, target, columns))
-    return line
+def _per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, float], dict[Any, float]] | None:
+    """(target score, pooled `name`) per question of one point, or None where either is missing."""
+    target = values_by_question(point.questions.get(study.target) or {}, study.metric)
+    pooled = pooled_columns(point, study.pooled_tasks)
+    probes = values_by_question(pooled, name) if pooled is not None else {}
+    return (target, probes) if target and probes else None
 
 
-def line_columns(
-    line: Sequence[tuple[float, float, Mapping[str, list[Any]]]], target: float, name: str
-) -> dict[str, list[Any]] | None:
-    """The λ line's per-question `name` at `target`: each question interpolated between the two λ points
-    whose target scores bracket it, with the weight that puts the line at `target`. Where several
-    segments bracket it, the one with the highest mean score (least forgetting, as `frontier_at`);
-    None beyond the line's range."""
-    best: tuple[float, dict[str, list[Any]]] | None = None
-    for (_, low_target, low), (_, high_target, high) in zip(line, line[1:], strict=False):
-        if not min(low_target, high_target) - 1e-9 <= target <= max(low_target, high_target) + 1e-9:
-            continue
-        span = high_target - low_target
-        weights = [0.0, 1.0] if abs(span) < 1e-12 else [(target - low_target) / span]
-        a, b = values_by_question(low, name), values_by_question(high, name)
-        questions = [q for q in a if q in b]
-        for w in weights:
-            values = [(1 - w) * a[q] + w * b[q] for q in questions]
-            mean = sum(values) / len(values) if values else -math.inf
-            if values and (best is None or mean > best[0]):
-                best = (mean, {"index": questions, name: values})
-    return None if best is None else best[1]
+def _seed_line(study: Study, vanilla: Arm, seed: Any, name: str) -> list[tuple[dict[Any, float], dict[Any, float]]]:
+    """Per question, (target, pooled `name`) of one seed's λ line in λ order: Base, that seed's scaled
+    vanilla adapters, that seed's vanilla adapter as trained; points without both are left out."""
+    candidates = [study.base] if study.base is not None else []
+    candidates += [study.final(a).get(seed) for a in _scaled_arms(study, vanilla)]
+    candidates.append(study.final(vanilla).get(seed))
+    return [values for point in candidates if point is not None and (values := _per_question(point, study, name))]
+
+
+def _aligned(lines: Mapping[Any, list[tuple[dict, dict]]], arms: Mapping[Any, tuple[dict, dict]]) -> list[SeedPair]:
+    """The seeds' lines and arms as arrays over the target and probe questions every one of them has."""
+    everything = [entry for seed in arms for entry in [*lines[seed], arms[seed]]]
+    targets = sorted(set.intersection(*(set(t) for t, _ in everything)), key=str)
+    probes = sorted(set.intersection(*(set(p) for _, p in everything)), key=str)
+    if not targets or not probes:
+        return []
+
+    def rows(values: dict, keys: list) -> np.ndarray:
+        return np.array([values[k] for k in keys], dtype=float)
+
+    return [
+        SeedPair(
+            np.stack([rows(t, targets) for t, _ in lines[seed]]),
+            np.stack([rows(p, probes) for _, p in lines[seed]]),
+            rows(arms[seed][0], targets),
+            rows(arms[seed][1], probes),
+        )
+        for seed in sorted(arms, key=str)
+    ]
 
 
 def line_tests(study: Study, name: str) -> list[LineTest]:
-    """Every arm `frontier_rows` places, tested against the λ line seed by seed: its forgetting minus
-    the line's at its own target score, per question (line − arm on the pooled score)."""
+    """Every arm `frontier_rows` places, against the λ line of each seed's own vanilla adapter:
+    `frontier_line.compare_with_line` over the seeds it has, on the pooled score `name`."""
     tests = []
     for (arm, length), points in _placed_arms(study).items():
         vanilla = vanilla_arm(study, arm)
         if vanilla is None:
             continue
-        on_line, mine, outside = {}, {}, 0
+        lines, arms, unmatched = {}, {}, 0
         for seed, point in points.items():
-            target = study.scores(point).get((study.target, study.metric))
-            columns = pooled_columns(point, study.pooled_tasks)
-            if target is None or columns is None:
+            mine, line = _per_question(point, study, name), _seed_line(study, vanilla, seed, name)
+            if mine is None or not line:
+                unmatched += 1
                 continue
-            at = line_columns(_seed_line(study, vanilla, seed), target, name)
-            if at is None:
-                outside += 1
-                continue
-            on_line[seed], mine[seed] = at, columns
-        if not mine and not outside:
+            lines[seed], arms[seed] = line, mine
+        pairs = _aligned(lines, arms) if arms else []
+        if not pairs:
             continue
-        per_seed = [compare_questions({s: on_line[s]}, {s: mine[s]}, name).test.mean_difference for s in sorted(mine)]
-        by_seed = paired_t_test(per_seed, [0.0] * len(per_seed))
-        tests.append(LineTest(arm, length, name, compare_questions(on_line, mine, name), by_seed, outside))
+        comparison = compare_with_line(pairs)
+        by_seed = paired_t_test(comparison.deltas, [0.0] * len(comparison.deltas))
+        tests.append(LineTest(arm, length, name, comparison, by_seed, unmatched))
     return tests
