@@ -202,7 +202,8 @@ def base_tests_section(study: Study) -> list[str]:
     return [
         "## Against Base, question by question",
         "",
-        "Arm − Base in points, each question averaged over seeds first; SE = standard error of the mean "
+        "Arm − Base in points (negative on the probes = forgotten), each question averaged over seeds "
+        "first; SE = standard error of the mean "
         f"difference over questions; **bold** t: |t| ≥ {STRONG_T:g}. Flips: pooled questions Base answers "
         "right and the arm wrong (and the reverse), mean over seeds. Question by question says whether a "
         "difference holds across questions for these adapters, not across other seeds.",
