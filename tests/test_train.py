@@ -419,15 +419,55 @@ def test_frozen_memories_are_stored_and_read_back_with_the_same_result(workspace
     assert all(torch.equal(a[k], c[k]) for k in a)  # read back, the memories train to the same weights
 
 
-def test_by_default_a_run_keeps_its_memories_and_overwrite_leaves_them(workspace, tmp_path):
+def test_a_run_keeps_its_memories_until_it_finishes_and_a_resumption_reads_them(workspace, tmp_path):
+    def interrupt_after_step_2(step, result, seconds):
+        if step == 2:
+            raise KeyboardInterrupt
+
     run = tmp_path / "run"
-    train(config(workspace, run), progress=False)
-    stored = frozen_cache_files(run / "frozen-memories")
-    assert len(stored) == 1
-    again = train(config(workspace, run, overwrite=True, seed=3), progress=False)
-    assert again["frozen_cache_read"] is True and frozen_cache_files(run / "frozen-memories") == stored
+    with pytest.raises(KeyboardInterrupt):
+        hooks = TrainingHooks(on_step=interrupt_after_step_2)
+        train(config(workspace, run, checkpoint_every=1), progress=False, hooks=hooks)
+    assert len(frozen_cache_files(run / "frozen-memories")) == 1
+    resumed = train(config(workspace, run, checkpoint_every=1, resume=True), progress=False)
+    assert resumed["frozen_cache_read"] is True
+    assert not (run / "frozen-memories").exists()  # finished: nothing left to resume
     vanilla = train(config(workspace, tmp_path / "vanilla", fusion="none"), progress=False)
     assert vanilla["frozen_cache_read"] is False and not (tmp_path / "vanilla" / "frozen-memories").exists()
+
+
+def test_a_cache_that_cannot_be_written_is_noted_and_training_goes_on(workspace, tmp_path, capsys):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache directory should be")
+    capsys.readouterr()
+    summary = train(config(workspace, tmp_path / "run", frozen_cache_dir=str(blocked)), progress=False)
+    assert summary["steps"] == 6 and summary["frozen_cache_read"] is False
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("imsm: could not keep")]
+    assert len(notes) == 1 and str(blocked) in notes[0] and notes[0].endswith("training goes on")
+
+
+def test_the_fingerprint_sees_one_changed_weight_and_a_changed_setting_but_not_the_adapter():
+    from conftest import peft_config, perturb_adapter, tiny_model
+    from imsm import get_imsm_model
+    from imsm.train.examples import TokenizedSet, TrainExample
+    from imsm.train.frozen_cache import cache_fingerprint
+
+    model = get_imsm_model(tiny_model("llama"), peft_config("lora", "llama"))
+    data = TokenizedSet([TrainExample([3, 4, 5, 6], 2)], truncated=0, dropped=0)
+
+    def fingerprint():
+        return cache_fingerprint(model, data, pad_id=0, batch_size=8, device="cpu")
+
+    before = fingerprint()
+    perturb_adapter(model)  # the tuned branch only
+    assert fingerprint() == before
+    model.config.rms_norm_eps *= 10  # a constant of the architecture, not a weight
+    assert fingerprint() != before
+    model.config.rms_norm_eps /= 10
+    assert fingerprint() == before
+    with torch.no_grad():
+        model.causal_lm.get_input_embeddings().weight[7, 3] += 1e-3  # one value of one row
+    assert fingerprint() != before
 
 
 def test_memories_of_other_examples_or_another_base_model_are_not_read(workspace, tmp_path):

@@ -70,7 +70,7 @@ TOP_LEVEL = {
     "grids",
 }
 # Options a grid may not set: the runner owns them.
-RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir"}
+RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir", "frozen_cache_dir"}
 # Fields that do not change what a cell computes, so they are left out of its identity.
 NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir", "snapshot_steps", "frozen_cache_dir"}
 GRID_KEYS = {"evaluate", "variants"}  # what a grid may hold besides `imsm train` options

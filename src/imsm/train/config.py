@@ -77,7 +77,8 @@ class TrainConfig:
     frozen_cache_dir: str | None = option(
         None,
         help="where those frozen memories are kept on disk and looked up, under a fingerprint of the base "
-        "weights and examples (default OUTPUT/frozen-memories; runs that share a directory share them)",
+        "model and examples; runs that share a directory share them (default OUTPUT/frozen-memories, "
+        "removed when the run finishes). Size: d x (examples + answer tokens) values",
     )
     checkpoint_every: int | None = option(
         None, positive=True, help="write a checkpoint every N optimizer steps (and at every epoch end)"

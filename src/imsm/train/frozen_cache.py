@@ -19,17 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from imsm.atomic_write import atomic_path
 from imsm.checked_files import DamagedFile, read_safetensors
+from imsm.errors import IMSMError
 from imsm.model.siamese import FrozenMemory, IMSMModel
 from imsm.train.examples import TokenizedSet, collate
 
 # Bumped when what a cache file holds changes meaning, so older files are never read.
 CACHE_FORMAT = 1
 _SAMPLED_VALUES = 4096  # per weight tensor, for the fingerprint of the frozen weights
+_CHECKSUM_CHUNK = 1 << 22
 
 
 @dataclass
@@ -69,18 +72,36 @@ def build_frozen_cache(
 
 @torch.no_grad()
 def frozen_weights_digest(model: IMSMModel) -> str:
-    """A digest of the weights the frozen branch runs on: every frozen parameter's name, shape and
-    dtype, and an evenly strided sample of its values (another checkpoint, a merged adapter or a
-    resized vocabulary changes it; hashing every value of an 8B model would take a minute)."""
+    """A digest of the weights the frozen branch runs on (the base group, by name: the adapter and
+    the gate are left out whatever their state): every weight's name, shape and dtype, three
+    checksums over all its values, computed where it lives (a few rows changed anywhere change
+    them), and an evenly strided sample of its values. Hashing every byte of an 8B model on the
+    CPU would take a minute; this reads each weight once on its device."""
     digest = hashlib.sha256()
-    for name, parameter in model.causal_lm.named_parameters():
-        if parameter.requires_grad:  # the adapter and anything else training changes
+    for name, parameter in model.named_parameters():
+        if model.parameter_group(name) != "base":
             continue
         flat = parameter.detach().reshape(-1)
+        checksums = torch.zeros(3, dtype=torch.float64, device=flat.device)
+        # In chunks: an fp64 copy of a whole embedding matrix need not fit beside the model.
+        for start in range(0, flat.numel(), _CHECKSUM_CHUNK):
+            values = flat[start : start + _CHECKSUM_CHUNK].double()
+            positions = torch.arange(start + 1, start + 1 + values.numel(), device=flat.device, dtype=torch.float64)
+            checksums += torch.stack([values.sum(), (values * values).sum(), (values * positions).sum()])
         sample = flat[:: max(1, flat.numel() // _SAMPLED_VALUES)].float().cpu()
         digest.update(f"{name}|{tuple(parameter.shape)}|{parameter.dtype}|".encode())
-        digest.update(sample.numpy().tobytes())
+        digest.update(checksums.cpu().numpy().tobytes() + sample.numpy().tobytes())
     return digest.hexdigest()
+
+
+def _model_facts(model: IMSMModel) -> dict:
+    """What else the frozen branch's numbers depend on: the architecture's settings (rope, norms,
+    windows: buffers and constants, not weights) and the attention implementation."""
+    config = model.config
+    settings = config.to_dict() if hasattr(config, "to_dict") else {}
+    for volatile in ("_name_or_path", "transformers_version", "_commit_hash"):  # the same numbers either way
+        settings.pop(volatile, None)
+    return {"config": settings, "attention": str(getattr(config, "_attn_implementation", None))}
 
 
 def cache_fingerprint(model: IMSMModel, data: TokenizedSet, pad_id: int, batch_size: int, device) -> str:
@@ -89,12 +110,13 @@ def cache_fingerprint(model: IMSMModel, data: TokenizedSet, pad_id: int, batch_s
     facts = {
         "format": CACHE_FORMAT,
         "weights": frozen_weights_digest(model),
+        "model": _model_facts(model),
         "dtype": str(model.frozen_head.weight.dtype),
         "device": torch.device(device).type,
         "pad_id": pad_id,
         "batch_size": batch_size,
     }
-    digest.update(json.dumps(facts, sort_keys=True).encode())
+    digest.update(json.dumps(facts, sort_keys=True, default=str).encode())
     for example in data.examples:
         digest.update(json.dumps([example.prompt_length, example.input_ids]).encode())
     return digest.hexdigest()[:32]
@@ -153,5 +175,8 @@ def stored_frozen_cache(
             note(str(error))
     cache = build_frozen_cache(model, data, pad_id, batch_size, device, progress)
     if write:
-        save_frozen_cache(cache, path)
+        try:
+            save_frozen_cache(cache, path)
+        except (OSError, IMSMError, SafetensorError) as error:  # only a saving: training goes on without it
+            note(f"could not keep the frozen memories in {directory} ({str(error).splitlines()[0]}); training goes on")
     return cache, False

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -283,7 +284,7 @@ def run_training(
         directory = Path(config.frozen_cache_dir) if config.frozen_cache_dir else output / FROZEN_CACHE_DIR
         batch = max(config.micro_batch_size, 8)
         cache, cache_reused = stored_frozen_cache(
-            model, data, pad_id, batch, accelerator.device, directory, progress, write=accelerator.is_main_process
+            model, data, pad_id, batch, accelerator.device, directory, progress, write=accelerator.is_local_main_process
         )
     frozen_cache_seconds = time.perf_counter() - cache_started
 
@@ -356,6 +357,8 @@ def run_training(
         accelerator.unwrap_model(wrapped).save_pretrained(output)
         # Written last and whole: its presence is what marks the run finished.
         write_atomically(output / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        if not config.frozen_cache_dir:  # kept in the run for a resumption, which a finished run needs no more
+            shutil.rmtree(output / FROZEN_CACHE_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
     return summary
 
