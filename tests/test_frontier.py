@@ -17,7 +17,15 @@ from imsm.checked_files import DamagedFile
 from imsm.cli import main
 from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
-from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON, SeedPair, compare_with_line, nondecreasing
+from imsm.experiment.report.frontier_line import (
+    BELOW,
+    BEYOND,
+    ON,
+    SeedPair,
+    compare_with_line,
+    matched_score,
+    nondecreasing,
+)
 from imsm.experiment.report.frontier_study import (
     FORGETTING,
     POOL,
@@ -316,6 +324,13 @@ def test_the_bootstrap_carries_the_noise_of_the_target_match():
     assert comparison.interval[0] < 0 < comparison.interval[1]
     again = compare_with_line([pair([base, adapter], [[1.0] * 40, [0.6] * 40], arm, [0.8] * 40)])
     assert again == comparison  # a fixed bootstrap seed: the same report from the same results
+
+
+def test_past_the_best_gain_the_first_point_at_it_counts_whatever_the_rounding():
+    # 7/80 and 1/80 pool to a mean one ulp under 4/80: the pooled block is still the first at the top.
+    targets, scores = [0, 7 / 80, 1 / 80, 4 / 80], [100, 90, 80, 10]
+    assert matched_score(targets, scores, 0.05) == (90, ON)
+    assert matched_score(targets, scores, 0.10) == (90, BEYOND)
 
 
 def test_nondecreasing_pools_adjacent_violators():

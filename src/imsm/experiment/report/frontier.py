@@ -377,25 +377,29 @@ def line_tests_section(study: Study) -> list[str]:
     for name in POOLED:
         for test in line_tests(study, name):
             comparison, by_seed = test.comparison, test.by_seed
+            left_out = f"{test.unmatched} left out (no per-question target score or line)" if test.unmatched else ""
+            head = [test.arm.label, length_label(test.length), _score_header(study, (FORGETTING, name))]
+            if comparison is None:
+                rows.append([*head, "0", "–", "–", "–", "–", "–", "–", "–", left_out])
+                continue
             low, high = comparison.interval
             places = [f"{comparison.count(p)} {p}" for p in (BEYOND, BELOW) if comparison.count(p)]
             rows.append(
                 [
-                    test.arm.label,
-                    length_label(test.length),
-                    _score_header(study, (FORGETTING, name)),
+                    *head,
                     str(len(comparison.deltas)),
+                    "{} / {}".format(*comparison.questions),
                     f"{_signed(name, comparison.mean)} ± {scale(name, comparison.standard_error):.2f}",
                     f"[{_signed(name, low)}, {_signed(name, high)}]",
                     "; ".join(_signed(name, d) for d in comparison.deltas),
                     *_seed_test_cells(by_seed),
-                    ", ".join(places),
+                    "; ".join(filter(None, [", ".join(places), left_out])),
                 ]
             )
     if not rows:
         return []
-    headers = ["arm", "steps", "score", "seeds", "Δ ± SE", "95% interval", "Δ per seed", "t", "p"]
-    headers.append("seeds past the line")
+    headers = ["arm", "steps", "score", "seeds", "questions (target / pooled)", "Δ ± SE", "95% interval"]
+    headers += ["Δ per seed", "t", "p", "seeds past the line"]
     return [
         "Tested seed by seed: each seed's arm against the λ line of that seed's own vanilla adapter at the "
         "arm's target score, matched as above. Δ = the arm's forgetting − the line's, in points, averaged "
@@ -405,7 +409,9 @@ def line_tests_section(study: Study) -> list[str]:
         "the target score the match rests on; they hold for these adapters, not for other training seeds. "
         "Then the seeds' Δ against 0 (two-sided t-test; 2 degrees of freedom with three seeds, so only a "
         "large, consistent difference reaches p < 0.05). Seeds past the line: beyond its best gain "
-        "(Δ < 0 there means the arm learns more and forgets less than any λ) or below Base's gain.",
+        "(set against the line's first point at that gain: Δ < 0 there means the arm learns more than "
+        "the line anywhere and forgets less than that point) or below Base's gain. Questions: those "
+        "every point of every seed has, which the bootstrap resamples.",
         "",
         *markdown_table(headers, rows),
         "",

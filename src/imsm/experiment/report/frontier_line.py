@@ -16,9 +16,10 @@ Matching on a measured target score has two pitfalls, both handled here:
 - Noise makes the gain non-monotone in λ, and picking the best of several crossings favours the line.
   The line's target scores are first made non-decreasing in λ (least squares, pool adjacent
   violators), and the arm is matched at the smallest λ that reaches its score. An arm past the line's
-  best gain is compared with the first λ point that reaches it ("beyond": it out-learns every point,
-  so Δ < 0 means it dominates); an arm below Base's gain is compared with Base ("below"). No seed is
-  left out: leaving out arms that out-learn the line would drop the one place an arm can dominate.
+  best gain is compared with the first λ point that reaches it ("beyond": it learns more than the
+  fitted line anywhere, and Δ < 0 means it also forgets less than that point); an arm below Base's
+  gain is compared with Base ("below"). No seed is left out: leaving out arms that out-learn the
+  line would drop the one place an arm can dominate.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def matched_score(targets: Sequence[float], scores: Sequence[float], target: flo
     fitted = nondecreasing(targets)
     if target < fitted[0] - _TIE:
         return float(scores[0]), BELOW
-    if target > fitted[-1] + _TIE:
-        return float(scores[fitted.index(fitted[-1])]), BEYOND
+    if target > fitted[-1] + _TIE:  # the first point at the best gain, within the tie (pooled means round)
+        first = next(i for i, value in enumerate(fitted) if value >= fitted[-1] - _TIE)
+        return float(scores[first]), BEYOND
     i = next(i for i, value in enumerate(fitted) if value >= target - _TIE)
     if i == 0 or fitted[i] - target <= _TIE:
         return float(scores[i]), ON
@@ -96,6 +98,7 @@ class LineComparison:
 
     deltas: list[float]  # per seed, in seed order
     places: list[str]  # per seed: ON, BEYOND or BELOW
+    questions: tuple[int, int]  # (target, probe) questions every point of every seed has
     standard_error: float  # of the mean Δ, target and probe questions resampled together
     interval: tuple[float, float]  # 95% percentile interval of the mean Δ
 
@@ -111,9 +114,11 @@ def compare_with_line(pairs: Sequence[SeedPair], replicates: int = REPLICATES) -
     """Every seed's Δ, and the bootstrap of their mean over the shared target and probe questions."""
     if not pairs:
         raise ValueError("no seed to compare")
+    n_target, n_probe = pairs[0].arm_target.size, pairs[0].arm_score.size
+    if any((p.arm_target.size, p.arm_score.size) != (n_target, n_probe) for p in pairs):
+        raise ValueError("the seeds must share their questions (the bootstrap resamples them together)")
     deltas, places = zip(*(pair.delta() for pair in pairs), strict=True)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    n_target, n_probe = pairs[0].arm_target.size, pairs[0].arm_score.size
     # Resampling with replacement as multinomial weights: every mean becomes one matrix product.
     target_weights = rng.multinomial(n_target, np.full(n_target, 1 / n_target), size=replicates) / n_target
     probe_weights = rng.multinomial(n_probe, np.full(n_probe, 1 / n_probe), size=replicates) / n_probe
@@ -126,7 +131,8 @@ def compare_with_line(pairs: Sequence[SeedPair], replicates: int = REPLICATES) -
             replicated[b] += matched_score(line_targets[b], line_scores[b], arm_targets[b])[0] - arm_scores[b]
     replicated /= len(pairs)
     low, high = np.percentile(replicated, [2.5, 97.5])
-    return LineComparison(list(deltas), list(places), float(replicated.std(ddof=1)), (float(low), float(high)))
+    spread = float(replicated.std(ddof=1))
+    return LineComparison(list(deltas), list(places), (n_target, n_probe), spread, (float(low), float(high)))
 
 
 __all__ = ["BELOW", "BEYOND", "ON", "LineComparison", "SeedPair", "compare_with_line", "matched_score", "nondecreasing"]

@@ -575,11 +575,11 @@ def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[fl
     rows = []
     for (arm, length), points in _placed_arms(study).items():
         vanilla = vanilla_arm(study, arm)
-        if vanilla not in lines:
+        if vanilla is not None and vanilla not in lines:
             lines[vanilla] = lambda_line(study, name, vanilla)
         point = _frontier_point(study, arm.label, length, points, name)
-        if point is not None:
-            rows.append((point, frontier_at(lines[vanilla], point.target)))
+        if point is not None:  # no vanilla adapter of its method and setting: no line to place it on
+            rows.append((point, frontier_at(lines[vanilla], point.target) if vanilla is not None else None))
     return rows
 
 
@@ -595,8 +595,8 @@ class LineTest:
     arm: Arm
     length: int | None
     name: str
-    comparison: LineComparison
-    by_seed: PairedTest
+    comparison: LineComparison | None  # None: no seed could be matched
+    by_seed: PairedTest | None
     unmatched: int  # seeds without per-question target scores or a line to match against
 
 
@@ -611,10 +611,11 @@ def _per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, floa
 def _seed_line(study: Study, vanilla: Arm, seed: Any, name: str) -> list[tuple[dict[Any, float], dict[Any, float]]]:
     """Per question, (target, pooled `name`) of one seed's λ line in λ order: Base, that seed's scaled
     vanilla adapters, that seed's vanilla adapter as trained; points without both are left out."""
-    candidates = [study.base] if study.base is not None else []
-    candidates += [study.final(a).get(seed) for a in _scaled_arms(study, vanilla)]
-    candidates.append(study.final(vanilla).get(seed))
-    return [values for point in candidates if point is not None and (values := _per_question(point, study, name))]
+    candidates = [(0.0, study.base)] if study.base is not None else []
+    candidates += [(a.scale, study.final(a).get(seed)) for a in _scaled_arms(study, vanilla)]
+    candidates.append((1.0, study.final(vanilla).get(seed)))
+    candidates.sort(key=lambda entry: entry[0])  # λ above 1 goes past the adapter as trained
+    return [values for _, point in candidates if point is not None and (values := _per_question(point, study, name))]
 
 
 def _aligned(lines: Mapping[Any, list[tuple[dict, dict]]], arms: Mapping[Any, tuple[dict, dict]]) -> list[SeedPair]:
@@ -655,7 +656,8 @@ def line_tests(study: Study, name: str) -> list[LineTest]:
                 continue
             lines[seed], arms[seed] = line, mine
         pairs = _aligned(lines, arms) if arms else []
-        if not pairs:
+        if not pairs:  # said in the report, not dropped from it
+            tests.append(LineTest(arm, length, name, None, None, len(points)))
             continue
         comparison = compare_with_line(pairs)
         by_seed = paired_t_test(comparison.deltas, [0.0] * len(comparison.deltas))
