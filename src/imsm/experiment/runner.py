@@ -372,6 +372,8 @@ def run_experiment(experiment: Experiment, log=print, only: str | None = None, t
     while left_behind := [c for c in elsewhere if not finished(c) and _claim_is_free(experiment, c)]:
         log(f"experiment {experiment.name}: {len(left_behind)} cells another worker held are free again")
         elsewhere = _run_pass(experiment, left_behind, finished, durations, data_dir, log, train_only)
+    if not train_only:  # a task of the base model's row another worker held may be free again, too
+        run_original(experiment, data_dir, log)
     if elsewhere:
         log(f"experiment {experiment.name}: {len(elsewhere)} cells were running in other workers when reached")
     else:
