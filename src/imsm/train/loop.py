@@ -279,15 +279,6 @@ def run_training(
     hooks = hooks or TrainingHooks()
     if hooks.on_start is not None:
         hooks.on_start(model)
-    cache, cache_reused, cache_started = None, False, time.perf_counter()
-    if config.cache_frozen and model.imsm_config.is_siamese:
-        directory = Path(config.frozen_cache_dir) if config.frozen_cache_dir else output / FROZEN_CACHE_DIR
-        batch = max(config.micro_batch_size, 8)
-        cache, cache_reused = stored_frozen_cache(
-            model, data, pad_id, batch, accelerator.device, directory, progress, write=accelerator.is_local_main_process
-        )
-    frozen_cache_seconds = time.perf_counter() - cache_started
-
     optimizer = build_optimizer(model, optimizer_name, learning_rate, config.gate_learning_rate, config.weight_decay)
     scheduler = build_scheduler(optimizer, config.schedule, config.warmup_ratio, total_steps)
     wrapped = accelerator.prepare(model)
@@ -297,6 +288,17 @@ def run_training(
     elif accelerator.is_main_process:
         (output / METRICS_LOG).unlink(missing_ok=True)
     step, epoch, position = at["step"], at["epoch"], at["position"]
+
+    # After resuming (the frozen branch draws no random numbers, so the order changes nothing): a run
+    # with no step left, only its final save, needs no frozen memories.
+    cache, cache_reused, cache_started = None, False, time.perf_counter()
+    if config.cache_frozen and model.imsm_config.is_siamese and step < total_steps:
+        directory = Path(config.frozen_cache_dir) if config.frozen_cache_dir else output / FROZEN_CACHE_DIR
+        batch = max(config.micro_batch_size, 8)
+        cache, cache_reused = stored_frozen_cache(
+            model, data, pad_id, batch, accelerator.device, directory, progress, write=accelerator.is_local_main_process
+        )
+    frozen_cache_seconds = time.perf_counter() - cache_started
 
     def checkpoint(next_epoch: int, next_position: int) -> None:
         if accelerator.is_main_process:
