@@ -370,6 +370,15 @@ def test_a_point_rests_on_the_seeds_that_have_both_its_scores(tmp_path):
     assert early.seeds == 2 and early.forgetting == pytest.approx(100 * (12 + 13) / 2 / 80)  # not seed 0's 11
 
 
+def test_a_row_against_base_says_the_seeds_of_each_test_where_they_differ(tmp_path):
+    def drop_sciq(result: dict) -> None:  # seed 0's target is in, one of its pooled probes not yet
+        del result["variants"]["step=10"]["questions"]["sciq"]
+
+    report = render_frontier(study_with_vanilla_seed_0_changed(tmp_path, drop_sciq), None)
+    assert "| LoRA | 10 | 3 / 2 | 20 / 80 |" in report
+    assert "| LoRA | 40 | 3 | 20 / 80 |" in report
+
+
 def test_forgetting_counts_the_questions_base_answered_alike(tmp_path):
     def cut_arc_easy(result: dict) -> None:
         result["questions"]["arc_easy"] = {k: v[:20] for k, v in result["questions"]["arc_easy"].items()}

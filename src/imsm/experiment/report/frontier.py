@@ -187,8 +187,10 @@ def base_tests_section(study: Study) -> list[str]:
         target = columns_by_seed(study, points, study.target)
         tests = [compare_questions(target, {s: base_target for s in target} if base_target else {}, study.metric)]
         tests += [compare_questions(pooled, {s: base_pool for s in pooled} if base_pool else {}, n) for n in POOLED]
-        seeds = max(test.seeds for test in tests)
-        entries = [arm.label, length_label(length), str(seeds) if seeds else "–"]
+        used = {test.seeds for test in tests if test.seeds}
+        # With partial results the target and the pool can rest on different seeds: then both are shown.
+        seeds = str(used.pop()) if len(used) == 1 else " / ".join(str(t.seeds) for t in tests[:2]) if used else "–"
+        entries = [arm.label, length_label(length), seeds]
         entries.append(" / ".join(str(test.test.n) if test.seeds else "–" for test in tests[:2]))
         for test, name in zip(tests, [study.metric, *POOLED], strict=True):
             entries += _difference(test, name)
@@ -203,7 +205,7 @@ def base_tests_section(study: Study) -> list[str]:
         "## Against Base, question by question",
         "",
         "Arm − Base in points (negative on the probes = forgotten), each question averaged over seeds "
-        "first; SE = standard error of the mean "
+        "first (seeds: target / pooled where they differ); SE = standard error of the mean "
         f"difference over questions; **bold** t: |t| ≥ {STRONG_T:g}. Flips: pooled questions Base answers "
         "right and the arm wrong (and the reverse), mean over seeds. Question by question says whether a "
         "difference holds across questions for these adapters, not across other seeds.",
