@@ -99,7 +99,17 @@ def _model_facts(model: IMSMModel) -> dict:
     windows: buffers and constants, not weights) and the attention implementation."""
     config = model.config
     settings = config.to_dict() if hasattr(config, "to_dict") else {}
-    for volatile in ("_name_or_path", "transformers_version", "_commit_hash"):  # the same numbers either way
+    # Settings that leave the frozen branch's numbers as they are (activation checkpointing turns
+    # use_cache off, for one): a difference there must not cost a rebuild.
+    for volatile in (
+        "_name_or_path",
+        "transformers_version",
+        "_commit_hash",
+        "use_cache",
+        "output_hidden_states",
+        "output_attentions",
+        "return_dict",
+    ):
         settings.pop(volatile, None)
     return {"config": settings, "attention": str(getattr(config, "_attn_implementation", None))}
 
