@@ -32,6 +32,7 @@ import numpy as np
 ON, BEYOND, BELOW = "on", "beyond", "below"
 REPLICATES = 2000
 BOOTSTRAP_SEED = 0  # fixed, so a report rerun on the same results prints the same intervals
+_CHUNK = 250  # replicates drawn at a time
 _TIE = 1e-9
 
 
@@ -119,16 +120,20 @@ def compare_with_line(pairs: Sequence[SeedPair], replicates: int = REPLICATES) -
         raise ValueError("the seeds must share their questions (the bootstrap resamples them together)")
     deltas, places = zip(*(pair.delta() for pair in pairs), strict=True)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    # Resampling with replacement as multinomial weights: every mean becomes one matrix product.
-    target_weights = rng.multinomial(n_target, np.full(n_target, 1 / n_target), size=replicates) / n_target
-    probe_weights = rng.multinomial(n_probe, np.full(n_probe, 1 / n_probe), size=replicates) / n_probe
     replicated = np.zeros(replicates)
-    for pair in pairs:
-        line_targets = target_weights @ pair.line_targets.T  # [replicates, points]
-        line_scores = probe_weights @ pair.line_scores.T
-        arm_targets, arm_scores = target_weights @ pair.arm_target, probe_weights @ pair.arm_score
-        for b in range(replicates):
-            replicated[b] += matched_score(line_targets[b], line_scores[b], arm_targets[b])[0] - arm_scores[b]
+    # Resampling with replacement as multinomial weights, so every mean is one matrix product; a
+    # chunk of replicates at a time, so the weights stay small for probes of thousands of questions.
+    for start in range(0, replicates, _CHUNK):
+        size = min(_CHUNK, replicates - start)
+        target_weights = rng.multinomial(n_target, np.full(n_target, 1 / n_target), size=size) / n_target
+        probe_weights = rng.multinomial(n_probe, np.full(n_probe, 1 / n_probe), size=size) / n_probe
+        for pair in pairs:
+            line_targets = target_weights @ pair.line_targets.T  # [size, points]
+            line_scores = probe_weights @ pair.line_scores.T
+            arm_targets, arm_scores = target_weights @ pair.arm_target, probe_weights @ pair.arm_score
+            for b in range(size):
+                at, _ = matched_score(line_targets[b], line_scores[b], arm_targets[b])
+                replicated[start + b] += at - arm_scores[b]
     replicated /= len(pairs)
     low, high = np.percentile(replicated, [2.5, 97.5])
     spread = float(replicated.std(ddof=1))
