@@ -379,6 +379,29 @@ def test_a_row_against_base_says_the_seeds_of_each_test_where_they_differ(tmp_pa
     assert "| LoRA | 40 | 3 | 20 / 80 |" in report
 
 
+def test_an_arm_no_seed_of_which_can_be_matched_is_shown_not_dropped(tmp_path):
+    path = write_experiment(tmp_path)
+    write_results(path)
+    experiment = load_experiment(path)
+    for cell in (c for c in experiment.cells if c.config["fusion"] == "mean"):
+        file = runner.cell_result_path(experiment, cell)
+        result = json.loads(file.read_text())
+        del result["questions"]["mrpc"]  # a corpus-level target: no per-question score to resample
+        file.write_text(runner.result_text(result))
+    study = collect_study(load_experiment(path))
+    [test] = [t for t in line_tests(study, "accuracy") if (t.arm.label, t.length) == ("IMSM-mean", STEPS)]
+    assert test.comparison is None and test.unmatched == 3
+    report = render_frontier(study, None)
+    assert "| IMSM-mean | 40 | forgetting (accuracy) | 0 | – | – | – | – | – | – | 3 left out (no per-" in report
+
+
+def test_the_bootstrap_needs_the_seeds_to_share_their_questions():
+    one = pair([[1.0, 0.0]], [[1.0, 1.0, 0.0]], [1.0, 0.0], [1.0, 0.0, 0.0])
+    other = pair([[1.0, 0.0, 1.0]], [[1.0, 1.0, 0.0]], [1.0, 0.0, 1.0], [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="share their questions"):
+        compare_with_line([one, other])
+
+
 def test_forgetting_counts_the_questions_base_answered_alike(tmp_path):
     def cut_arc_easy(result: dict) -> None:
         result["questions"]["arc_easy"] = {k: v[:20] for k, v in result["questions"]["arc_easy"].items()}

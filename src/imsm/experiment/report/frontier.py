@@ -382,7 +382,7 @@ def line_tests_section(study: Study) -> list[str]:
             left_out = f"{test.unmatched} left out (no per-question target score or line)" if test.unmatched else ""
             head = [test.arm.label, length_label(test.length), _score_header(study, (FORGETTING, name))]
             if comparison is None:
-                rows.append([*head, "0", "–", "–", "–", "–", "–", "–", "–", left_out])
+                rows.append([*head, "0", "–", "–", "–", "–", "–", "–", left_out])
                 continue
             low, high = comparison.interval
             places = [f"{comparison.count(p)} {p}" for p in (BEYOND, BELOW) if comparison.count(p)]
