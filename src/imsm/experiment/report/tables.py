@@ -51,9 +51,15 @@ GATE_NLL_LABELS = {
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """The lines of a markdown table: the header, the separator, then one line per row."""
+    """The lines of a markdown table: the header, the separator, then one line per row.
+
+    Raises:
+        ValueError: a row with more or fewer cells than headers (it would shift its columns).
+    """
 
     def line(cells: Sequence[str]) -> str:
+        if len(cells) != len(headers):
+            raise ValueError(f"a table row has {len(cells)} cells for {len(headers)} columns: {list(cells)}")
         return "| " + " | ".join(cells) + " |"
 
     return [line(headers), "|" + "---|" * len(headers), *(line(cells) for cells in rows)]
