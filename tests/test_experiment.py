@@ -667,3 +667,11 @@ def test_options_that_change_no_number_can_change_between_sessions(workspace, tm
     )
     with pytest.raises(IMSMError, match="learning_rate"):
         runner.check_results_directory(load_experiment(other))
+
+
+def test_a_table_row_that_does_not_fit_its_columns_is_refused():
+    from imsm.experiment.report.tables import markdown_table
+
+    assert markdown_table(["a", "b"], [["1", "2"]]) == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    with pytest.raises(ValueError, match="3 cells for 2 columns"):
+        markdown_table(["a", "b"], [["1", "2", "3"]])
