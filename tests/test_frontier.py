@@ -55,6 +55,8 @@ PLAN = {
     ("imsm", "step=10"): (0.60, 2),
     ("mean", ""): (0.75, 11),  # halfway between λ = 0.5 (10 points) and 0.75 (17.5): on the line
     ("mean", "step=10"): (0.95, 6),  # past LoRA's gain: beyond the line
+    ("imsm", "fusion=none"): (0.75, 30),  # the tuned branch alone: compensates for the mix, forgets more
+    ("mean", "fusion=none"): (0.80, 28),
 }
 STEPS = 40
 
@@ -410,3 +412,43 @@ def test_forgetting_counts_the_questions_base_answered_alike(tmp_path):
     lora = next(p for p in study.points if p.arm.label == "LoRA" and p.final and p.seed == 0)
     # On the 60 questions it answered, Base got 20 + 32 right and LoRA 0 + 32.
     assert point_scores(study, lora)[(FORGETTING, "accuracy")] == pytest.approx(20 / 60)
+
+
+def write_mechanism_study(tmp_path) -> str:
+    """The synthetic study plus each gated adapter's tuned branch read alone, and IMSM-LoRA's gate
+    weighing the frozen branch 0.2 on the target and 0.6 ± 0.1 across the probes' questions."""
+    grids = json.loads(open(write_experiment(tmp_path)).read())["grids"]
+    mechanism = {"task": ["mrpc"], "fusion": ["imsm", "mean"], "seed": [0, 1, 2], "variants": [{"fusion": "none"}]}
+    mechanism["evaluate"] = ["target", "arc_easy", "sciq"]
+    path = write_experiment(tmp_path, grids={**grids, "mechanism": mechanism})
+    write_results(path)
+    experiment = load_experiment(path)
+    for cell in (c for c in experiment.cells if c.config["fusion"] == "imsm"):
+        file = runner.cell_result_path(experiment, cell)
+        result = json.loads(file.read_text())
+        for task, columns in result["questions"].items():
+            weights = [0.2] * len(columns["index"]) if task == "mrpc" else [0.5, 0.7] * (len(columns["index"]) // 2)
+            columns["gate_frozen_weight"] = weights
+            result["metrics"][task]["gate_frozen_weight"] = sum(weights) / len(weights)
+        file.write_text(runner.result_text(result))
+    return path
+
+
+def test_the_tuned_branch_alone_is_placed_and_compared(tmp_path):
+    study = collect_study(load_experiment(write_mechanism_study(tmp_path)))
+    rows = {(p.label, p.length): (p, place) for p, place in frontier_rows(study, "accuracy")}
+    alone, place = rows[("IMSM-LoRA, tuned branch alone", STEPS)]
+    # 75% on the target is halfway between λ = 0.5 (10 points) and 0.75 (17.5); it forgets 30/80.
+    assert alone.forgetting == pytest.approx(37.5) and place == (pytest.approx(13.75), ON)
+    report = render_frontier(study, None)
+    assert "| IMSM-LoRA − IMSM-LoRA, tuned branch alone | 40 | pooled accuracy | 80 × 3 | +32.50 ± 5.27 |" in report
+    assert "| IMSM-LoRA, tuned branch alone − LoRA | 40 | pooled accuracy | 80 × 3 | -7.50 ± 2.96 |" in report
+    assert "IMSM-mean, tuned branch alone" in report
+
+
+def test_the_gate_section_reads_the_learned_gates_weights(tmp_path):
+    report = render_frontier(collect_study(load_experiment(write_mechanism_study(tmp_path))), None)
+    gate = report[report.index("## The gate") :]
+    assert "| IMSM-LoRA | 40 | 3 | 0.200 (0.000) | 0.600 (0.100) | 0.600 (0.100) |" in gate
+    assert "| IMSM-LoRA | 10 |" not in gate  # results without the gate's weights (written before it kept them)
+    assert "IMSM-mean |" not in gate  # a fixed mix has no weights to read

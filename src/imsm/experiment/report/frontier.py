@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imsm.experiment.report.frontier_gate import gate_section
 from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON, REPLICATES
 from imsm.experiment.report.frontier_plot import PLOTS, save_frontier_plot
 from imsm.experiment.report.frontier_study import (
@@ -218,7 +219,8 @@ def base_tests_section(study: Study) -> list[str]:
 def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
     """(arm, arm it is tested against, length), both read at that length: at every length each gated
     arm against the vanilla adapter of its method and setting, and the gated arms against each other;
-    at the final length also against the vanilla adapter scaled by λ = 0.5 and mixed untrained."""
+    at the final length also against the vanilla adapter scaled by λ = 0.5 and mixed untrained, and
+    against its own tuned branch read alone, which is set against the vanilla adapter in turn."""
     groups = study.groups()
     gated = [(a, n) for a, n in groups if a.is_trained and a.fusion != "none"]
     pairs = []
@@ -235,6 +237,12 @@ def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
                 baseline = Arm(arm.method, "none", arm.setting, mixed, scale)
                 if (baseline, length) in groups:
                     pairs.append((arm, baseline, length))
+            # What the gate does for its own adapter, and how far that adapter moved from a vanilla one.
+            alone = Arm(arm.method, arm.fusion, arm.setting, "none")
+            if (alone, length) in groups:
+                pairs.append((arm, alone, length))
+                if (vanilla, length) in groups:
+                    pairs.append((alone, vanilla, length))
     return pairs
 
 
@@ -437,6 +445,7 @@ def render_frontier(study: Study, plots: Path | None, link_base: Path | None = N
             if save_frontier_plot(study, path, name):
                 shown = path if link_base is None else Path(_relative(path, link_base))
                 lines += [f"![{path.stem}]({shown.as_posix()})", ""]
+    lines += gate_section(study)
     if study.missing:
         shown = study.missing[:20]
         lines += [f"Missing ({len(study.missing)}): " + "; ".join(shown)]

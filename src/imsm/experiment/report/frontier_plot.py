@@ -7,6 +7,7 @@ from pathlib import Path
 
 from imsm.atomic_write import atomic_path
 from imsm.experiment.report.frontier_study import (
+    TUNED_ALONE,
     UNTRAINED_MIX,
     FrontierPoint,
     Study,
@@ -20,7 +21,8 @@ PLOTS = {"accuracy": "frontier.png", "gold_probability": "frontier-gold.png"}  #
 
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
     """Target score against forgetting of the pooled `name`: the λ line, each trained arm over its
-    lengths (arrows in training order), the untrained mix, Base; error bars = std over seeds. False,
+    lengths (arrows in training order), the untrained mix, gated adapters' tuned branches read alone,
+    Base; error bars = std over seeds. False,
     and no file, where there is nothing to draw (no Base or no probe pool)."""
     line = lambda_line(study, name)
     rows = frontier_rows(study, name)
@@ -51,15 +53,15 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
     for point, _ in rows:
         arms.setdefault(point.label, []).append(point)
     for label, curve in arms.items():
-        mix = label.startswith(UNTRAINED_MIX)
+        mix, alone = label.startswith(UNTRAINED_MIX), TUNED_ALONE in label
         drawn = axis.errorbar(
             [p.forgetting for p in curve],
             [p.target for p in curve],
             xerr=[p.forgetting_std for p in curve],
             yerr=[p.target_std for p in curve],
-            fmt="s" if mix else "-o",
+            fmt="s" if mix else "v" if alone else "-o",
             capsize=2,
-            markersize=7 if mix else 5,
+            markersize=7 if mix or alone else 5,
             label=label + ("" if len(curve) == 1 else f" ({' → '.join(length_label(p.length) for p in curve)} steps)"),
         )
         color = drawn.lines[0].get_color()

@@ -38,6 +38,7 @@ from imsm.tasks import get_task
 
 BASE = "base"  # the `Arm.fusion` of the untrained model
 UNTRAINED_MIX = "untrained mix"
+TUNED_ALONE = "tuned branch alone"  # a gated adapter read without its gate (a `fusion: none` variant)
 # Chance accuracy of the multiple-choice probes from their usual number of options (ARC has 3-5,
 # nearly always 4), used when the base model's per-example rows (WORK/original.TASK.jsonl, which
 # list every question's options) are not on this machine.
@@ -93,6 +94,8 @@ class Arm:
             return "Base"
         if self.mixed == "mean" and self.fusion == "none":
             core = UNTRAINED_MIX
+        elif self.mixed == "none":
+            core = f"{self.trained_label}, {TUNED_ALONE}"
         else:
             core = self.trained_label + (f" + {self.mixed} fusion" if self.mixed else "")
         core += f" λ={self.scale:g}" if self.scale != 1.0 else ""
@@ -560,16 +563,19 @@ def lambda_gaps(study: Study, name: str) -> list[str]:
 
 
 def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
-    """The groups set against the λ line: every trained arm at every length, and the untrained mix."""
-    return {
-        (arm, length): points
-        for (arm, length), points in study.groups().items()
-        if arm.is_trained or (arm.mixed == "mean" and arm.fusion == "none" and arm.scale == 1.0)
-    }
+    """The groups set against the λ line: every trained arm at every length, the untrained mix, and a
+    gated adapter's tuned branch read alone (an adapter like any other, which a user could deploy)."""
+
+    def placed(arm: Arm) -> bool:
+        untrained_mix = arm.fusion == "none" and arm.mixed == "mean"
+        tuned_alone = arm.fusion != "none" and arm.mixed == "none"
+        return arm.is_trained or (arm.scale == 1.0 and (untrained_mix or tuned_alone))
+
+    return {(arm, length): points for (arm, length), points in study.groups().items() if placed(arm)}
 
 
 def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[float, str] | None]]:
-    """Every trained arm at every length, and the untrained mix, as (seed mean, `frontier_at` its target
+    """Every arm `_placed_arms` sets against the λ line, as (seed mean, `frontier_at` its target
     score on the line of seed means of its own vanilla adapter)."""
     lines: dict[Arm | None, list[tuple[float, FrontierPoint]]] = {}
     rows = []

@@ -1,0 +1,67 @@
+"""How a learned gate weighs the frozen branch, task by task, in a learning-forgetting study.
+
+IMSM's case rests on a query-aware gate: on questions of general knowledge it should lean on the
+frozen branch (the base model) more than on the target task. Each task's mean weight says whether
+it does; the spread of the weight across one task's questions says whether it tells questions apart
+at all. A gate that gives every question the same weight is a fixed mix, whatever its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import fmean, pstdev
+
+from imsm.experiment.report.frontier_study import Study, length_label
+from imsm.experiment.report.tables import markdown_table
+
+GATE_WEIGHT = "gate_frozen_weight"  # the gate's mean weight g on the frozen branch, per question and per task
+LEARNED_GATES = ("imsm", "no-query")  # "mean" fixes g at 0.5: nothing to read
+
+
+def _weights(column) -> list[float]:
+    return [float(v) for v in column or () if v is not None and not math.isnan(float(v))]
+
+
+def gate_cell(points, task: str) -> str:
+    """ "mean (spread)": the task's mean weight averaged over seeds, and in brackets the standard
+    deviation of the weight across the task's questions, averaged over seeds; "–" without weights."""
+    means, spreads = [], []
+    for point in points.values():
+        metric = (point.metrics.get(task) or {}).get(GATE_WEIGHT)
+        if metric is not None:
+            means.append(float(metric))
+        per_question = _weights((point.questions.get(task) or {}).get(GATE_WEIGHT))
+        if len(per_question) > 1:
+            spreads.append(pstdev(per_question))
+    if not means:
+        return "–"
+    text = f"{fmean(means):.3f}"
+    return f"{text} ({fmean(spreads):.3f})" if spreads else text
+
+
+def gate_section(study: Study) -> list[str]:
+    """Every arm trained with a learned gate, at every length: its weight on the frozen branch on the
+    target and on each probe."""
+    tasks = [study.target, *(probe.task for probe in study.probes)]
+    rows = []
+    for (arm, length), points in study.groups().items():
+        if not (arm.is_trained and arm.fusion in LEARNED_GATES):
+            continue
+        cells = [gate_cell(points, task) for task in tasks]
+        if any(cell != "–" for cell in cells):
+            rows.append([arm.label, length_label(length), str(len(points)), *cells])
+    if not rows:
+        return []
+    headers = ["arm", "steps", "seeds", *(f"{task} (target)" if task == study.target else task for task in tasks)]
+    return [
+        "## The gate",
+        "",
+        "The learned gate's weight on the frozen branch (g of eq. 4, averaged over the tokens it weighs "
+        "and the features), mean over seeds; in brackets its standard deviation across the task's "
+        "questions, mean over seeds. A gate that keeps general knowledge would weigh the frozen branch "
+        "more on the probes than on the target; one whose weight hardly varies across questions is a "
+        "fixed mix. (The trained 50/50 mix and the untrained mix weigh it 0.5 everywhere.)",
+        "",
+        *markdown_table(headers, rows),
+        "",
+    ]
