@@ -143,3 +143,40 @@ def test_staged_directory_creates_a_missing_target(tmp_path, if_exists):
         _fill(staging, {"config.json": "{}"})
     assert _contents(target) == {"config.json": "{}"}
     assert _leftovers(target.parent) == []
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_a_privately_staged_file_gets_the_umasks_permissions(tmp_path, umask_022):
+    # safetensors creates its files 0600; a saved adapter must stay readable to the machine's other users.
+    with atomic_path(tmp_path / "adapter_model.safetensors") as temporary:
+        temporary.write_bytes(b"weights")
+        os.chmod(temporary, 0o600)
+    assert _mode(tmp_path / "adapter_model.safetensors") == 0o644
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path, umask_022):
+    target = tmp_path / "secret.json"
+    target.write_text("old")
+    os.chmod(target, 0o600)  # the user closed it off: a rewrite must not open it up
+    write_atomically(target, "new")
+    assert _mode(target) == 0o600 and target.read_text() == "new"
+
+
+def test_a_staged_directory_gets_the_umasks_permissions(tmp_path, umask_022):
+    target = tmp_path / "adapter"
+    with staged_directory(target) as staging:
+        assert _mode(staging) == 0o700  # mkdtemp's: private while it is filled
+        _fill(staging, {"config.json": "{}", "sub/gate.safetensors": "g"})
+        os.chmod(staging / "sub" / "gate.safetensors", 0o600)
+    assert [_mode(target), _mode(target / "sub"), _mode(target / "config.json")] == [0o755, 0o755, 0o644]
+    assert _mode(target / "sub" / "gate.safetensors") == 0o644

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -77,6 +78,35 @@ def _fsync_tree(directory: Path) -> None:
         _fsync(Path(root))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, target: Path) -> None:
+    """Give `path` (a staged file or directory) the permissions the user would expect of `target`:
+    those of the `target` it replaces, else what the umask gives a new one. Writers that stage
+    privately create theirs owner-only (safetensors' files 0600, `mkdtemp`'s directories 0700),
+    which would hide a saved adapter from the other users of a shared machine."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = (0o777 if path.is_dir() else 0o666) & ~_umask()
+    os.chmod(path, mode)
+
+
+def _usual_modes_in(directory: Path) -> None:
+    """`_usual_mode` for everything inside a staged directory that has no counterpart to copy: the
+    umask's files and directories."""
+    mask = _umask()
+    for root, directories, files in os.walk(directory):
+        for name in directories:
+            os.chmod(Path(root) / name, 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(root) / name, 0o666 & ~mask)
+
+
 def _temporary_beside(path: Path) -> Path:
     # Hidden, unique per call (two threads or processes may write the same target).
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
@@ -106,6 +136,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = _temporary_beside(path)
     try:
         yield temporary
+        _usual_mode(temporary, path)
         _fsync(temporary)
         os.replace(temporary, path)
         _fsync(path.parent)
@@ -179,6 +210,8 @@ def staged_directory(
     replaced = staging.with_name(staging.name.replace(".staging-", ".replaced-"))
     try:
         yield staging
+        _usual_modes_in(staging)
+        _usual_mode(staging, target)
         _fsync_tree(staging)
         if if_exists == "merge":
             target.mkdir(exist_ok=True)
