@@ -288,9 +288,10 @@ def between_arms_section(study: Study) -> list[str]:
     return [
         "## Between arms, at the same length",
         "",
-        "Question by question (each question averaged over the seeds both arms have; **bold** t: "
-        f"|t| ≥ {STRONG_T:g}), then the seed-level paired t-test of the arms' means (pairs share a seed; "
-        "two-sided).",
+        "Question by question (each question averaged over the seeds both arms have; questions × seeds "
+        f"says how many of each; **bold** t: |t| ≥ {STRONG_T:g}), then the seed-level paired t-test of the "
+        "arms' scores: seeds = the pairs it has (the two arms trained with the same seed), Δ seed means = "
+        "the mean of their differences, two-sided p.",
         "",
         *markdown_table(headers, rows),
         "",
