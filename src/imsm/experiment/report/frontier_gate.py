@@ -3,7 +3,9 @@
 IMSM's case rests on a query-aware gate: on questions of general knowledge it should lean on the
 frozen branch (the base model) more than on the target task. Each task's mean weight says whether
 it does; the spread of the weight across one task's questions says whether it tells questions apart
-at all. A gate that gives every question the same weight is a fixed mix, whatever its parameters.
+at all. The weight is a mean over features: a gate could still trade one feature for another from
+question to question while that mean stays put, so a flat mean rules out leaning on the base model
+as a whole, not every kind of routing.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def gate_section(study: Study) -> list[str]:
         "The learned gate's weight on the frozen branch (g of eq. 4, averaged over the tokens it weighs "
         "and the features), mean over seeds; in brackets its standard deviation across the task's "
         "questions, mean over seeds. A gate that keeps general knowledge would weigh the frozen branch "
-        "more on the probes than on the target; one whose weight hardly varies across questions is a "
-        "fixed mix. (The trained 50/50 mix and the untrained mix weigh it 0.5 everywhere.)",
+        "more on the probes than on the target; one whose mean weight hardly varies across questions "
+        "does not lean on the base model for some questions more than for others (it may still weigh "
+        "features differently). The trained 50/50 mix and the untrained mix weigh it 0.5 everywhere.",
         "",
         *markdown_table(headers, rows),
         "",
