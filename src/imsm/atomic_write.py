@@ -84,6 +84,11 @@ def _umask() -> int:
     return mask
 
 
+def _new_mode(is_directory: bool, mask: int) -> int:
+    """What the umask `mask` gives a newly created file or directory."""
+    return (0o777 if is_directory else 0o666) & ~mask
+
+
 def _usual_mode(path: Path, target: Path) -> None:
     """Give `path` (a staged file or directory) the permissions the user would expect of `target`:
     those of the `target` it replaces, else what the umask gives a new one. Writers that stage
@@ -92,7 +97,7 @@ def _usual_mode(path: Path, target: Path) -> None:
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
-        mode = (0o777 if path.is_dir() else 0o666) & ~_umask()
+        mode = _new_mode(path.is_dir(), _umask())
     os.chmod(path, mode)
 
 
@@ -102,9 +107,9 @@ def _usual_modes_in(directory: Path) -> None:
     mask = _umask()
     for root, directories, files in os.walk(directory):
         for name in directories:
-            os.chmod(Path(root) / name, 0o777 & ~mask)
+            os.chmod(Path(root) / name, _new_mode(True, mask))
         for name in files:
-            os.chmod(Path(root) / name, 0o666 & ~mask)
+            os.chmod(Path(root) / name, _new_mode(False, mask))
 
 
 def _temporary_beside(path: Path) -> Path:

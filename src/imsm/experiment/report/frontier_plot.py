@@ -22,8 +22,8 @@ PLOTS = {"accuracy": "frontier.png", "gold_probability": "frontier-gold.png"}  #
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
     """Target score against forgetting of the pooled `name`: the λ line, each trained arm over its
     lengths (arrows in training order), the untrained mix, gated adapters' tuned branches read alone,
-    Base; error bars = std over seeds. False,
-    and no file, where there is nothing to draw (no Base or no probe pool)."""
+    Base; error bars = std over seeds. False, and no file, where there is nothing to draw (no Base
+    or no probe pool)."""
     line = lambda_line(study, name)
     rows = frontier_rows(study, name)
     if not line and not rows:
