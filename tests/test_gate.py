@@ -23,7 +23,7 @@ def test_gate_equals_sigmoid_of_the_concatenated_input_times_W_A_W_B():
     h_frozen, h_tuned = torch.randn(2, 5, 6), torch.randn(2, 5, 6)
     q_frozen, q_tuned = torch.randn(2, 6), torch.randn(2, 6)
     x = torch.cat([q_frozen[:, None].expand(-1, 5, -1), h_frozen, h_tuned, q_tuned[:, None].expand(-1, 5, -1)], -1)
-    expected = torch.sigmoid(x @ gate.W_A @ gate.W_B)
+    expected = torch.sigmoid(x.float() @ gate.W_A @ gate.W_B)
     actual = gate(h_frozen, h_tuned, gate.query_term(q_frozen, q_tuned)[:, None])
     torch.testing.assert_close(actual, expected)
 
@@ -34,7 +34,7 @@ def test_no_query_gate_reads_only_the_two_states():
     h_frozen, h_tuned = torch.randn(3, 4), torch.randn(3, 4)
     assert gate.W_A.shape == (8, 2) and gate.query_term(h_frozen, h_tuned) is None
     torch.testing.assert_close(
-        gate(h_frozen, h_tuned, None), torch.sigmoid(torch.cat([h_frozen, h_tuned], -1) @ gate.W_A @ gate.W_B)
+        gate(h_frozen, h_tuned, None), torch.sigmoid(torch.cat([h_frozen, h_tuned], -1).float() @ gate.W_A @ gate.W_B)
     )
 
 
@@ -60,6 +60,31 @@ def test_gate_keeps_fp32_parameters_and_returns_the_models_dtype():
     query = gate.query_term(h, h)
     assert gate.W_A.dtype == torch.float32
     assert fuse("imsm", gate, h, h, query)[0].dtype == torch.bfloat16
+
+
+def test_gate_is_fp32_even_when_the_default_dtype_is_bf16():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        gate = FusionGate(hidden_size=4, rank=2)
+        h = torch.randn(2, 4)  # bf16, as every tensor built here now is
+        fused, g = fuse("imsm", gate, h, h, gate.query_term(h, h))
+    finally:
+        torch.set_default_dtype(previous)
+    assert gate.W_A.dtype == gate.W_B.dtype == torch.float32
+    assert g.dtype == torch.float32 and fused.dtype == torch.bfloat16
+
+
+def test_a_gate_cast_to_bf16_still_computes_in_fp32():
+    # model.to(torch.bfloat16) casts every parameter, the gate's too; the gate must still run.
+    torch.manual_seed(0)
+    gate = FusionGate(hidden_size=4, rank=2)
+    h = torch.randn(2, 4, dtype=torch.bfloat16)
+    expected = gate(h, h, gate.query_term(h, h))
+    gate.to(torch.bfloat16)
+    actual = gate(h, h, gate.query_term(h, h))
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, atol=2e-2, rtol=0)
 
 
 def test_dropout_is_active_only_in_training():

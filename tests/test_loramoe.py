@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from conftest import perturb_adapter, random_batch, save_tiny_model, tiny_model
+from conftest import perturb_adapter, random_batch, save_tiny_model, seeded_generator, tiny_model
 from imsm import IMSMConfig, IMSMError, IMSMModel, get_imsm_model
 from imsm.peft_methods.builders import PEFT_METHODS, build_peft_config
 from imsm.peft_methods.loramoe import (
@@ -64,7 +64,7 @@ def test_vectorised_experts_equal_a_loop_over_experts(architecture):
     layer = first_layer(model)
     route = layer.lora_route["default"].weight  # [N, d_in]
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight  # [N·r, d_in], [d_out, N·r]
-    x = torch.randn(2, 5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 5, layer.in_features, generator=seeded_generator(0))
     with torch.no_grad():
         expected = layer.get_base_layer()(x)
         weights = torch.softmax(x @ route.T, dim=-1)  # [2, 5, N]
@@ -98,7 +98,7 @@ def test_fresh_adapter_gives_the_base_models_logits(fusion):
 def test_split_batch_runs_the_base_layer_on_the_first_half_and_loramoe_on_the_second():
     model = build()
     layer = first_layer(model)
-    x = torch.randn(2, 4, layer.in_features, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 4, layer.in_features, generator=seeded_generator(1))
     with torch.no_grad():
         frozen = layer.get_base_layer()(x)
         tuned = layer(x)

@@ -10,7 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ARCHITECTURES, PEFT_METHODS, peft_config, perturb_adapter, random_batch, tiny_model
+from conftest import (
+    ARCHITECTURES,
+    PEFT_METHODS,
+    peft_config,
+    perturb_adapter,
+    random_batch,
+    seeded_generator,
+    tiny_model,
+)
 from imsm import FUSION_MODES, IMSMConfig, get_imsm_model
 
 ATOL = 2e-5
@@ -34,7 +42,7 @@ def peft_states(model, input_ids, attention_mask):
 
 
 def unpadded_batch(seed: int = 3):
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     input_ids = torch.randint(3, 96, (2, 8), generator=generator)
     return input_ids, torch.ones_like(input_ids)
 

@@ -25,6 +25,7 @@ from conftest import (
     peft_config,
     perturb_adapter,
     random_batch,
+    seeded_generator,
     tiny_model,
     tiny_tokenizer,
 )
@@ -64,7 +65,7 @@ def build(seed: int = 0) -> IMSMModel:
 def rows(count: int = 8, seed: int = 3) -> list[dict[str, list[int]]]:
     """Prompts of 4-6 random tokens, each answered by the same three tokens and EOS: learnable in
     a few steps. The prompt is labelled -100, so it is the query."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     answer = [7, 8, 9, EOS]
     data = []
     for index in range(count):

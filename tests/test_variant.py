@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from conftest import peft_config, perturb_adapter, random_batch, save_tiny_model, tiny_model
+from conftest import peft_config, perturb_adapter, random_batch, save_tiny_model, seeded_generator, tiny_model
 from imsm import IMSMConfig, IMSMModel, get_imsm_model
 from imsm.cli import main
 from imsm.errors import IMSMError
@@ -61,7 +61,7 @@ def test_every_adapted_layer_changes_its_output_by_exactly_lambda_times(method, 
     """Layer by layer (same input): scaled output - base output = λ (adapter output - base output)."""
     full, scaled = adapted(method), adapted(method)
     scale_adapter(scaled.peft_model, scale)
-    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 32, generator=seeded_generator(0))
     layers = 0
     for (_, layer), (_, scaled_layer) in zip(full.named_modules(), scaled.named_modules(), strict=True):
         if not isinstance(layer, BaseTunerLayer):

@@ -38,8 +38,10 @@ class FusionGate(nn.Module):
         self.hidden_size = hidden_size
         self.query_aware = query_aware
         n_inputs = 4 if query_aware else 2
-        self.W_A = nn.Parameter(torch.empty(n_inputs * hidden_size, rank))
-        self.W_B = nn.Parameter(torch.empty(rank, hidden_size))
+        # fp32 named explicitly: under torch.set_default_dtype(torch.bfloat16) the gate would
+        # otherwise be built in bf16.
+        self.W_A = nn.Parameter(torch.empty(n_inputs * hidden_size, rank, dtype=torch.float32))
+        self.W_B = nn.Parameter(torch.empty(rank, hidden_size, dtype=torch.float32))
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
@@ -53,7 +55,8 @@ class FusionGate(nn.Module):
     def _block(self, index: int) -> torch.Tensor:
         """Rows of W_A that multiply the index-th d-wide part of the concatenated input."""
         d = self.hidden_size
-        return self.W_A[index * d : (index + 1) * d]  # [d, r]
+        # .float(): the arithmetic stays fp32 even after a caller's model.to(torch.bfloat16).
+        return self.W_A[index * d : (index + 1) * d].float()  # [d, r]
 
     def query_term(self, query_frozen: torch.Tensor, query_tuned: torch.Tensor) -> torch.Tensor | None:
         """The query memories' share of concat(...) @ W_A, computed once per sequence -> [B, r].
@@ -85,7 +88,7 @@ class FusionGate(nn.Module):
         else:
             projected = hidden_frozen.float() @ self._block(0) + hidden_tuned.float() @ self._block(1)
         # Dropout after both projections, as in the authors' code (identity in eval mode).
-        logits = self.dropout(self.dropout(projected) @ self.W_B)  # [..., d]
+        logits = self.dropout(self.dropout(projected) @ self.W_B.float())  # [..., d]
         return torch.sigmoid(logits)
 
 
