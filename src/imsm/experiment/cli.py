@@ -59,7 +59,7 @@ class FrontierOptions:
     file: Path = option(positional=True, help="the experiment YAML file whose results to report")
     output: Path | None = option(None, help="markdown file to write (default: RESULTS/frontier.md)")
     plots: Path | None = option(
-        None, help="directory for frontier.png and frontier-gold.png (default: beside --output)"
+        None, help="directory for the plots, named after --output: frontier.png, frontier-gold.png (default: beside it)"
     )
     task: str | None = option(None, help="the target (training) task, where the experiment trains on several")
     metric: str | None = option(
@@ -175,7 +175,8 @@ def cmd_frontier(options: FrontierOptions) -> int:
         f" --{name} {value}" for name, value in [("task", options.task), ("metric", options.metric)] if value
     )
     output.parent.mkdir(parents=True, exist_ok=True)
-    text = render_frontier(study, plots, link_base=output.parent, commands=[f"imsm experiment {options.file}", command])
+    commands = [f"imsm experiment {options.file}", command]
+    text = render_frontier(study, plots, link_base=output.parent, commands=commands, plot_name=output.stem)
     write_atomically(output, text)
     print(f"frontier: {output}; plots in {plots}")
     return 0

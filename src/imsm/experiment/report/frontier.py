@@ -14,7 +14,7 @@ from typing import Any
 
 from imsm.experiment.report.frontier_gate import gate_section
 from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON, REPLICATES
-from imsm.experiment.report.frontier_plot import PLOTS, save_frontier_plot
+from imsm.experiment.report.frontier_plot import PLOT_SUFFIXES, save_frontier_plot
 from imsm.experiment.report.frontier_study import (
     CHANCE_MARGIN,
     FORGETTING,
@@ -429,8 +429,10 @@ def line_tests_section(study: Study) -> list[str]:
     ]
 
 
-def render_frontier(study: Study, plots: Path | None, link_base: Path | None = None, commands=None) -> str:
-    """The markdown report; writes frontier.png and frontier-gold.png into `plots` when given."""
+def render_frontier(
+    study: Study, plots: Path | None, link_base: Path | None = None, commands=None, plot_name: str = "frontier"
+) -> str:
+    """The markdown report; writes PLOT_NAME.png and PLOT_NAME-gold.png into `plots` when given."""
     lines = [f"# Learning and forgetting: `{study.experiment.name}`", ""]
     if commands:
         lines += ["Made with:", "", "```bash", *commands, "```", ""]
@@ -441,8 +443,8 @@ def render_frontier(study: Study, plots: Path | None, link_base: Path | None = N
     lines += between_arms_section(study)
     lines += frontier_section(study)
     if plots is not None:
-        for name, file in PLOTS.items():
-            path = plots / file
+        for name, suffix in PLOT_SUFFIXES.items():
+            path = plots / f"{plot_name}{suffix}.png"
             if save_frontier_plot(study, path, name):
                 shown = path if link_base is None else Path(_relative(path, link_base))
                 lines += [f"![{path.stem}]({shown.as_posix()})", ""]

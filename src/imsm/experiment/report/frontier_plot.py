@@ -16,7 +16,9 @@ from imsm.experiment.report.frontier_study import (
     length_label,
 )
 
-PLOTS = {"accuracy": "frontier.png", "gold_probability": "frontier-gold.png"}  # pooled score -> file name
+# Pooled score -> the suffix of its plot's file name, after the report's own name (frontier.md:
+# frontier.png, frontier-gold.png), so two reports in one folder keep their own plots.
+PLOT_SUFFIXES = {"accuracy": "", "gold_probability": "-gold"}
 
 
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
