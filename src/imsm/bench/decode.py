@@ -101,8 +101,7 @@ def time_decoders(
 
     ids, mask = chat_batch(tokenizer, batch_size, prompt_repeat)
     # transformers' generate, like ours, expects the prompts on the model's device.
-    device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = ids.to(model.device), mask.to(model.device)
     new = max_new_tokens
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # EOS ignored everywhere: every decoder produces exactly max_new_tokens per row.
