@@ -155,8 +155,9 @@ def test_yaml_values_are_checked_like_flags_before_any_model_load(capsys, tmp_pa
 
 
 def test_options_come_from_defaults_then_the_yaml_file_then_the_flags(tmp_path):
-    from imsm.cli import EvalOptions, build_parser
-    from imsm.options import read_options
+    from imsm.cli.app import build_parser
+    from imsm.cli.evaluate import EvalOptions
+    from imsm.cli.options import read_options
 
     config = tmp_path / "eval.yaml"
     config.write_text("task: mrpc,webq\noutput: out.json\nlimit: '5'\nbatch-size: 2\nlikelihood: false\n")
@@ -172,7 +173,7 @@ def test_options_come_from_defaults_then_the_yaml_file_then_the_flags(tmp_path):
 def test_every_option_of_every_command_is_a_documented_field():
     import dataclasses
 
-    from imsm.cli import build_parser
+    from imsm.cli.app import build_parser
 
     def commands(parser, prefix=""):
         for action in parser._actions:  # where argparse keeps subcommands; fine for a test to read
