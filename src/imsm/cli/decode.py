@@ -9,7 +9,7 @@ import torch
 
 from imsm.chat import Conversation, run_chat
 from imsm.cli.model_options import ModelOptions
-from imsm.cli.options import DecodingOptions, chat_template_option, option, system_option
+from imsm.cli.options import DecodingOptions, chat_template_option, check_options, option, system_option
 from imsm.errors import IMSMError
 from imsm.generate import generate_answers, stream_answer
 from imsm.model.variant import load_evaluated_model
@@ -19,6 +19,10 @@ from imsm.prompting import PromptFormatter
 @dataclass
 class DecodedModelOptions(ModelOptions, DecodingOptions):
     """The model `imsm generate` and `imsm chat` decode from, and how its tokens are picked."""
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        super().__post_init__()
 
 
 @dataclass

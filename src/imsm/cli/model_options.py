@@ -35,8 +35,10 @@ class ModelOptions:
     adapter_scale: float = adapter_scale_option()
 
     def __post_init__(self) -> None:
-        check_options(self)
+        # The variant first: its messages suggest the fusion meant. A command's options check their
+        # flags' choices before (argparse does on the command line, `check_options` on a YAML file).
         check_variant(self.adapter, self.fusion, self.adapter_scale)
+        check_options(self)
 
     def describe(self, model: IMSMModel) -> dict[str, Any]:
         """What was loaded as `model`, for a result file's header: the fusion and dtype it runs with."""
