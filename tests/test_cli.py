@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -204,3 +205,32 @@ def test_the_installed_command_prints_no_traceback():
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().splitlines() == [result.stderr.strip()]
+
+
+def test_eval_checks_the_variant_once_and_loads_it_as_checked(capsys, model_dir, adapter_dir, tmp_path, monkeypatch):
+    import imsm.cli.model_options as model_options
+
+    checked = []
+
+    def counting(*args):
+        checked.append(args)
+        return check_variant(*args)
+
+    check_variant = model_options.check_variant
+    monkeypatch.setattr(model_options, "check_variant", counting)
+    monkeypatch.setattr("imsm.model.variant.check_variant", counting)  # where the load would check again
+    (tmp_path / "probe.jsonl").write_text('{"q": "w3 w4", "a": "w5"}\n')
+    spec = "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\nmax_new_tokens: 2\n"
+    (tmp_path / "probe.yaml").write_text(spec)
+    output = tmp_path / "out.json"
+    argv = ["eval", "--model", str(model_dir), "--adapter", str(adapter_dir), "--fusion", "mean", "--dtype", "fp32"]
+    code, _, err = run(capsys, *argv, "--task", str(tmp_path / "probe.yaml"), "--output", str(output))
+    assert code == 0, err
+    assert checked == [(str(adapter_dir), "mean", 1.0)]
+    header = json.loads(output.read_text())
+    assert (header["adapter"], header["fusion"], header["adapter_scale"], header["dtype"]) == (
+        str(adapter_dir),
+        "mean",
+        1.0,
+        "float32",
+    )
