@@ -18,8 +18,9 @@ import datetime
 import json
 from pathlib import Path
 
-from imsm.bench.decode import adapted_model, time_decoders
 from imsm.bench.machine import describe_machine
+
+from imsm.bench.decode import adapted_model, time_decoders
 from imsm.bench.output import write_json
 
 SWEEPS = {

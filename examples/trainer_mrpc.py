@@ -26,7 +26,7 @@ from imsm.model.load import load_model_and_tokenizer
 from imsm.prompting import PromptFormatter
 from imsm.tasks import get_task
 from imsm.train.examples import tokenize_examples
-from imsm.trainer import labelled_rows
+from imsm.train.trainer import labelled_rows
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from conftest import save_tiny_model
 from imsm.chat import Conversation, run_chat
@@ -51,15 +52,29 @@ def test_a_scripted_conversation_keeps_history_resets_and_stops_at_exit(chat_mod
     assert streamed[-1] == chat.messages[2]["content"] and len(streamed) == 3
 
 
-def test_each_turn_sees_the_whole_conversation(chat_model):
+def test_each_turn_sees_the_whole_conversation(chat_model, monkeypatch):
     chat = conversation(chat_model)
+    prompts = []  # the token ids each turn asks the model to continue
+    generate = chat.model.generate
+
+    def recording(ids, **options):
+        prompts.append(ids[0].tolist())
+        return generate(ids, **options)
+
+    monkeypatch.setattr(chat.model, "generate", recording)
     first = chat.reply("w5 w6", io.StringIO())
-    alone = conversation(chat_model).reply("w7", io.StringIO())
     followed = chat.reply("w7", io.StringIO())
     assert [m["content"] for m in chat.messages] == ["w5 w6", first, "w7", followed]
-    assert followed != alone or first == ""  # the history changes the prompt (checked below exactly)
-    prompt = chat.tokenizer.apply_chat_template(chat.messages[:3], add_generation_prompt=True, tokenize=False)
-    assert prompt.startswith("<s> w5 w6 </s>")
+    # The second prompt is the whole conversation through the template: the first question, the
+    # reply the model gave, then the new question, whatever that reply holds (even nothing).
+    text = f"<s> w5 w6 </s> <s> {first} </s> <s> w7 </s> <s> "
+    assert prompts == [
+        chat.tokenizer("<s> w5 w6 </s> <s> ", add_special_tokens=False)["input_ids"],
+        chat.tokenizer(text, add_special_tokens=False)["input_ids"],
+    ]
+    # And the reply kept is the model's greedy continuation of that prompt.
+    sequences = generate(torch.tensor([prompts[1]]), max_new_tokens=3, eos_token_id=[])
+    assert followed == chat.tokenizer.decode(sequences[0, len(prompts[1]) :], skip_special_tokens=True).strip()
 
 
 def test_chat_command_reads_a_pipe_and_refuses_a_model_without_a_template(chat_model, tmp_path, monkeypatch, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -155,8 +156,9 @@ def test_yaml_values_are_checked_like_flags_before_any_model_load(capsys, tmp_pa
 
 
 def test_options_come_from_defaults_then_the_yaml_file_then_the_flags(tmp_path):
-    from imsm.cli import EvalOptions, build_parser
-    from imsm.options import read_options
+    from imsm.cli.app import build_parser
+    from imsm.cli.evaluate import EvalOptions
+    from imsm.cli.options import read_options
 
     config = tmp_path / "eval.yaml"
     config.write_text("task: mrpc,webq\noutput: out.json\nlimit: '5'\nbatch-size: 2\nlikelihood: false\n")
@@ -172,7 +174,7 @@ def test_options_come_from_defaults_then_the_yaml_file_then_the_flags(tmp_path):
 def test_every_option_of_every_command_is_a_documented_field():
     import dataclasses
 
-    from imsm.cli import build_parser
+    from imsm.cli.app import build_parser
 
     def commands(parser, prefix=""):
         for action in parser._actions:  # where argparse keeps subcommands; fine for a test to read
@@ -203,3 +205,32 @@ def test_the_installed_command_prints_no_traceback():
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().splitlines() == [result.stderr.strip()]
+
+
+def test_eval_checks_the_variant_once_and_loads_it_as_checked(capsys, model_dir, adapter_dir, tmp_path, monkeypatch):
+    import imsm.cli.model_options as model_options
+
+    checked = []
+
+    def counting(*args):
+        checked.append(args)
+        return check_variant(*args)
+
+    check_variant = model_options.check_variant
+    monkeypatch.setattr(model_options, "check_variant", counting)
+    monkeypatch.setattr("imsm.model.variant.check_variant", counting)  # where the load would check again
+    (tmp_path / "probe.jsonl").write_text('{"q": "w3 w4", "a": "w5"}\n')
+    spec = "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\nmax_new_tokens: 2\n"
+    (tmp_path / "probe.yaml").write_text(spec)
+    output = tmp_path / "out.json"
+    argv = ["eval", "--model", str(model_dir), "--adapter", str(adapter_dir), "--fusion", "mean", "--dtype", "fp32"]
+    code, _, err = run(capsys, *argv, "--task", str(tmp_path / "probe.yaml"), "--output", str(output))
+    assert code == 0, err
+    assert checked == [(str(adapter_dir), "mean", 1.0)]
+    header = json.loads(output.read_text())
+    assert (header["adapter"], header["fusion"], header["adapter_scale"], header["dtype"]) == (
+        str(adapter_dir),
+        "mean",
+        1.0,
+        "float32",
+    )

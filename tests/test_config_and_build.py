@@ -35,7 +35,7 @@ def test_config_round_trips_and_rejects_unknown_fields():
 
 
 def test_train_config_checks_the_options_it_shares_with_other_commands():
-    from imsm.options import DEFAULT_MODEL
+    from imsm.cli.options import DEFAULT_MODEL
     from imsm.train.config import TrainConfig
 
     assert TrainConfig(task="mrpc", output="run").model == DEFAULT_MODEL

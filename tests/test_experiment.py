@@ -87,7 +87,7 @@ def test_every_problem_in_the_file_is_reported_at_once(workspace, tmp_path):
 
 
 def test_eval_settings_are_checked_and_default_to_imsm_evals(workspace, tmp_path):
-    from imsm.cli import EvalOptions
+    from imsm.cli.evaluate import EvalOptions
 
     facts = str(workspace / "facts.yaml")
     experiment = load_experiment(write_config(workspace, tmp_path, eval={"limits": {facts: 2}}))

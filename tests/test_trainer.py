@@ -33,7 +33,7 @@ from imsm import IMSMConfig, IMSMError, IMSMModel, IMSMTrainer, get_imsm_model
 from imsm.model.siamese import IGNORE_INDEX
 from imsm.train.config import AUTHORS_GATE_LEARNING_RATE
 from imsm.train.optimization import adalora_tuner
-from imsm.trainer import IMSMDataCollator
+from imsm.train.trainer import IMSMDataCollator
 
 SAVED_ADAPTER = [
     "README.md",
@@ -301,8 +301,10 @@ def test_sft_dataset_prepares_rows_as_sft_trainer_does(tmp_path, conversational)
     trl = pytest.importorskip("trl")
     from datasets import Dataset
 
-    from imsm.trl import sft_dataset
+    import imsm
+    from imsm.train.trl import sft_dataset
 
+    assert imsm.trl.sft_dataset is sft_dataset  # the documented name
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     prompts = ["w3 w4 w5", "w10 w11", "w20 w21 w22 w23 w24 w25", " ".join(f"w{i}" for i in range(30, 45))]
@@ -332,7 +334,7 @@ def test_sft_dataset_prepares_rows_as_sft_trainer_does(tmp_path, conversational)
 
 def test_sft_dataset_refuses_rows_without_a_prompt():
     pytest.importorskip("trl")
-    from imsm.trl import sft_dataset
+    from imsm.train.trl import sft_dataset
 
     with pytest.raises(IMSMError, match="prompt-completion"):
         sft_dataset([{"text": "w3 w4 w5"}], tiny_tokenizer())

@@ -18,6 +18,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from conftest import peft_config, perturb_adapter, random_batch, save_tiny_model, seeded_generator, tiny_model
 from imsm import IMSMConfig, IMSMModel, get_imsm_model
 from imsm.cli import main
+from imsm.cli.model_options import ModelOptions
 from imsm.errors import IMSMError
 from imsm.model.adapter_scale import scale_adapter
 from imsm.model.variant import apply_variant, check_variant, load_evaluated_model
@@ -154,11 +155,15 @@ def test_impossible_variants_are_refused_from_the_saved_files(saved, adapter, fu
 
 
 def test_variants_load_from_disk(saved):
-    model, _ = load_evaluated_model(saved["model"], saved["ia3"], adapter_scale=0.0, dtype="fp32")
+    model, _ = load_evaluated_model(
+        ModelOptions(model=saved["model"], adapter=saved["ia3"], adapter_scale=0.0, dtype="fp32")
+    )
     torch.testing.assert_close(logits(model), base_logits(), atol=1e-5, rtol=1e-5)
-    model, _ = load_evaluated_model(saved["model"], saved["gated"], fusion="mean", dtype="fp32")
+    model, _ = load_evaluated_model(
+        ModelOptions(model=saved["model"], adapter=saved["gated"], fusion="mean", dtype="fp32")
+    )
     assert model.fusion == "mean" and model.gate is None and isinstance(model.peft_model, PeftModel)
-    model, _ = load_evaluated_model(saved["model"], saved["gated"], dtype="fp32")
+    model, _ = load_evaluated_model(ModelOptions(model=saved["model"], adapter=saved["gated"], dtype="fp32"))
     assert model.fusion == "imsm" and model.gate is not None
 
 

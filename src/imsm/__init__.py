@@ -4,6 +4,8 @@ One set of pre-trained weights runs as the frozen model and as the same model wi
 adapter; a query-aware low-rank gate mixes their last hidden states before the output head.
 """
 
+import importlib
+
 from imsm.config import FUSION_MODES, IMSMConfig
 from imsm.errors import IMSMError
 from imsm.model.build import get_imsm_model
@@ -23,9 +25,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Imported on first use: transformers' Trainer adds about a second to every `imsm` command.
+    # Imported on first use: transformers' Trainer adds about a second to every `imsm` command, and
+    # `imsm.trl` (`imsm.train.trl`, kept under its documented name) needs the optional TRL.
     if name == "IMSMTrainer":
-        from imsm.trainer import IMSMTrainer
+        from imsm.train.trainer import IMSMTrainer
 
         return IMSMTrainer
+    if name == "trl":
+        return importlib.import_module("imsm.train.trl")
     raise AttributeError(f"module 'imsm' has no attribute {name!r}")

@@ -12,6 +12,8 @@ from imsm.registry import unknown_name_message
 # "imsm": the query-aware gate of equation 4; "no-query" and "mean": the paper's ablations
 # (Table 4: w/o query, w/o gate); "none": the tuned branch alone, i.e. vanilla PEFT.
 FUSION_MODES = ("imsm", "no-query", "mean", "none")
+# The fusions that learn a gate: an adapter trained with one can only be run with its own.
+GATED_FUSIONS = ("imsm", "no-query")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class IMSMConfig:
     @property
     def has_gate(self) -> bool:
         """Whether this fusion learns a gate (and so saves `imsm_gate.safetensors`)."""
-        return self.fusion in ("imsm", "no-query")
+        return self.fusion in GATED_FUSIONS
 
     @property
     def is_siamese(self) -> bool:

@@ -110,7 +110,10 @@ def _from_hub(task: Task, split: str) -> list[Record]:
     try:
         import datasets  # optional (not a dependency): needed only for this online fallback
     except ImportError:
-        raise IMSMError(f"task {task.name}: no data directory given and `datasets` is not installed; {hint}") from None
+        raise IMSMError(
+            f"task {task.name}: no data directory given and `datasets` is not installed "
+            f"(pip install 'imsm[hub]'); {hint}"
+        ) from None
     try:
         rows = datasets.load_dataset(task.hub.path, task.hub.name, split=task.hub.splits[split])
     except Exception as error:  # network, missing dataset: all mean the same to the user

@@ -12,10 +12,7 @@ from imsm.bench.decode import bench_decode
 from imsm.bench.eval import bench_eval
 from imsm.bench.output import write_json
 from imsm.bench.train import bench_train
-from imsm.data import resolve_data_dir
-from imsm.demo_data import write_demo_tasks
-from imsm.errors import IMSMError
-from imsm.options import (
+from imsm.cli.options import (
     add_command,
     check_options,
     data_dir_option,
@@ -25,6 +22,9 @@ from imsm.options import (
     option,
     peft_option,
 )
+from imsm.data import resolve_data_dir
+from imsm.demo_data import write_demo_tasks
+from imsm.errors import IMSMError
 from imsm.provenance import provenance_header
 
 DECODERS_TO_SKIP = ("merged", "doubled", "sampled", "naive")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imsm.atomic_write import write_atomically
+from imsm.cli.options import add_command, check_options, option
 from imsm.errors import IMSMError
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
@@ -13,7 +14,6 @@ from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.runner import cell_state, evaluations_left, run_experiment
 from imsm.experiment.spec import load_experiment
-from imsm.options import add_command, check_options, option
 from imsm.registry import unknown_name_message
 
 

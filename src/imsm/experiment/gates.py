@@ -12,6 +12,7 @@ from typing import Any
 
 from imsm.atomic_write import write_atomically
 from imsm.checked_files import read_json
+from imsm.config import GATED_FUSIONS
 from imsm.data import load_examples, resolve_data_dir
 from imsm.experiment.claim import claimed
 from imsm.experiment.runner import cell_result_path, claim_path, is_done
@@ -23,7 +24,6 @@ from imsm.provenance import provenance_header
 from imsm.tasks import get_task
 
 GATE_FILE = "gate.json"
-GATED_FUSIONS = ("imsm", "no-query")
 
 
 def gate_report_path(experiment: Experiment, cell: Cell) -> Path:

@@ -28,6 +28,7 @@ from typing import Any
 from imsm import evaluate  # called through the module, so tests can stand in for `evaluate_task`
 from imsm.atomic_write import write_atomically
 from imsm.checked_files import read_json
+from imsm.cli.model_options import ModelOptions
 from imsm.config import IMSMConfig
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
@@ -289,9 +290,14 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
         label = f"{cell.name}{' [' + variant.key + ']' if variant.key else ''}"
         log(f"{label}: evaluating on {', '.join(tasks)}")
         # Loaded afresh per variant: a scaled adapter is scaled in place.
-        model, tokenizer = load_evaluated_model(
-            cell.config["model"], adapters[variant], variant.fusion, variant.adapter_scale, cell.config["dtype"]
+        variant_options = ModelOptions(
+            model=cell.config["model"],
+            adapter=adapters[variant],
+            fusion=variant.fusion,
+            adapter_scale=variant.adapter_scale,
+            dtype=cell.config["dtype"],
         )
+        model, tokenizer = load_evaluated_model(variant_options)
         settings = {"cell": cell.name, "adapter": directory_digest(adapters[variant]), "variant": variant.key}
         if variant.is_default:
             target = result

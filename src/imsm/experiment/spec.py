@@ -39,11 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from imsm.errors import IMSMError
-from imsm.experiment.variants import Variant, parse_variants
-from imsm.options import (
+from imsm.cli.options import (
     DEFAULT_MODEL,
     check_options,
     eval_batch_size_option,
@@ -52,9 +48,13 @@ from imsm.options import (
     max_new_tokens_option,
     option,
 )
+from imsm.config import GATED_FUSIONS
+from imsm.errors import IMSMError
+from imsm.experiment.variants import Variant, parse_variants
 from imsm.peft_methods.builders import PEFT_METHODS
 from imsm.tasks import get_task
 from imsm.train.config import TrainConfig
+from imsm.yaml_file import read_yaml_mapping
 
 TOP_LEVEL = {
     "name",
@@ -199,7 +199,7 @@ def _option_table(raw, field_name, kind, problems, train_fields, lookup) -> dict
 def _variant_problem(variants: list[Variant], config: dict[str, Any]) -> str | None:
     """Why a cell trained with `config` cannot give one of `variants`, or None."""
     for variant in variants:
-        if variant.fusion in ("imsm", "no-query") and variant.fusion != config["fusion"]:
+        if variant.fusion in GATED_FUSIONS and variant.fusion != config["fusion"]:
             trained = config["fusion"]
             return f"variant fusion {variant.fusion!r} needs a gate trained that way; the cell trains {trained!r}"
         dora = config["peft"] == "dora" or config.get("peft_options", {}).get("use_dora")
@@ -212,14 +212,7 @@ def _variant_problem(variants: list[Variant], config: dict[str, Any]) -> str | N
 def load_experiment(path: str | Path) -> Experiment:
     """Read, expand and check an experiment file; raise one IMSMError listing every problem."""
     path = Path(path)
-    if not path.is_file():
-        raise IMSMError(f"experiment file {str(path)!r} does not exist; pass the path of a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise IMSMError(f"experiment file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise IMSMError(f"experiment file {str(path)!r} must hold a mapping (name, results, grids, ...)")
+    raw = read_yaml_mapping(path, "experiment file", "(name, results, grids, ...)")
 
     problems: list[str] = []
     for key in sorted(set(raw) - TOP_LEVEL):

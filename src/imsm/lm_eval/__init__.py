@@ -1,7 +1,7 @@
 """imsm as an lm-evaluation-harness model type: `import imsm.lm_eval` registers `imsm` with lm-eval.
 
 `python -m imsm.lm_eval ARGS` is lm-eval's own command line with that model type and, given a
-data directory, the `imsm_*` knowledge tasks (`configs/lm_eval/`). lm-eval is an optional extra:
+data directory, the `imsm_*` knowledge tasks (`imsm/lm_eval/task_configs/`). lm-eval is an optional extra:
 `pip install 'imsm[lm-eval]'`.
 """
 

@@ -23,6 +23,7 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from imsm.cli.model_options import ModelOptions
 from imsm.errors import IMSMError
 from imsm.generate import left_padded
 from imsm.loglikelihood import prefix_token_id, score_requests
@@ -37,23 +38,13 @@ SAVED_FUSION = "saved"
 GREEDY_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature"}
 
 
-def load_for_evaluation(
-    pretrained: str,
-    adapter: str | None = None,
-    fusion: str = SAVED_FUSION,
-    dtype: str = "auto",
-    device: str | None = None,
-    trust_remote_code: bool = False,
-    adapter_scale: float = 1.0,
-):
-    """The model to evaluate, as `imsm eval` loads it (`imsm.model.variant.load_evaluated_model`):
-    `fusion` other than "saved" replaces the adapter's, `adapter_scale` scales its change.
+def load_for_evaluation(options: ModelOptions):
+    """The model to evaluate, as `imsm eval` loads it (`imsm.model.variant.load_evaluated_model`).
 
     Returns:
         (IMSMModel in eval mode, tokenizer).
     """
-    chosen = None if fusion == SAVED_FUSION else fusion
-    return load_evaluated_model(pretrained, adapter, chosen, adapter_scale, dtype, device, trust_remote_code)
+    return load_evaluated_model(options)
 
 
 def _resolve_device(device: str | None) -> str | None:
@@ -108,9 +99,16 @@ class IMSMLM(TemplateLM):
         if self.batch_size < 1:
             raise IMSMError(f"batch_size must be at least 1, got {self.batch_size}")
         fusion = "none" if fusion is None else str(fusion)
-        self.model, self.tokenizer = load_for_evaluation(
-            str(pretrained), adapter, fusion, dtype, _resolve_device(device), trust_remote_code, float(adapter_scale)
+        options = ModelOptions(
+            model=str(pretrained),
+            adapter=adapter,
+            fusion=None if fusion == SAVED_FUSION else fusion,
+            adapter_scale=float(adapter_scale),
+            dtype=dtype,
+            device=_resolve_device(device),
+            trust_remote_code=trust_remote_code,
         )
+        self.model, self.tokenizer = load_for_evaluation(options)
         self._device = self.model.device
         self.pretrained, self.adapter = str(pretrained), adapter
         self._max_length = max_length

@@ -1,6 +1,6 @@
 """lm-eval task configs for the five knowledge benchmarks, reading this project's local JSON files.
 
-The YAMLs in `configs/lm_eval/` are lm-eval 0.4.13's own `arc_easy`, `arc_challenge`, `piqa`,
+The YAMLs in `imsm/lm_eval/task_configs/` are lm-eval 0.4.13's own `arc_easy`, `arc_challenge`, `piqa`,
 `sciq` and `winogrande` configs (same prompts, choices, targets and metrics) under the names
 `imsm_*`, with `dataset_path: json` and `data_files` under the data directory. lm-eval reads no
 environment variables in a YAML, so `write_task_configs` writes a copy with the data directory
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from imsm.errors import IMSMError
 
-# The YAMLs sit in the source checkout: src/imsm/lm_eval/tasks.py -> configs/lm_eval.
-TASK_CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "lm_eval"
+# The YAMLs are package data, beside this module (pyproject.toml's package-data).
+TASK_CONFIG_DIR = Path(__file__).resolve().parent / "task_configs"
 DATA_DIR_PLACEHOLDER = "${IMSM_DATA_DIR}"
 TASK_PREFIX = "imsm_"
 
@@ -32,7 +32,7 @@ def write_task_configs(data_dir: str | Path, directory: str | Path, source: str 
     source, data_dir = Path(source), Path(data_dir).expanduser().resolve()
     configs = sorted(source.glob("*.yaml"))
     if not configs:
-        raise IMSMError(f"no lm-eval task YAMLs in {source}; they ship in the imsm source checkout's configs/lm_eval")
+        raise IMSMError(f"no lm-eval task YAMLs in {source}; they ship with imsm in imsm/lm_eval/task_configs")
     if not data_dir.is_dir():
         raise IMSMError(f"data directory {str(data_dir)!r} does not exist; pass --data-dir DIR or set IMSM_DATA_DIR")
     directory = Path(directory)

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from imsm.checked_files import read_json
-from imsm.config import FUSION_MODES, IMSMConfig
+from imsm.config import FUSION_MODES, GATED_FUSIONS, IMSMConfig
 from imsm.errors import IMSMError
 from imsm.model.adapter_scale import check_scalable, scale_adapter
 from imsm.model.load import load_model_and_tokenizer
 from imsm.model.persist import PEFT_CONFIG_FILE, REMEDY, check_adapter_directory, read_imsm_config
 from imsm.model.siamese import IMSMModel
 from imsm.registry import unknown_name_message
+
+if TYPE_CHECKING:
+    from imsm.cli.model_options import ModelOptions
 
 GATE_FREE_FUSIONS = ("none", "mean")
 
@@ -61,7 +63,7 @@ def check_variant(adapter: str | Path | None, fusion: str | None = None, adapter
         if adapter_scale != 1:
             raise IMSMError("adapter_scale needs an adapter; pass --adapter DIR (a saved adapter directory)")
         return "none"
-    if fusion in ("imsm", "no-query") and fusion != own:
+    if fusion in GATED_FUSIONS and fusion != own:
         raise IMSMError(
             f"fusion {fusion!r} needs a gate trained as {fusion!r}, but {adapter} holds a {own!r} adapter; "
             "leave the fusion out to use the adapter's own, or choose none or mean"
@@ -110,20 +112,11 @@ def apply_variant(model: IMSMModel, fusion: str | None = None, adapter_scale: fl
     return model
 
 
-def load_evaluated_model(
-    model_name: str,
-    adapter: str | Path | None = None,
-    fusion: str | None = None,
-    adapter_scale: float = 1.0,
-    dtype: str | torch.dtype = "auto",
-    device: str | None = None,
-    trust_remote_code: bool = False,
-) -> tuple[IMSMModel, object]:
-    """The model to evaluate, in eval mode, and its tokenizer: the base model alone (`adapter` None),
-    or the adapter as trained, or one of its variants. Bad variants fail before the model load."""
-    check_variant(adapter, fusion, adapter_scale)
-    base, tokenizer = load_model_and_tokenizer(model_name, dtype, device, trust_remote_code)
-    if adapter is None:
+def load_evaluated_model(options: ModelOptions) -> tuple[IMSMModel, object]:
+    """The model to evaluate, in eval mode, and its tokenizer: the base model alone (no adapter), or
+    the adapter as trained, or one of its variants. `options` checked the variant when it was built."""
+    base, tokenizer = load_model_and_tokenizer(options.model, options.dtype, options.device, options.trust_remote_code)
+    if options.adapter is None:
         return IMSMModel(base, IMSMConfig(fusion="none")).eval(), tokenizer  # the same code path, no adapter
-    model = IMSMModel.from_pretrained(base, str(adapter))
-    return apply_variant(model, fusion, adapter_scale).eval(), tokenizer
+    model = IMSMModel.from_pretrained(base, str(options.adapter))
+    return apply_variant(model, options.fusion, options.adapter_scale).eval(), tokenizer

@@ -156,8 +156,3 @@ def restore_checkpoint(checkpoint: Checkpoint, optimizer, scheduler) -> tuple[di
     version, internal, gauss = state["python_rng"]
     random.setstate((version, tuple(internal), gauss))
     return checkpoint.trainable, state["position"]
-
-
-def load_checkpoint(path: Path, optimizer, scheduler) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """`read_checkpoint`, then `restore_checkpoint`."""
-    return restore_checkpoint(read_checkpoint(path), optimizer, scheduler)

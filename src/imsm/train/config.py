@@ -1,6 +1,6 @@
 """`TrainConfig`: every option of a training run, documented once and checked when built.
 
-`imsm train`'s flags and the YAML file of `imsm train --config` are these fields (`imsm.options`);
+`imsm train`'s flags and the YAML file of `imsm train --config` are these fields (`imsm.cli.options`);
 the run directory keeps the resolved config as `train_config.json`.
 """
 
@@ -10,9 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from imsm.config import FUSION_MODES
-from imsm.errors import IMSMError
-from imsm.options import (
+from imsm.cli.options import (
     chat_template_option,
     check_options,
     data_dir_option,
@@ -22,6 +20,8 @@ from imsm.options import (
     peft_option,
     trust_remote_code_option,
 )
+from imsm.config import FUSION_MODES
+from imsm.errors import IMSMError
 from imsm.registry import unknown_name_message
 
 SCHEDULES = ("cosine", "linear", "constant")

@@ -260,26 +260,79 @@ class _StepLog:
             self.file.close()
 
 
+@dataclass
+class TrainingPlan:
+    """What `imsm.train.run.train` resolved for the loop: the model built, its data, the optimizer's
+    settings and the run's provenance header, which the summary starts with."""
+
+    config: TrainConfig
+    model: IMSMModel
+    data: TokenizedSet
+    pad_id: int
+    optimizer: str  # the peft method's optimizer name (`build_optimizer`)
+    learning_rate: float
+    batch_size: int
+    total_steps: int
+    header: dict[str, Any]
+
+
+def _frozen_memories(plan: TrainingPlan, accelerator, progress: bool, step: int) -> tuple[FrozenCache | None, bool]:
+    """The cached frozen branch, computed or read back from disk, if the run caches it and has steps left.
+
+    After resuming (the frozen branch draws no random numbers, so the order changes nothing): a run
+    with no step left, only its final save, needs no frozen memories.
+    """
+    config = plan.config
+    if not (config.cache_frozen and plan.model.imsm_config.is_siamese and step < plan.total_steps):
+        return None, False
+    output = Path(config.output)
+    directory = Path(config.frozen_cache_dir) if config.frozen_cache_dir else output / FROZEN_CACHE_DIR
+    batch = max(config.micro_batch_size, 8)
+    write = accelerator.is_local_main_process
+    return stored_frozen_cache(
+        plan.model, plan.data, plan.pad_id, batch, accelerator.device, directory, progress, write
+    )
+
+
+def _timings(log: _StepLog, frozen_cache_seconds: float, cache_reused: bool) -> dict[str, Any]:
+    """The summary's last loss, times and throughput."""
+    seconds = log.seconds()
+    return {
+        "final_loss": log.last_loss,
+        # `seconds` and `tokens_per_s` cover the optimizer steps of this process's session; the
+        # frozen memories are computed (or read back from disk) before them, in `frozen_cache_seconds`.
+        "seconds": round(seconds, 2),
+        "frozen_cache_seconds": round(frozen_cache_seconds, 2),
+        "frozen_cache_read": cache_reused,
+        "tokens": log.tokens,
+        "tokens_per_s": round(log.tokens / seconds, 1) if seconds else None,
+    }
+
+
+def _save_finished(plan: TrainingPlan, accelerator, wrapped, summary: dict[str, Any]) -> None:
+    """The adapter, then the summary that marks the run finished; the run's own frozen cache goes."""
+    output = Path(plan.config.output)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(wrapped).save_pretrained(output)
+        # Written last and whole: its presence is what marks the run finished.
+        write_atomically(output / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        if not plan.config.frozen_cache_dir:  # kept in the run for a resumption, which a finished run needs no more
+            shutil.rmtree(output / FROZEN_CACHE_DIR, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
 def run_training(
-    config: TrainConfig,
-    model: IMSMModel,
-    data: TokenizedSet,
-    pad_id: int,
-    optimizer_name: str,
-    learning_rate: float,
-    batch_size: int,
-    total_steps: int,
-    accelerator,
-    header: dict[str, Any],
-    progress: bool = True,
-    hooks: TrainingHooks | None = None,
+    plan: TrainingPlan, accelerator, progress: bool = True, hooks: TrainingHooks | None = None
 ) -> dict[str, Any]:
-    """Train `model` in place; write checkpoints, the metrics log, the adapter and the summary."""
+    """Train `plan.model` in place; write checkpoints, the metrics log, the adapter and the summary."""
+    config, model, data, total_steps, batch_size = plan.config, plan.model, plan.data, plan.total_steps, plan.batch_size
     output = Path(config.output)
     hooks = hooks or TrainingHooks()
     if hooks.on_start is not None:
         hooks.on_start(model)
-    optimizer = build_optimizer(model, optimizer_name, learning_rate, config.gate_learning_rate, config.weight_decay)
+    optimizer = build_optimizer(
+        model, plan.optimizer, plan.learning_rate, config.gate_learning_rate, config.weight_decay
+    )
     scheduler = build_scheduler(optimizer, config.schedule, config.warmup_ratio, total_steps)
     wrapped = accelerator.prepare(model)
     at = {"step": 0, "epoch": 0, "position": 0}  # steps taken, epoch, next batch within it
@@ -288,16 +341,8 @@ def run_training(
     elif accelerator.is_main_process:
         (output / METRICS_LOG).unlink(missing_ok=True)
     step, epoch, position = at["step"], at["epoch"], at["position"]
-
-    # After resuming (the frozen branch draws no random numbers, so the order changes nothing): a run
-    # with no step left, only its final save, needs no frozen memories.
-    cache, cache_reused, cache_started = None, False, time.perf_counter()
-    if config.cache_frozen and model.imsm_config.is_siamese and step < total_steps:
-        directory = Path(config.frozen_cache_dir) if config.frozen_cache_dir else output / FROZEN_CACHE_DIR
-        batch = max(config.micro_batch_size, 8)
-        cache, cache_reused = stored_frozen_cache(
-            model, data, pad_id, batch, accelerator.device, directory, progress, write=accelerator.is_local_main_process
-        )
+    cache_started = time.perf_counter()
+    cache, cache_reused = _frozen_memories(plan, accelerator, progress, step)
     frozen_cache_seconds = time.perf_counter() - cache_started
 
     def checkpoint(next_epoch: int, next_position: int) -> None:
@@ -318,7 +363,7 @@ def run_training(
                 started = time.perf_counter()
                 batch = order[position * batch_size : (position + 1) * batch_size]
                 rank, world = accelerator.process_index, accelerator.num_processes
-                mine = micro_batches(batch, config.micro_batch_size, data, pad_id, cache, rank, world)
+                mine = micro_batches(batch, config.micro_batch_size, data, plan.pad_id, cache, rank, world)
                 try:
                     result = train_step(wrapped, mine, optimizer, scheduler, accelerator, step, config.max_grad_norm)
                 except TrainingDiverged as error:
@@ -341,27 +386,13 @@ def run_training(
                 epoch, position = epoch + 1, 0
                 checkpoint(epoch, position)
 
-    seconds = log.seconds()
     summary = {
-        **header,
+        **plan.header,
         "steps": step,
         "epochs_completed": epoch,
-        "final_loss": log.last_loss,
-        # `seconds` and `tokens_per_s` cover the optimizer steps of this process's session; the
-        # frozen memories are computed (or read back from disk) before them, in `frozen_cache_seconds`.
-        "seconds": round(seconds, 2),
-        "frozen_cache_seconds": round(frozen_cache_seconds, 2),
-        "frozen_cache_read": cache_reused,
-        "tokens": log.tokens,
-        "tokens_per_s": round(log.tokens / seconds, 1) if seconds else None,
+        **_timings(log, frozen_cache_seconds, cache_reused),
     }
-    if main:
-        accelerator.unwrap_model(wrapped).save_pretrained(output)
-        # Written last and whole: its presence is what marks the run finished.
-        write_atomically(output / SUMMARY, json.dumps(summary, indent=2) + "\n")
-        if not config.frozen_cache_dir:  # kept in the run for a resumption, which a finished run needs no more
-            shutil.rmtree(output / FROZEN_CACHE_DIR, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    _save_finished(plan, accelerator, wrapped, summary)
     return summary
 
 

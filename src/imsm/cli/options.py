@@ -21,7 +21,9 @@ from typing import Any
 
 import yaml
 
+from imsm.config import FUSION_MODES
 from imsm.errors import IMSMError
+from imsm.yaml_file import read_yaml_mapping
 
 DEFAULT_MODEL = "smollm2-135m"
 CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
@@ -131,7 +133,7 @@ class DecodingOptions:
 def fusion_override_option() -> Any:
     return option(
         None,
-        choices=("imsm", "no-query", "mean", "none"),
+        choices=FUSION_MODES,
         help="run the adapter with this fusion instead of its own: none (vanilla PEFT) or mean (50/50 mix, no "
         "gate) work on any adapter; imsm and no-query need a gate trained that way",
     )
@@ -292,14 +294,7 @@ def add_command(commands, name: str, run: Callable[[Any], int], cls, config_file
 
 def read_config_file(path: Path, cls) -> dict[str, Any]:
     """The options a YAML file sets for `cls`, keys as flags or field names, read like flags."""
-    if not path.is_file():
-        raise IMSMError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise IMSMError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise IMSMError(f"config file {str(path)!r} must hold a mapping of option names to values")
+    raw = read_yaml_mapping(path, "config file", "of option names to values")
     fields = {f.name: (f, kind) for f, kind in _fields(cls) if not f.metadata.get("positional")}
     values = {str(key).replace("-", "_"): value for key, value in raw.items()}
     unknown = sorted(set(values) - set(fields))
