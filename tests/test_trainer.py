@@ -304,7 +304,9 @@ def test_sft_dataset_prepares_rows_as_sft_trainer_does(tmp_path, conversational)
     import imsm
     from imsm.train.trl import sft_dataset
 
-    assert imsm.trl.sft_dataset is sft_dataset  # the documented name
+    from imsm.trl import sft_dataset as documented
+
+    assert imsm.trl.sft_dataset is sft_dataset and documented is sft_dataset  # the documented names
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     prompts = ["w3 w4 w5", "w10 w11", "w20 w21 w22 w23 w24 w25", " ".join(f"w{i}" for i in range(30, 45))]

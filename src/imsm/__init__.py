@@ -26,11 +26,11 @@ __all__ = [
 
 def __getattr__(name: str):
     # Imported on first use: transformers' Trainer adds about a second to every `imsm` command, and
-    # `imsm.trl` (`imsm.train.trl`, kept under its documented name) needs the optional TRL.
+    # `imsm.trl` needs the optional TRL.
     if name == "IMSMTrainer":
         from imsm.train.trainer import IMSMTrainer
 
         return IMSMTrainer
     if name == "trl":
-        return importlib.import_module("imsm.train.trl")
+        return importlib.import_module("imsm.trl")
     raise AttributeError(f"module 'imsm' has no attribute {name!r}")
