@@ -20,10 +20,11 @@ from imsm.chat import Conversation, run_chat
 from imsm.data import load_examples, resolve_data_dir
 from imsm.demo import run_demo
 from imsm.errors import IMSMError
-from imsm.eval_journal import directory_digest
-from imsm.evaluate import evaluate_task, format_table, journal_path, write_results
+from imsm.evaluation.gate_inspection import format_report, inspect_adapter, reports_to_json
+from imsm.evaluation.journal import directory_digest
+from imsm.evaluation.results import format_table, journal_path, write_results
+from imsm.evaluation.run import evaluate_task
 from imsm.experiment.cli import add_experiment_parsers
-from imsm.gate_inspection import format_report, inspect_adapter, reports_to_json
 from imsm.generate import generate_answers, stream_answer
 from imsm.model.load import load_model_and_tokenizer
 from imsm.model.persist import check_adapter_directory, read_imsm_config

@@ -7,6 +7,7 @@ norm and their query memories. `IMSMModel.fused_logits` turns it into `FusedLogi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,11 +67,34 @@ class ContinuationScores:
     first_log_probs: list[list[torch.Tensor]] | None = None
     sequences: torch.Tensor | None = None
 
+    @classmethod
+    def grouped(
+        cls,
+        per_prompt: Sequence[int],
+        log_probs: Sequence[torch.Tensor],
+        frozen_weights: Sequence[float | None],
+        is_greedy: Sequence[bool],
+        first_log_probs: Sequence[torch.Tensor] | None = None,
+    ) -> ContinuationScores:
+        """The scores of continuations read one per row, grouped by prompt: the first
+        `per_prompt[0]` rows are prompt 0's continuations, and so on. The one place scores are grouped."""
+
+        def group(values):
+            if values is None:
+                return None
+            out, start = [], 0
+            for count in per_prompt:
+                out.append(list(values[start : start + count]))
+                start += count
+            return out
+
+        return cls(group(log_probs), group(frozen_weights), group(is_greedy), group(first_log_probs))
+
 
 class SiameseModel(Protocol):
-    """What cached inference (`imsm.model.decode`) needs of `IMSMModel`: its two public steps
-    from tokens to logits, the wrapped model's configs for the stop tokens, and (for the naive
-    reference decoder) `forward`."""
+    """What cached inference (`imsm.model.decode`) needs of the model it is mixed into: the two
+    steps from tokens to logits (`imsm.model.branch_model.BranchModel`), the wrapped model's
+    configs for the stop tokens, and (for the naive reference decoder) `forward`."""
 
     causal_lm: nn.Module
     config: Any
