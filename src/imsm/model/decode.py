@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +23,53 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from imsm.model.decoding_plan import DecodingPlan, plan_decoding
-from imsm.model.states import BranchStates, ContinuationScores, SiameseModel
+from imsm.model.states import BranchStates, SiameseModel
+
+
+@dataclass
+class ContinuationScores:
+    """What `IMSMModel.score_continuations` reads of each continuation, grouped by prompt.
+
+    Attributes:
+        log_probs: [prompt][continuation] -> log p of each continuation token given the prompt
+            and the tokens before it, fp32 [L].
+        frozen_weights: [prompt][continuation] -> the gate's mean weight on the frozen branch
+            over the positions that predict the continuation; None without a gate.
+        is_greedy: [prompt][continuation] -> whether every token of the continuation is the
+            most likely one where it stands (lm-eval's `is_greedy`).
+        first_log_probs: [prompt][continuation] -> the log-distribution [V] of the
+            continuation's first token, when asked for.
+        sequences: [B, T + new] greedy ids, when decoding was asked for.
+    """
+
+    log_probs: list[list[torch.Tensor]]
+    frozen_weights: list[list[float | None]]
+    is_greedy: list[list[bool]] | None = None
+    first_log_probs: list[list[torch.Tensor]] | None = None
+    sequences: torch.Tensor | None = None
+
+    @classmethod
+    def grouped(
+        cls,
+        per_prompt: Sequence[int],
+        log_probs: Sequence[torch.Tensor],
+        frozen_weights: Sequence[float | None],
+        is_greedy: Sequence[bool],
+        first_log_probs: Sequence[torch.Tensor] | None = None,
+    ) -> ContinuationScores:
+        """The scores of continuations read one per row, grouped by prompt: the first
+        `per_prompt[0]` rows are prompt 0's continuations, and so on. The one place scores are grouped."""
+
+        def group(values):
+            if values is None:
+                return None
+            out, start = [], 0
+            for count in per_prompt:
+                out.append(list(values[start : start + count]))
+                start += count
+            return out
+
+        return cls(group(log_probs), group(frozen_weights), group(is_greedy), group(first_log_probs))
 
 
 def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

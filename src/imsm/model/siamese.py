@@ -3,7 +3,8 @@
 Equations (paper §3): h_M, h_M' are the last-layer states after the final norm (eq. 2); the
 query memories q_M, q_M' are their means over the prompt tokens (eq. 3); the gate g mixes them
 per position and feature (eq. 4); h_N = g * h_M + (1 - g) * h_M' feeds the frozen model's
-output head (eq. 5-6); training minimises cross-entropy on the response tokens (eq. 7).
+output head (eq. 5-6); training minimises cross-entropy on the response tokens (eq. 7). Eq. 2-6
+are `BranchModel` (`imsm.model.branch_model`); `forward` adds eq. 7.
 """
 
 from __future__ import annotations
