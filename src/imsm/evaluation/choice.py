@@ -16,10 +16,12 @@ space, as lm-eval's `--apply_chat_template` does.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
+from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.results import rounded
 from imsm.evaluation.scoring import ChoiceReading, encode_pair, score_requests
 from imsm.metrics import METRICS, best_choice, choice_probability, mean, mean_stderr, normalized_log_likelihoods
@@ -152,29 +154,22 @@ def question_row(
     }
 
 
-class MultipleChoice:
-    """Every option of every question scored by its log-likelihood, nothing generated (the
-    `TaskKind` of `answer_type: multiple_choice`)."""
+@dataclass(eq=False, repr=False)
+class MultipleChoice(TaskKind):
+    """Every option of every question scored by its log-likelihood, nothing generated (the kind of
+    `answer_type: multiple_choice`)."""
 
-    unit = "q"
-    row_type = ChoiceReading
-    journal_format = JOURNAL_FORMAT
+    unit: ClassVar[str] = "q"
+    row_type: ClassVar[type] = ChoiceReading
+    journal_format: ClassVar[int] = JOURNAL_FORMAT
 
-    def __init__(
-        self, model: IMSMModel, formatter: PromptFormatter, task: Task, records: list[Record], batch_size: int = 8
-    ):
-        self.model, self.formatter, self.task, self.records = model, formatter, task, records
-        self.batch_size = batch_size
-        self.chat_template = formatter.use_chat_template
-        self.questions = [task.requests(r) for r in records]
-        self.choices = [task.choices(r) for r in records]
-        self.golds = [task.gold_index(r) for r in records]
-
-    def items(self) -> range:
-        return range(len(self.records))
+    def __post_init__(self) -> None:
+        self.questions = [self.task.requests(r) for r in self.records]
+        self.choices = [self.task.choices(r) for r in self.records]
+        self.golds = [self.task.gold_index(r) for r in self.records]
 
     def journal_key(self) -> tuple[dict[str, Any], list[str]]:
-        details = {"chat_template": self.chat_template, "answer_type": self.task.answer_type}
+        details = {"chat_template": self.formatter.use_chat_template, "answer_type": self.task.answer_type}
         texts = [text for q in self.questions for pair in request_texts(self.formatter, q) for text in pair]
         return details, texts
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from imsm.errors import IMSMError
+from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.scoring import prefix_token_id, right_padded
 from imsm.model.siamese import IMSMModel
-from imsm.prompting import PromptFormatter
-from imsm.tasks.base import Record, Task
 
 DEFAULT_MAX_LENGTH = 1024
 # Bumped when the journal's rows change meaning, so an older journal is started afresh.
@@ -187,8 +186,9 @@ def _significant(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.7g}")
 
 
-class Drift:
-    """NLL and KL from the base model per token, per document and overall (the `TaskKind` of
+@dataclass(eq=False, repr=False)
+class Drift(TaskKind):
+    """NLL and KL from the base model per token, per document and overall (the kind of
     `answer_type: drift`).
 
     Documents whose text is empty (SciQ's rows without a support paragraph) are skipped and
@@ -198,33 +198,26 @@ class Drift:
     `truncated_documents`. The chat template is never applied: this is text, not a prompt.
     """
 
-    unit = "doc"
-    row_type = DocumentDrift
-    journal_format = JOURNAL_FORMAT
-    chat_template = False  # text, never a prompt
+    max_length: int = DEFAULT_MAX_LENGTH
 
-    def __init__(
-        self,
-        model: IMSMModel,
-        formatter: PromptFormatter,
-        task: Task,
-        records: list[Record],
-        batch_size: int = 8,
-        max_length: int = DEFAULT_MAX_LENGTH,
-    ):
-        self.model, self.task, self.records, self.batch_size = model, task, records, batch_size
-        self.pad_id = formatter.pad_id
-        self.max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
-        self.documents = [task.document(r) for r in records]
+    unit: ClassVar[str] = "doc"
+    row_type: ClassVar[type] = DocumentDrift
+    journal_format: ClassVar[int] = JOURNAL_FORMAT
+    chat_template: ClassVar[bool] = False  # text, never a prompt
+
+    def __post_init__(self) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None) or self.max_length
+        self.max_length = min(self.max_length, limit)
+        self.documents = [self.task.document(r) for r in self.records]
         self.encoded = {
-            i: encode_document(formatter.tokenizer, context, text, self.max_length)
+            i: encode_document(self.formatter.tokenizer, context, text, self.max_length)
             for i, (context, text) in enumerate(self.documents)
             if text.strip()
         }
         # A context can fill max_length and leave no text to score.
         self.scored = [i for i, e in self.encoded.items() if len(e.ids) > e.query_length]
         if not self.scored:
-            raise IMSMError(f"task {task.name}: none of its {len(records)} documents has text to score")
+            raise IMSMError(f"task {self.task.name}: none of its {len(self.records)} documents has text to score")
 
     def items(self) -> list[int]:
         return self.scored
@@ -232,11 +225,8 @@ class Drift:
     def journal_key(self) -> tuple[dict[str, Any], list[str]]:
         return {"max_length": self.max_length}, [f"{context}\0{text}" for context, text in self.documents]
 
-    def fits(self, index: int, row: dict[str, Any]) -> bool:
-        return True
-
     def run(self, todo: list[int], keep) -> None:
-        score_documents(self.model, [self.encoded[i] for i in todo], self.pad_id, self.batch_size, keep)
+        score_documents(self.model, [self.encoded[i] for i in todo], self.formatter.pad_id, self.batch_size, keep)
 
     def report(self, done: dict[int, DocumentDrift]) -> tuple[dict[str, float], list[dict[str, Any]]]:
         truncated = sum(self.encoded[i].truncated for i in self.scored)

@@ -17,16 +17,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.results import rounded
 from imsm.generate import left_padded
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
-from imsm.tasks.base import Record, Task
+from imsm.tasks.base import Task
 
 YES_WORDS = ("yes", "Yes", "YES")
 NO_WORDS = ("no", "No", "NO")
@@ -205,42 +206,32 @@ def task_metrics(
     return metrics, per_example
 
 
-class Generation:
+@dataclass(eq=False, repr=False)
+class Generation(TaskKind):
     """Generated answers scored by the task's metrics, with the target's likelihood beside them
-    (the `TaskKind` of every answer type that is neither multiple choice nor drift)."""
+    (the kind of every answer type that is neither multiple choice nor drift).
 
-    unit = "ex"
-    row_type = ExampleOutcome
-    journal_format = JOURNAL_FORMAT
+    Attributes:
+        max_new_tokens: The answer's cap; the task's own when None.
+        likelihood: Whether to score the target answer teacher-forced too.
+    """
 
-    def __init__(
-        self,
-        model: IMSMModel,
-        formatter: PromptFormatter,
-        task: Task,
-        records: list[Record],
-        batch_size: int = 8,
-        max_new_tokens: int | None = None,
-        likelihood: bool = True,
-    ):
-        self.model, self.formatter, self.task, self.records = model, formatter, task, records
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens or task.max_new_tokens
-        self.likelihood = likelihood
-        self.chat_template = formatter.use_chat_template
-        self.prompts = [task.prompt(r) for r in records]
-        self.golds = [task.golds(r) for r in records]
-        self.targets = [task.target(r) for r in records] if likelihood else None
+    max_new_tokens: int | None = None
+    likelihood: bool = True
 
-    def items(self) -> range:
-        return range(len(self.records))
+    unit: ClassVar[str] = "ex"
+    row_type: ClassVar[type] = ExampleOutcome
+    journal_format: ClassVar[int] = JOURNAL_FORMAT
+
+    def __post_init__(self) -> None:
+        self.max_new_tokens = self.max_new_tokens or self.task.max_new_tokens
+        self.prompts = [self.task.prompt(r) for r in self.records]
+        self.golds = [self.task.golds(r) for r in self.records]
+        self.targets = [self.task.target(r) for r in self.records] if self.likelihood else None
 
     def journal_key(self) -> tuple[dict[str, Any], list[str]]:
         details = {"max_new_tokens": self.max_new_tokens, "likelihood": self.likelihood}
         return details, self.prompts + (self.targets or [])
-
-    def fits(self, index: int, row: dict[str, Any]) -> bool:
-        return True
 
     def run(self, todo: list[int], keep) -> None:
         yes_no = self.task.answer_type == "yes_no"

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -20,46 +19,11 @@ from imsm.evaluation.choice import MultipleChoice
 from imsm.evaluation.drift import Drift
 from imsm.evaluation.generation import Generation
 from imsm.evaluation.journal import EvalJournal, fingerprint, journal_settings
+from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.results import TaskResult
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
 from imsm.tasks.base import Record, Task
-
-Keep = Callable[[list[int], list[Any]], None]
-
-
-class TaskKind(Protocol):
-    """What one kind of evaluation supplies to `run_task`.
-
-    Attributes:
-        task: The task evaluated.
-        unit: The progress bar's unit ("ex", "q", "doc").
-        row_type: The dataclass of one item's result; journal rows are its fields.
-        journal_format: Bumped when the journal's rows change meaning, so an older journal is
-            started afresh.
-        chat_template: Whether the prompts went through the chat template (None: not a prompt).
-    """
-
-    task: Task
-    unit: str
-    row_type: type
-    journal_format: int
-    chat_template: bool | None
-
-    def items(self) -> Sequence[int]:
-        """The indices of the records to evaluate."""
-
-    def journal_key(self) -> tuple[dict[str, Any], Sequence[str]]:
-        """The settings and texts beyond the run's own that shape the results (the fingerprint)."""
-
-    def run(self, todo: list[int], keep: Keep) -> None:
-        """Evaluate the `todo` items; after each batch `keep(positions in todo, results)`."""
-
-    def fits(self, index: int, row: dict[str, Any]) -> bool:
-        """Whether a journal row still fits its item, beyond the fingerprint."""
-
-    def report(self, done: dict[int, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """The task's corpus metrics and per-example rows from every item's result."""
 
 
 def run_task(
@@ -122,15 +86,8 @@ def _run_journaled(kind: TaskKind, journal: EvalJournal | None, progress: dict[s
     return done, resumed
 
 
-# answer_type -> the kind that evaluates it; any other answer type is generated and scored.
-KINDS: dict[str, Callable[..., TaskKind]] = {
-    "multiple_choice": lambda model, formatter, task, records, batch_size, **_: MultipleChoice(
-        model, formatter, task, records, batch_size
-    ),
-    "drift": lambda model, formatter, task, records, batch_size, **_: Drift(
-        model, formatter, task, records, batch_size
-    ),
-}
+# answer_type -> the kind that evaluates it; every other answer type is generated (`Generation`).
+KINDS: dict[str, type[TaskKind]] = {"multiple_choice": MultipleChoice, "drift": Drift}
 
 
 def evaluate_task(
@@ -152,6 +109,8 @@ def evaluate_task(
     `run_task` says.
     """
     started = time.perf_counter()
-    make = KINDS.get(task.answer_type, Generation)
-    kind = make(model, formatter, task, records, batch_size, max_new_tokens=max_new_tokens, likelihood=likelihood)
+    if task.answer_type in KINDS:
+        kind = KINDS[task.answer_type](model, formatter, task, records, batch_size)
+    else:
+        kind = Generation(model, formatter, task, records, batch_size, max_new_tokens, likelihood)
     return run_task(kind, split, progress, journal_path, run_settings, started)
