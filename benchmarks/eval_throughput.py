@@ -23,7 +23,7 @@ from peft import LoraConfig
 from imsm import IMSMConfig, IMSMModel, get_imsm_model
 from imsm.bench.output import write_json
 from imsm.data import load_examples, resolve_data_dir
-from imsm.evaluate import answer_and_score, score_targets
+from imsm.evaluation.generation import answer_and_score, score_targets
 from imsm.generate import generate_answers
 from imsm.model.load import load_model_and_tokenizer
 from imsm.prompting import PromptFormatter

@@ -28,7 +28,7 @@ from imsm import IMSMConfig, IMSMError, IMSMModel, get_imsm_model
 from imsm.checked_files import DamagedFile
 from imsm.cli import main
 from imsm.data import read_text_documents
-from imsm.evaluate import evaluate_task
+from imsm.evaluation.run import evaluate_task
 from imsm.experiment import runner
 from imsm.experiment.spec import load_experiment
 from imsm.prompting import PromptFormatter

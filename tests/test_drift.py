@@ -1,4 +1,4 @@
-"""Drift from the base model on plain text (imsm.evaluate_drift): NLL and KL(base || model) per token."""
+"""Drift from the base model on plain text (imsm.evaluation.drift): NLL and KL(base || model) per token."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-import imsm.evaluate_drift as drift_module
+import imsm.evaluation.drift as drift_module
 from conftest import peft_config, perturb_adapter, save_tiny_model, tiny_model, tiny_tokenizer
 from imsm import IMSMConfig, IMSMModel, get_imsm_model
 from imsm.cli import main
 from imsm.data import load_examples
-from imsm.evaluate import evaluate_task
-from imsm.evaluate_drift import encode_document, score_documents
+from imsm.evaluation.drift import encode_document, score_documents
+from imsm.evaluation.run import evaluate_task, run_task
 from imsm.prompting import PromptFormatter
 from imsm.tasks import get_task
 
@@ -222,9 +222,8 @@ def test_eval_cli_on_a_txt_spec_with_an_imsm_adapter(tmp_path):
 def test_long_documents_are_cut_at_the_model_length_and_counted(tmp_path):
     task = get_task(str(write_jsonl_spec(tmp_path)))
     formatter = PromptFormatter(TOKENIZER, use_chat_template=False)
-    result = drift_module.evaluate_drift(
-        base_model(), formatter, task, load_examples(task), "test", progress=False, max_length=4
-    )
+    kind = drift_module.Drift(base_model(), formatter, task, load_examples(task), max_length=4)
+    result = run_task(kind, "test", progress=False)
     assert result.metrics["truncated_documents"] == 2  # the 7- and 5-token texts
     assert [row["tokens"] for row in result.examples] == [3, 3, 1, 3]
 

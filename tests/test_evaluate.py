@@ -10,7 +10,8 @@ import torch
 from conftest import peft_config, perturb_adapter, save_tiny_model, tiny_model, tiny_tokenizer
 from imsm import IMSMConfig, IMSMModel, get_imsm_model
 from imsm.cli import main
-from imsm.evaluate import answer_and_score, evaluate_task, score_targets
+from imsm.evaluation.generation import answer_and_score, score_targets
+from imsm.evaluation.run import evaluate_task
 from imsm.generate import generate_answers
 from imsm.prompting import PromptFormatter
 from imsm.tasks import get_task
@@ -217,7 +218,7 @@ def _evaluate_with_journal(spec, journal, settings=None):
 
 
 def test_an_interrupted_evaluation_resumes_from_its_journal_with_identical_results(spec, tmp_path, monkeypatch):
-    import imsm.evaluate as evaluate_module
+    import imsm.evaluation.generation as evaluate_module
 
     journal = tmp_path / "run.probe.partial.jsonl"
     uninterrupted = _evaluate_with_journal(spec, tmp_path / "other.jsonl")

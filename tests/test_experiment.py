@@ -143,7 +143,7 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     # a name that moved fails here instead of guarding nothing); and whichever way a re-run went,
     # it would write a file.
     monkeypatch.setattr("imsm.train.run.train", no_training)
-    monkeypatch.setattr("imsm.evaluate.evaluate_task", no_evaluation)
+    monkeypatch.setattr("imsm.evaluation.run.evaluate_task", no_evaluation)
     before = written()
     assert main(["experiment", path]) == 0
     assert written() == before
@@ -217,7 +217,7 @@ def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(wor
     path = write_config(workspace, tmp_path, grids=grids, original=[], eval={"limit": 4, "batch_size": 2})
     experiment = load_experiment(path)
     cell = experiment.cells[0]
-    import imsm.evaluate as evaluate_module
+    import imsm.evaluation.generation as evaluate_module
 
     real_pass = evaluate_module.answer_and_score
 
@@ -602,7 +602,7 @@ def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspac
     progress = f"{cell.name}: to run; 4 of 5 evaluations done; to evaluate: [step=1] on {facts} (curve)"
     assert capsys.readouterr().out.splitlines()[0] == progress
     evaluated = []
-    import imsm.evaluate as evaluate_module
+    import imsm.evaluation.run as evaluate_module
 
     real = evaluate_module.evaluate_task
     monkeypatch.setattr("imsm.train.run.train", lambda *a, **k: pytest.fail("a trained cell was trained again"))
@@ -613,7 +613,7 @@ def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspac
 
 def test_train_only_trains_every_cell_and_evaluates_nothing(workspace, tmp_path, monkeypatch, capsys):
     path = write_config(workspace, tmp_path, grids=variant_grids(workspace, [{}, {"step": 1}]))
-    monkeypatch.setattr("imsm.evaluate.evaluate_task", lambda *a, **k: pytest.fail("evaluated in --train-only"))
+    monkeypatch.setattr("imsm.evaluation.run.evaluate_task", lambda *a, **k: pytest.fail("evaluated in --train-only"))
     assert main(["experiment", path, "--train-only"]) == 0
     experiment = load_experiment(path)
     [cell] = experiment.cells

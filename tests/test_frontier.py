@@ -287,7 +287,6 @@ def test_cli_writes_the_report_and_its_plots(tmp_path, capsys):
         assert (tmp_path / "results" / plot).stat().st_size > 1000
 
 
-
 def test_two_reports_in_one_folder_keep_their_own_plots(tmp_path):
     # The plots are named after the report, so a second experiment's report beside the first
     # (docs/results/forgetting/frontier.md and paper-budget.md) leaves the first one's plots alone.
@@ -300,6 +299,7 @@ def test_two_reports_in_one_folder_keep_their_own_plots(tmp_path):
     assert "![other](other.png)" in (folder / "other.md").read_text()
     assert (folder / "other-gold.png").stat().st_size > 1000
     assert (folder / "frontier.png").stat().st_mtime_ns == first  # not rewritten
+
 
 def test_each_seed_is_tested_against_its_own_lambda_line(study_path):
     study = collect_study(load_experiment(study_path))

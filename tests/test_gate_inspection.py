@@ -12,8 +12,8 @@ import torch
 from conftest import peft_config, perturb_adapter, save_tiny_model, tiny_model
 from imsm import IMSMConfig, IMSMError, get_imsm_model
 from imsm.cli import main
-from imsm.evaluate import score_targets
-from imsm.gate_inspection import format_report, initial_gate, inspect_gate
+from imsm.evaluation.gate_inspection import format_report, initial_gate, inspect_gate
+from imsm.evaluation.generation import score_targets
 from imsm.model.load import load_model_and_tokenizer
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter

@@ -18,10 +18,10 @@ from imsm import IMSMConfig, get_imsm_model
 from imsm.cli import main
 from imsm.data import load_examples
 from imsm.errors import IMSMError
-from imsm.evaluate import evaluate_task
-from imsm.evaluate_choice import ChoiceReading, choice_metrics, read_choices
+from imsm.evaluation.choice import ChoiceReading, choice_metrics, read_choices
+from imsm.evaluation.run import evaluate_task
+from imsm.evaluation.scoring import encode_pair
 from imsm.experiment.questions import question_columns
-from imsm.loglikelihood import encode_pair
 from imsm.metrics import (
     METRICS,
     choice_accuracy,
@@ -458,7 +458,7 @@ def _evaluate(spec, journal, batch_size=2):
 
 
 def test_an_interrupted_evaluation_resumes_from_its_journal(tmp_path, monkeypatch):
-    import imsm.evaluate_choice as evaluate_choice
+    import imsm.evaluation.choice as evaluate_choice
 
     spec = write_spec(tmp_path)
     uninterrupted = _evaluate(spec, None)

@@ -125,7 +125,7 @@ def test_a_stand_in_gate_needs_a_frozen_branch():
 
 
 def test_contexts_are_batched_by_similar_length_and_never_beyond_the_batch_size():
-    from imsm.loglikelihood import _similar_lengths
+    from imsm.evaluation.scoring import _similar_lengths
 
     lengths = [400, 390, 310, 290, 100, 99, 98, 97, 96, 95, 10]
     batches = _similar_lengths(lengths, lambda n: n, batch_size=4)

@@ -303,7 +303,6 @@ def test_sft_dataset_prepares_rows_as_sft_trainer_does(tmp_path, conversational)
 
     import imsm
     from imsm.train.trl import sft_dataset
-
     from imsm.trl import sft_dataset as documented
 
     assert imsm.trl.sft_dataset is sft_dataset and documented is sft_dataset  # the documented names

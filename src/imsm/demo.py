@@ -17,7 +17,8 @@ from imsm import IMSMConfig, IMSMModel
 from imsm.atomic_write import atomic_path, write_atomically
 from imsm.data import load_examples, resolve_data_dir
 from imsm.demo_data import write_demo_tasks
-from imsm.evaluate import TaskResult, evaluate_task
+from imsm.evaluation.results import TaskResult
+from imsm.evaluation.run import evaluate_task
 from imsm.model.load import load_model_and_tokenizer
 from imsm.prompting import PromptFormatter
 from imsm.provenance import provenance_header

@@ -282,7 +282,7 @@ for _metric in (
     Metric("f1", yes_no_pair, binary_f1, answer_types=("yes_no",)),
     Metric("mcc", yes_no_pair, matthews_corrcoef, percent=False, answer_types=("yes_no",)),
     # Drift from the base model: mean NLL and KL(base || model) per token, computed from documents
-    # by imsm.evaluate_drift (no answer to score).
+    # by imsm.evaluation.drift (no answer to score).
     Metric("drift_nll", None, percent=False, answer_types=("drift",)),
     Metric("drift_kl", None, percent=False, answer_types=("drift",)),
 ):

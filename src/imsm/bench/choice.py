@@ -3,7 +3,7 @@
 The same items of the knowledge probes (ARC-Easy/Challenge, PIQA, SciQ, WinoGrande), the same
 LoRA adapter, dtype and batch size, timed in turns in one process:
 - imsm: IMSM-LoRA (both branches and the gate); each question's context is prefilled once for
-  both branches and every option is scored from that cache (`imsm.loglikelihood.score_requests`);
+  both branches and every option is scored from that cache (`imsm.evaluation.scoring.score_requests`);
 - vanilla: the same adapter as plain peft through the same code (`--fusion none`);
 - lm-eval: lm-evaluation-harness 0.4.13's `hf` model with `peft=` the same adapter, which runs
   context + option once per option.
@@ -20,7 +20,7 @@ from imsm.bench.decode import adapted_model
 from imsm.bench.timing import interleaved_medians
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
-from imsm.loglikelihood import encode_pair, score_requests
+from imsm.evaluation.scoring import encode_pair, score_requests
 from imsm.model.load import load_model_and_tokenizer, resolve_model_source
 from imsm.model.siamese import IMSMModel
 from imsm.tasks import get_task
@@ -82,8 +82,8 @@ def bench_choice(
 
         def ours(model):
             def run():
-                encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
-                return score_requests(model, encoded, pad_id, batch_size)
+                encoded = [[encode_pair(tokenizer, context, continuation)] for context, continuation in requests]
+                return score_requests(model, encoded, pad_id, batch_size)  # one request per group
 
             return run
 
@@ -94,7 +94,8 @@ def bench_choice(
         }
         # Same adapter, same numbers: vanilla through our code must give lm-eval's log-likelihoods.
         agreement = max(
-            abs(a.log_likelihood - b[0]) for a, b in zip(functions["vanilla"](), functions["lm-eval hf"](), strict=True)
+            abs(a.log_likelihoods[0] - b[0])
+            for a, b in zip(functions["vanilla"](), functions["lm-eval hf"](), strict=True)
         )
         seconds = interleaved_medians(functions, repetitions, warmup=False)
     n = len(requests)

@@ -17,7 +17,7 @@ from typing import Any
 from imsm.bench.decode import adapted_model
 from imsm.bench.timing import interleaved_medians
 from imsm.data import load_examples, resolve_data_dir
-from imsm.evaluate import answer_and_score, score_targets
+from imsm.evaluation.generation import answer_and_score, score_targets
 from imsm.generate import generate_answers
 from imsm.prompting import PromptFormatter
 from imsm.tasks import get_task

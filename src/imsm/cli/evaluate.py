@@ -25,9 +25,10 @@ from imsm.cli.options import (
 from imsm.config import GATED_FUSIONS
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
-from imsm.eval_journal import directory_digest
-from imsm.evaluate import evaluate_task, format_table, journal_path, write_results
-from imsm.gate_inspection import format_report, inspect_adapter, reports_to_json
+from imsm.evaluation.gate_inspection import format_report, inspect_adapter, reports_to_json
+from imsm.evaluation.journal import directory_digest
+from imsm.evaluation.results import format_table, journal_path, write_results
+from imsm.evaluation.run import evaluate_task
 from imsm.model.load import load_model_and_tokenizer
 from imsm.model.persist import check_adapter_directory, read_imsm_config
 from imsm.model.variant import load_evaluated_model

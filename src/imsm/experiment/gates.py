@@ -1,6 +1,6 @@
 """`imsm experiment FILE --inspect-gates`: open up the gate of every finished IMSM cell.
 
-Each gated cell gets RESULTS/cells/CELL/gate.json: `imsm.gate_inspection` over the tasks the cell
+Each gated cell gets RESULTS/cells/CELL/gate.json: `imsm.evaluation.gate_inspection` over the tasks the cell
 was evaluated on, the first `limit` examples of each. Cells that have one are skipped, so the
 pass can be stopped and restarted, and run beside the grid's workers.
 """
@@ -14,10 +14,10 @@ from imsm.atomic_write import write_atomically
 from imsm.checked_files import read_json
 from imsm.config import GATED_FUSIONS
 from imsm.data import load_examples, resolve_data_dir
+from imsm.evaluation.gate_inspection import inspect_adapter, reports_to_json
 from imsm.experiment.claim import claimed
 from imsm.experiment.runner import cell_result_path, claim_path, is_done
 from imsm.experiment.spec import Cell, Experiment
-from imsm.gate_inspection import inspect_adapter, reports_to_json
 from imsm.model.load import load_model_and_tokenizer
 from imsm.prompting import PromptFormatter
 from imsm.provenance import provenance_header

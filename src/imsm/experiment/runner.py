@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imsm import evaluate  # called through the module, so tests can stand in for `evaluate_task`
 from imsm.atomic_write import write_atomically
 from imsm.checked_files import read_json
 from imsm.cli.model_options import ModelOptions
 from imsm.config import IMSMConfig
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
-from imsm.eval_journal import directory_digest
+from imsm.evaluation import run as evaluate  # called through the module, so tests can stand in for `evaluate_task`
+from imsm.evaluation.journal import directory_digest
 from imsm.experiment.claim import claimed
 from imsm.experiment.questions import question_columns
 from imsm.experiment.spec import Cell, Experiment

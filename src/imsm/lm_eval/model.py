@@ -1,7 +1,7 @@
 """The lm-evaluation-harness model type `imsm`: any base model, peft adapter or IMSM adapter.
 
 lm-eval's own `TemplateLM` turns requests into token ids, as its `hf` model does; what is specific
-to IMSM is where the tokens go: every scored request runs through `imsm.loglikelihood.score_requests`
+to IMSM is where the tokens go: every scored request runs through `imsm.evaluation.scoring.score_requests`
 (one prefill of each context for both branches, the context as IMSM's query memory) and every
 generation through `IMSMModel.generate`.
 """
@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from imsm.cli.model_options import ModelOptions
 from imsm.errors import IMSMError
+from imsm.evaluation.scoring import prefix_token_id, score_requests
 from imsm.generate import left_padded
-from imsm.loglikelihood import prefix_token_id, score_requests
 from imsm.model.variant import load_evaluated_model
 from imsm.version import __version__
 
@@ -177,13 +177,13 @@ class IMSMLM(TemplateLM):
         with tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests") as progress:
             scored = score_requests(
                 self.model,
-                [(context, continuation) for _, context, continuation in requests],
+                [[(context, continuation)] for _, context, continuation in requests],  # each request alone
                 self.pad_token_id,
                 batch_size=self.batch_size,
                 max_length=self.max_length,
                 on_batch_done=progress.update,
             )
-        answers = [(reading.log_likelihood, reading.is_greedy) for reading in scored]
+        answers = [(reading.log_likelihoods[0], reading.is_greedy[0]) for reading in scored]
         for (key, _, _), answer in zip(requests, answers, strict=True):
             if key is not None:  # rolling windows have no (context, continuation) key
                 self.cache_hook.add_partial("loglikelihood", key, answer)

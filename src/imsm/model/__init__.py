@@ -1,1 +1,2 @@
-"""The siamese model: gate, branch fusion, decoding, saving and loading, base-model loading."""
+"""The siamese model: the branches and their router, the gate and fusion, decoding, saving and
+loading, base-model loading."""

@@ -1,12 +1,12 @@
-"""Cached inference for `IMSMModel`: decoding (paper Algorithm 1: greedy; sampling on request) and
-prefill scoring.
+"""Cached inference, mixed into `IMSMModel` as `DecodingMixin`: decoding (paper Algorithm 1: greedy;
+sampling on request) and prefill scoring.
 
-Both start from one prefill of the prompts through `IMSMModel.cached_branch_states`: the frozen
+Both start from one prefill of the prompts through `BranchModel.cached_branch_states`: the frozen
 and tuned branches run as one doubled batch with one KV cache, and the query memory is taken
 there, once. Scoring then runs given continuations through the prompts' cache (several per
 prompt side by side, each prompt's cache rows repeated for its continuations) and reads their
 log-probabilities; decoding feeds each greedy token to both halves of the doubled batch. Every
-logit comes from `IMSMModel.fused_logits`. `naive_generate` is the slow reference: both
+logit comes from `BranchModel.fused_logits`. `naive_generate` is the slow reference: both
 branches recomputed from scratch at every step through `IMSMModel.forward`, as in the authors'
 decoder.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +23,53 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from imsm.model.decoding_plan import DecodingPlan, plan_decoding
-from imsm.model.states import BranchStates, ContinuationScores, SiameseModel
+from imsm.model.states import BranchStates, SiameseModel
+
+
+@dataclass
+class ContinuationScores:
+    """What `IMSMModel.score_continuations` reads of each continuation, grouped by prompt.
+
+    Attributes:
+        log_probs: [prompt][continuation] -> log p of each continuation token given the prompt
+            and the tokens before it, fp32 [L].
+        frozen_weights: [prompt][continuation] -> the gate's mean weight on the frozen branch
+            over the positions that predict the continuation; None without a gate.
+        is_greedy: [prompt][continuation] -> whether every token of the continuation is the
+            most likely one where it stands (lm-eval's `is_greedy`).
+        first_log_probs: [prompt][continuation] -> the log-distribution [V] of the
+            continuation's first token, when asked for.
+        sequences: [B, T + new] greedy ids, when decoding was asked for.
+    """
+
+    log_probs: list[list[torch.Tensor]]
+    frozen_weights: list[list[float | None]]
+    is_greedy: list[list[bool]] | None = None
+    first_log_probs: list[list[torch.Tensor]] | None = None
+    sequences: torch.Tensor | None = None
+
+    @classmethod
+    def grouped(
+        cls,
+        per_prompt: Sequence[int],
+        log_probs: Sequence[torch.Tensor],
+        frozen_weights: Sequence[float | None],
+        is_greedy: Sequence[bool],
+        first_log_probs: Sequence[torch.Tensor] | None = None,
+    ) -> ContinuationScores:
+        """The scores of continuations read one per row, grouped by prompt: the first
+        `per_prompt[0]` rows are prompt 0's continuations, and so on. The one place scores are grouped."""
+
+        def group(values):
+            if values is None:
+                return None
+            out, start = [], 0
+            for count in per_prompt:
+                out.append(list(values[start : start + count]))
+                start += count
+            return out
+
+        return cls(group(log_probs), group(frozen_weights), group(is_greedy), group(first_log_probs))
 
 
 def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,62 +109,79 @@ def _prepare(model: SiameseModel, input_ids, attention_mask, eos_token_id, pad_t
     return input_ids, attention_mask, eos_ids, pad_token_id
 
 
-@torch.no_grad()
-def generate(
-    model: SiameseModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    generation_config: GenerationConfig | None = None,
-    streamer: BaseStreamer | None = None,
-    tokenizer: Any = None,
-    **options: Any,
-) -> torch.Tensor:
-    """Decoding with one KV cache for both branches; returns [B, T + new] ids like transformers'.
+class DecodingMixin:
+    """`generate` and `score_continuations` for a model with `cached_branch_states`, `fused_logits`
+    and `causal_lm` (`imsm.model.branch_model.BranchModel`), as transformers' `GenerationMixin`
+    gives a causal LM its `generate`."""
 
-    Args:
-        model: The siamese model.
-        input_ids: [B, T] prompts; any padding side (right padding is moved to the left).
-        attention_mask: [B, T]; all ones if omitted.
-        generation_config: A `transformers.GenerationConfig`; greedy, 64 new tokens, if omitted.
-        streamer: A transformers streamer; it receives the prompt, then each new token.
-        tokenizer: For `stop_strings`.
-        options: `GenerationConfig` fields over `generation_config`: max_new_tokens, do_sample,
-            temperature, top_k, top_p, min_p, repetition_penalty, eos_token_id (one or several),
-            pad_token_id, stop_strings (`imsm.model.decoding_plan` says what is refused and why).
+    @torch.no_grad()
+    def generate(
+        self: SiameseModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        streamer: BaseStreamer | None = None,
+        tokenizer: Any = None,
+        **options: Any,
+    ) -> torch.Tensor:
+        """Decoding with one KV cache for both branches; returns [B, T + new] ids like transformers'.
 
-    A row stops at its first stop token (or stop string); decoding stops when every row has, or
-    at the cap. Sampling draws from torch's global generator, so `torch.manual_seed` repeats it.
-    """
-    plan = plan_decoding(stop_token_ids(model.causal_lm), generation_config, streamer, tokenizer, **options)
-    return _run(model, input_ids, attention_mask, None, False, plan).sequences
+        Args:
+            input_ids: [B, T] prompts; any padding side (right padding is moved to the left).
+            attention_mask: [B, T]; all ones if omitted.
+            generation_config: A `transformers.GenerationConfig`; greedy, 64 new tokens, if omitted.
+            streamer: A transformers streamer; it receives the prompt, then each new token.
+            tokenizer: For `stop_strings`.
+            options: `GenerationConfig` fields over `generation_config`: max_new_tokens, do_sample,
+                temperature, top_k, top_p, min_p, repetition_penalty, eos_token_id (one or several),
+                pad_token_id, stop_strings (`imsm.model.decoding_plan` says what is refused and why).
 
+        A row stops at its first stop token (or stop string); decoding stops when every row has, or
+        at the cap. Sampling draws from torch's global generator, so `torch.manual_seed` repeats it.
+        """
+        plan = plan_decoding(stop_token_ids(self.causal_lm), generation_config, streamer, tokenizer, **options)
+        return _run(self, input_ids, attention_mask, None, False, plan).sequences
 
-@torch.no_grad()
-def score_continuations(
-    model: SiameseModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    continuations: Sequence[Sequence[Sequence[int]]],
-    first_token_log_probs: bool = False,
-    max_new_tokens: int = 0,
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-) -> ContinuationScores:
-    """`IMSMModel.score_continuations`: the continuations' scores from one prefill per prompt.
+    @torch.no_grad()
+    def score_continuations(
+        self: SiameseModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        continuations: Sequence[Sequence[Sequence[int]]],
+        first_token_log_probs: bool = False,
+        max_new_tokens: int = 0,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> ContinuationScores:
+        """Log-probabilities of given continuations after each prompt, from one prefill per prompt.
 
-    With `max_new_tokens` the prompt's cache is cut back after scoring (or the scoring ran on a
-    copy) and decoding goes on exactly as `generate` would.
-    """
-    if len(continuations) != input_ids.shape[0]:
-        raise ValueError(f"{input_ids.shape[0]} prompts but continuations for {len(continuations)}")
-    if any(len(group) == 0 for group in continuations) or any(len(c) == 0 for g in continuations for c in g):
-        raise ValueError("every prompt needs at least one continuation, and every continuation a token")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    eos_ids = _eos_ids(model, eos_token_id)
-    pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-    plan = DecodingPlan.greedy(max_new_tokens, eos_ids, pad) if max_new_tokens > 0 else None
-    return _run(model, input_ids, attention_mask, continuations, first_token_log_probs, plan)
+        Each prompt is encoded once (both branches, one doubled batch); its continuations run
+        through that prompt's cache, several per prompt side by side, and read the fused logits.
+        The query memory is the prompt's, never a continuation's. The scores equal a
+        teacher-forced `forward` over prompt + continuation with the prompt as query.
+
+        Args:
+            input_ids: [B, T] prompts, any padding side.
+            attention_mask: [B, T]; all ones if omitted.
+            continuations: per prompt, a list of continuations (token id lists, each non-empty).
+            first_token_log_probs: Also return the log-distribution [V] each continuation's
+                first token is drawn from (what a yes/no margin reads).
+            max_new_tokens: When above 0, also decode greedily from the same prefill, as
+                `generate` would, into `ContinuationScores.sequences`: evaluation's answer and
+                its scores from one encoding of the prompt. The prompt's cache is cut back after
+                scoring (or the scoring ran on a copy), so decoding goes on exactly as `generate`'s.
+            eos_token_id, pad_token_id: As for `generate`.
+        """
+        if len(continuations) != input_ids.shape[0]:
+            raise ValueError(f"{input_ids.shape[0]} prompts but continuations for {len(continuations)}")
+        if any(len(group) == 0 for group in continuations) or any(len(c) == 0 for g in continuations for c in g):
+            raise ValueError("every prompt needs at least one continuation, and every continuation a token")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        eos_ids = _eos_ids(self, eos_token_id)
+        pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        plan = DecodingPlan.greedy(max_new_tokens, eos_ids, pad) if max_new_tokens > 0 else None
+        return _run(self, input_ids, attention_mask, continuations, first_token_log_probs, plan)
 
 
 def _last_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -154,7 +218,7 @@ def _run(
             croppable = hasattr(cache, "crop") and not any(getattr(cache, "is_sliding", None) or ())
             decoding_follows = max_new_tokens > 0
             scoring_cache = copy.deepcopy(cache) if decoding_follows and not croppable else cache
-            read = _score(model, scoring_cache, attention_mask, last, flat, first_token_log_probs)
+            scores = _score(model, scoring_cache, attention_mask, last, flat, counts, first_token_log_probs)
             added = max(len(c) for c in flat) - 1  # continuation tokens fed through the cache
             if decoding_follows and croppable and added:
                 cache.crop(-added)  # back to the prompt alone (a negative count in every version)
@@ -164,8 +228,8 @@ def _run(
                 torch.arange(B, device=input_ids.device), torch.tensor(counts).to(input_ids.device)
             )
             rows = _select(last, index)
-            read = _score(model, _cache_rows(cache, index, B), attention_mask[index], rows, flat, first_token_log_probs)
-        scores = _grouped(read, counts)
+            scoring_cache = _cache_rows(cache, index, B)
+            scores = _score(model, scoring_cache, attention_mask[index], rows, flat, counts, first_token_log_probs)
     if plan is not None:
         scores.sequences = _decode(model, input_ids, attention_mask, cache, last, plan)
     return scores
@@ -198,8 +262,11 @@ def _cache_rows(cache, index: torch.Tensor, rows: int):
 _LOGIT_SLICE = 2048  # continuation positions whose logits are held at once
 
 
-def _score(model, cache, mask, last: BranchStates, continuations, first_token_log_probs: bool) -> dict:
-    """Teacher-forced log-probabilities of one continuation per cached row.
+def _score(
+    model, cache, mask, last: BranchStates, continuations, per_prompt: list[int], first_token_log_probs: bool
+) -> ContinuationScores:
+    """Teacher-forced log-probabilities of one continuation per cached row, grouped by prompt
+    (`per_prompt[b]` consecutive rows are prompt b's continuations).
 
     Position j of a continuation is predicted by the prompt's last state (j = 0) or by its token
     j - 1, so only the first L - 1 tokens run through the model: a one-token answer ("yes")
@@ -226,8 +293,8 @@ def _score(model, cache, mask, last: BranchStates, continuations, first_token_lo
         )
     rows, cols = target_mask.nonzero(as_tuple=True)  # [N] row-major: each row's tokens in order
     gold = target_ids[rows, cols]  # [N]
-    counts = [len(c) for c in continuations]
-    first_rows = torch.tensor([sum(counts[:row]) for row in range(R)], device=device)  # [R] index in N
+    lengths = [len(c) for c in continuations]
+    first_rows = torch.tensor([sum(lengths[:row]) for row in range(R)], device=device)  # [R] index in N
     token_log_probs = torch.empty(len(gold), dtype=torch.float32, device=device)  # [N]
     is_top = torch.empty(len(gold), dtype=torch.bool, device=device)  # [N]: the argmax is the token
     gate_means = None  # [N], the gate's mean over features at each position
@@ -251,32 +318,13 @@ def _score(model, cache, mask, last: BranchStates, continuations, first_token_lo
             first[here] = log_probs[first_rows[here] - start]
     weights: list[float | None] = [None] * R
     if gate_means is not None:
-        weights = [float(part.mean()) for part in torch.split(gate_means.cpu(), counts)]
-    return {
-        "log_probs": list(torch.split(token_log_probs.cpu(), counts)),
-        "frozen_weights": weights,
-        "is_greedy": [bool(part.all()) for part in torch.split(is_top.cpu(), counts)],
-        "first_log_probs": None if first is None else list(first.cpu()),
-    }
-
-
-def _grouped(read: dict, counts: list[int]) -> ContinuationScores:
-    """Flat per-continuation reads, grouped back by prompt."""
-
-    def group(values):
-        if values is None:
-            return None
-        out, start = [], 0
-        for count in counts:
-            out.append(list(values[start : start + count]))
-            start += count
-        return out
-
-    return ContinuationScores(
-        log_probs=group(read["log_probs"]),
-        frozen_weights=group(read["frozen_weights"]),
-        is_greedy=group(read["is_greedy"]),
-        first_log_probs=group(read["first_log_probs"]),
+        weights = [float(part.mean()) for part in torch.split(gate_means.cpu(), lengths)]
+    return ContinuationScores.grouped(
+        per_prompt,
+        log_probs=list(torch.split(token_log_probs.cpu(), lengths)),
+        frozen_weights=weights,
+        is_greedy=[bool(part.all()) for part in torch.split(is_top.cpu(), lengths)],
+        first_log_probs=None if first is None else list(first.cpu()),
     )
 
 

@@ -167,3 +167,24 @@ def load_gate(gate: torch.nn.Module, directory: Path, fusion: str, is_trainable:
         gate.W_A.copy_(tensors["W_A"])
         gate.W_B.copy_(tensors["W_B"])
     gate.requires_grad_(is_trainable)
+
+
+class PersistMixin:
+    """`save_pretrained` and `from_pretrained` for `IMSMModel`, in the format this module describes."""
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write peft's adapter files plus `imsm_config.json` and `imsm_gate.safetensors`."""
+        if not self.has_adapter:
+            raise IMSMError("this model has no peft adapter, so there is nothing to save; save the base model itself")
+        save_imsm(self.peft_model, self.imsm_config, self.gate, directory)
+
+    @classmethod
+    def from_pretrained(cls, base_model: torch.nn.Module, directory: str, is_trainable: bool = False):
+        """Load a directory written by `save_pretrained` (or a plain peft adapter, as fusion "none")."""
+        peft_model, imsm_config, path = load_tuned_branch(base_model, directory, is_trainable)
+        model = cls(peft_model, imsm_config)
+        if model.gate is not None:
+            load_gate(model.gate, path, imsm_config.fusion, is_trainable)
+        if not is_trainable:
+            model.eval()
+        return model

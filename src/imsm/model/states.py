@@ -1,8 +1,7 @@
 """The small named types that carry the two branches' states and what is read from them.
 
 `BranchStates` is what both branches produce (eq. 2-3): their last hidden states after the final
-norm and their query memories. `IMSMModel.fused_logits` turns it into `FusedLogits` (eq. 4-6);
-`IMSMModel.score_continuations` returns `ContinuationScores`.
+norm and their query memories. `BranchModel.fused_logits` turns it into `FusedLogits` (eq. 4-6).
 """
 
 from __future__ import annotations
@@ -44,33 +43,10 @@ class FusedLogits:
     gate: torch.Tensor | None
 
 
-@dataclass
-class ContinuationScores:
-    """What `IMSMModel.score_continuations` reads of each continuation, grouped by prompt.
-
-    Attributes:
-        log_probs: [prompt][continuation] -> log p of each continuation token given the prompt
-            and the tokens before it, fp32 [L].
-        frozen_weights: [prompt][continuation] -> the gate's mean weight on the frozen branch
-            over the positions that predict the continuation; None without a gate.
-        is_greedy: [prompt][continuation] -> whether every token of the continuation is the
-            most likely one where it stands (lm-eval's `is_greedy`).
-        first_log_probs: [prompt][continuation] -> the log-distribution [V] of the
-            continuation's first token, when asked for.
-        sequences: [B, T + new] greedy ids, when decoding was asked for.
-    """
-
-    log_probs: list[list[torch.Tensor]]
-    frozen_weights: list[list[float | None]]
-    is_greedy: list[list[bool]] | None = None
-    first_log_probs: list[list[torch.Tensor]] | None = None
-    sequences: torch.Tensor | None = None
-
-
 class SiameseModel(Protocol):
-    """What cached inference (`imsm.model.decode`) needs of `IMSMModel`: its two public steps
-    from tokens to logits, the wrapped model's configs for the stop tokens, and (for the naive
-    reference decoder) `forward`."""
+    """What cached inference (`imsm.model.decode`) needs of the model it is mixed into: the two
+    steps from tokens to logits (`imsm.model.branch_model.BranchModel`), the wrapped model's
+    configs for the stop tokens, and (for the naive reference decoder) `forward`."""
 
     causal_lm: nn.Module
     config: Any

@@ -8,7 +8,7 @@ metrics: [contains, exact_match]
 # optional: answer_type (text | yes_no | number), max_new_tokens, version, description
 
 A multiple-choice probe, scored by each option's log-likelihood after the prompt (as
-lm-evaluation-harness scores ARC; `answer_type: multiple_choice`, imsm.evaluate_choice):
+lm-evaluation-harness scores ARC; `answer_type: multiple_choice`, imsm.evaluation.choice):
 
 name: capitals_mc
 answer_type: multiple_choice
@@ -19,7 +19,7 @@ answer: gold                  # field holding the gold option's 0-based index, o
 metrics: [accuracy, accuracy_norm]  # optional; these two are the only ones
 # optional: version, description
 
-Drift from the base model on a user's own documents (`answer_type: drift`, imsm.evaluate_drift):
+Drift from the base model on a user's own documents (`answer_type: drift`, imsm.evaluation.drift):
 
 name: my_docs
 answer_type: drift

@@ -14,22 +14,17 @@ token-weighted means over the corpus, with standard errors over documents.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from imsm.errors import IMSMError
-from imsm.eval_journal import EvalJournal, fingerprint, journal_settings, run_journaled
-from imsm.loglikelihood import prefix_token_id
+from imsm.evaluation.kind import TaskKind
+from imsm.evaluation.scoring import prefix_token_id, right_padded
 from imsm.model.siamese import IMSMModel
-from imsm.prompting import PromptFormatter
-from imsm.task_result import TaskResult
-from imsm.tasks.base import Record, Task
 
 DEFAULT_MAX_LENGTH = 1024
 # Bumped when the journal's rows change meaning, so an older journal is started afresh.
@@ -78,17 +73,6 @@ def encode_document(tokenizer, context: str, text: str, max_length: int) -> Enco
     return EncodedDocument(ids[:max_length], query_length, len(ids) > max_length)
 
 
-def _right_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists as a right-padded batch: (input_ids [B, T], attention_mask [B, T])."""
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(list(ids))
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
-
-
 @torch.no_grad()
 def score_documents(
     model: IMSMModel,
@@ -102,14 +86,19 @@ def score_documents(
     Every document needs at least one text token (`len(ids) > query_length`). After each batch
     `on_batch_done(indices, drifts)` receives the batch's document indices and their results.
     """
-    assert all(len(d.ids) > d.query_length for d in documents), "a document without text tokens"
+    for index, document in enumerate(documents):
+        if len(document.ids) <= document.query_length:
+            raise ValueError(
+                f"document {index} has no text tokens ({len(document.ids)} ids, all of them query): "
+                "leave it out (evaluate_task skips such documents)"
+            )
     vocabulary = model.config.vocab_size
     chunk = max(1, CHUNK_ELEMENTS // vocabulary)
     order = sorted(range(len(documents)), key=lambda i: -len(documents[i].ids))  # little padding
     results: list[DocumentDrift | None] = [None] * len(documents)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        input_ids, attention_mask = _right_padded([documents[i].ids for i in batch], pad_id)
+        input_ids, attention_mask = right_padded([documents[i].ids for i in batch], pad_id)
         input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
         B, T = input_ids.shape
         positions = torch.arange(T, device=model.device)[None, :]  # [1, T]
@@ -197,64 +186,61 @@ def _significant(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.7g}")
 
 
-def evaluate_drift(
-    model: IMSMModel,
-    formatter: PromptFormatter,
-    task: Task,
-    records: list[Record],
-    split: str,
-    batch_size: int = 8,
-    progress: bool = True,
-    journal_path: Path | None = None,
-    run_settings: dict[str, Any] | None = None,
-    max_length: int = DEFAULT_MAX_LENGTH,
-) -> TaskResult:
-    """Score one drift task: NLL and KL from the base model per token, per document and overall.
+@dataclass(eq=False, repr=False)
+class Drift(TaskKind):
+    """NLL and KL from the base model per token, per document and overall (the kind of
+    `answer_type: drift`).
 
     Documents whose text is empty (SciQ's rows without a support paragraph) are skipped and
     counted in `skipped_documents`; the per-example rows hold the scored documents only, under
     their record index. A document longer than `max_length` tokens (or the model's position
     limit, whichever is smaller) keeps its first `max_length` and counts in
-    `truncated_documents`. The chat template is never applied: this is text, not a prompt. The
-    journal works as for `imsm.evaluate.evaluate_task`.
+    `truncated_documents`. The chat template is never applied: this is text, not a prompt.
     """
-    started = time.perf_counter()
-    tokenizer = formatter.tokenizer
-    max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
-    documents = [task.document(r) for r in records]
-    encoded = {
-        i: encode_document(tokenizer, context, text, max_length)
-        for i, (context, text) in enumerate(documents)
-        if text.strip()
-    }
-    scored = [i for i, e in encoded.items() if len(e.ids) > e.query_length]  # a context can fill max_length
-    if not scored:
-        raise IMSMError(f"task {task.name}: none of its {len(records)} documents has text to score")
-    journal = None
-    if journal_path is not None:
-        settings = journal_settings(run_settings, task, split, JOURNAL_FORMAT, max_length=max_length)
-        texts = [f"{context}\0{text}" for context, text in documents]
-        journal = EvalJournal(journal_path, fingerprint(settings, texts), [f.name for f in fields(DocumentDrift)])
 
-    def run(todo: list[int], keep) -> None:
-        score_documents(model, [encoded[i] for i in todo], formatter.pad_id, batch_size, keep)
+    max_length: int = DEFAULT_MAX_LENGTH
 
-    progress_bar = {"desc": task.name, "unit": "doc", "disable": not progress}
-    drifts, resumed = run_journaled(scored, journal, DocumentDrift, run, progress_bar)
-    truncated = sum(encoded[i].truncated for i in scored)
-    outcomes = [drifts[i] for i in scored]
-    metrics = drift_metrics(outcomes, truncated, len(records) - len(scored))
-    examples = [
-        {
-            "index": i,
-            "source": records[i].get("_source"),
-            "tokens": drifts[i].tokens,
-            "truncated": encoded[i].truncated,
-            "nll": _significant(drifts[i].nll),
-            "kl": _significant(drifts[i].kl),
-            "gate_frozen_weight": _significant(drifts[i].frozen_weight),
+    unit: ClassVar[str] = "doc"
+    row_type: ClassVar[type] = DocumentDrift
+    journal_format: ClassVar[int] = JOURNAL_FORMAT
+    chat_template: ClassVar[bool] = False  # text, never a prompt
+
+    def __post_init__(self) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None) or self.max_length
+        self.max_length = min(self.max_length, limit)
+        self.documents = [self.task.document(r) for r in self.records]
+        self.encoded = {
+            i: encode_document(self.formatter.tokenizer, context, text, self.max_length)
+            for i, (context, text) in enumerate(self.documents)
+            if text.strip()
         }
-        for i in scored
-    ]
-    seconds = time.perf_counter() - started
-    return TaskResult(task, split, metrics, examples, seconds, resumed, chat_template=False)  # text, never a prompt
+        # A context can fill max_length and leave no text to score.
+        self.scored = [i for i, e in self.encoded.items() if len(e.ids) > e.query_length]
+        if not self.scored:
+            raise IMSMError(f"task {self.task.name}: none of its {len(self.records)} documents has text to score")
+
+    def items(self) -> list[int]:
+        return self.scored
+
+    def journal_key(self) -> tuple[dict[str, Any], list[str]]:
+        return {"max_length": self.max_length}, [f"{context}\0{text}" for context, text in self.documents]
+
+    def run(self, todo: list[int], keep) -> None:
+        score_documents(self.model, [self.encoded[i] for i in todo], self.formatter.pad_id, self.batch_size, keep)
+
+    def report(self, done: dict[int, DocumentDrift]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        truncated = sum(self.encoded[i].truncated for i in self.scored)
+        metrics = drift_metrics([done[i] for i in self.scored], truncated, len(self.records) - len(self.scored))
+        examples = [
+            {
+                "index": i,
+                "source": self.records[i].get("_source"),
+                "tokens": done[i].tokens,
+                "truncated": self.encoded[i].truncated,
+                "nll": _significant(done[i].nll),
+                "kl": _significant(done[i].kl),
+                "gate_frozen_weight": _significant(done[i].frozen_weight),
+            }
+            for i in self.scored
+        ]
+        return metrics, examples

@@ -14,27 +14,20 @@ memory. Turning the per-example outcomes into a task's metrics is `task_metrics`
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from imsm.atomic_write import write_together
-from imsm.eval_journal import EvalJournal, fingerprint, journal_settings, run_journaled
-from imsm.evaluate_choice import evaluate_multiple_choice
-from imsm.evaluate_drift import evaluate_drift
+from imsm.evaluation.kind import TaskKind
+from imsm.evaluation.results import rounded
 from imsm.generate import left_padded
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
-from imsm.task_result import TaskResult
-from imsm.tasks.base import Record, Task
+from imsm.tasks.base import Task
 
 YES_WORDS = ("yes", "Yes", "YES")
 NO_WORDS = ("no", "No", "NO")
@@ -213,118 +206,56 @@ def task_metrics(
     return metrics, per_example
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 5)
+@dataclass(eq=False, repr=False)
+class Generation(TaskKind):
+    """Generated answers scored by the task's metrics, with the target's likelihood beside them
+    (the kind of every answer type that is neither multiple choice nor drift).
 
-
-def evaluate_task(
-    model: IMSMModel,
-    formatter: PromptFormatter,
-    task: Task,
-    records: list[Record],
-    split: str,
-    batch_size: int = 8,
-    max_new_tokens: int | None = None,
-    likelihood: bool = True,
-    progress: bool = True,
-    journal_path: Path | None = None,
-    run_settings: dict[str, Any] | None = None,
-) -> TaskResult:
-    """Generate, score and aggregate one task.
-
-    With `journal_path`, every finished batch is journaled there, and examples a journal from an
-    earlier, interrupted run with the same `run_settings` (model, adapter, dtype, ...), task and
-    texts already holds are not evaluated again. The caller removes the journal once the results
-    are written.
+    Attributes:
+        max_new_tokens: The answer's cap; the task's own when None.
+        likelihood: Whether to score the target answer teacher-forced too.
     """
-    if task.answer_type == "drift":  # plain text against the base model
-        return evaluate_drift(model, formatter, task, records, split, batch_size, progress, journal_path, run_settings)
-    if task.answer_type == "multiple_choice":  # options scored by log-likelihood, nothing generated
-        return evaluate_multiple_choice(
-            model, formatter, task, records, split, batch_size, progress, journal_path, run_settings
-        )
-    started = time.perf_counter()
-    prompts = [task.prompt(r) for r in records]
-    golds = [task.golds(r) for r in records]
-    targets = [task.target(r) for r in records] if likelihood else None
-    max_new_tokens = max_new_tokens or task.max_new_tokens
-    journal = None
-    if journal_path is not None:
-        settings = journal_settings(
-            run_settings, task, split, JOURNAL_FORMAT, max_new_tokens=max_new_tokens, likelihood=likelihood
-        )
-        fields = [f.name for f in dataclasses.fields(ExampleOutcome)]
-        journal = EvalJournal(journal_path, fingerprint(settings, prompts + (targets or [])), fields)
 
-    def run(todo: list[int], keep) -> None:
-        yes_no = task.answer_type == "yes_no"
-        todo_targets = None if targets is None else [targets[i] for i in todo]
+    max_new_tokens: int | None = None
+    likelihood: bool = True
+
+    unit: ClassVar[str] = "ex"
+    row_type: ClassVar[type] = ExampleOutcome
+    journal_format: ClassVar[int] = JOURNAL_FORMAT
+
+    def __post_init__(self) -> None:
+        self.max_new_tokens = self.max_new_tokens or self.task.max_new_tokens
+        self.prompts = [self.task.prompt(r) for r in self.records]
+        self.golds = [self.task.golds(r) for r in self.records]
+        self.targets = [self.task.target(r) for r in self.records] if self.likelihood else None
+
+    def journal_key(self) -> tuple[dict[str, Any], list[str]]:
+        details = {"max_new_tokens": self.max_new_tokens, "likelihood": self.likelihood}
+        return details, self.prompts + (self.targets or [])
+
+    def run(self, todo: list[int], keep) -> None:
+        yes_no = self.task.answer_type == "yes_no"
+        targets = None if self.targets is None else [self.targets[i] for i in todo]
+        prompts = [self.prompts[i] for i in todo]
         answer_and_score(
-            model, formatter, [prompts[i] for i in todo], todo_targets, max_new_tokens, batch_size, yes_no, keep
+            self.model, self.formatter, prompts, targets, self.max_new_tokens, self.batch_size, yes_no, keep
         )
 
-    progress_bar = {"desc": task.name, "unit": "ex", "disable": not progress}
-    done, resumed = run_journaled(range(len(records)), journal, ExampleOutcome, run, progress_bar)
-    outcomes = [done[i] for i in range(len(records))]
-    metrics, per_example = task_metrics(task, golds, outcomes, likelihood)
-    examples = [
-        {
-            "index": i,
-            "source": record.get("_source"),
-            "prompt": prompts[i],
-            "prediction": outcomes[i].prediction,
-            "golds": golds[i],
-            "scores": {name: values[i] for name, values in per_example.items()},
-            "gold_nll": _rounded(outcomes[i].gold_nll),
-            "yes_no_margin": _rounded(outcomes[i].yes_no_margin),
-            "gate_frozen_weight": _rounded(outcomes[i].frozen_weight),
-        }
-        for i, record in enumerate(records)
-    ]
-    seconds = time.perf_counter() - started
-    return TaskResult(task, split, metrics, examples, seconds, resumed, formatter.use_chat_template)
-
-
-def predictions_path(output: Path, task: Task) -> Path:
-    """Per-example file beside the metrics file: `results.json` -> `results.mrpc.jsonl`."""
-    safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task.name)
-    return output.with_name(f"{output.stem}.{safe_name}.jsonl")
-
-
-def journal_path(output: Path, task: Task) -> Path:
-    """Resume journal beside the metrics file: `results.json` -> `results.mrpc.partial.jsonl`."""
-    return predictions_path(output, task).with_suffix(".partial.jsonl")
-
-
-def write_results(output: Path, header: dict[str, Any], results: list[TaskResult]) -> None:
-    """The per-example files and the metrics file, all new or (on a full disk) all as they were."""
-    files: dict[Path, str] = {
-        predictions_path(output, r.task): "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in r.examples)
-        for r in results
-    }
-    payload = {**header, "tasks": {r.task.name: r.summary() for r in results}}
-    files[output] = json.dumps(payload, indent=2) + "\n"  # last: its presence says the evaluation finished
-    write_together(files)
-
-
-COUNTS = ("tokens", "truncated_documents", "skipped_documents")  # metrics that are counts, not rates
-
-
-def format_table(results: list[TaskResult]) -> str:
-    """A plain table, proportions in percent, one task per line."""
-    lines = []
-    for result in results:
-        cells = []
-        for name, value in result.metrics.items():
-            measured = name.removesuffix("_stderr")  # a standard error is shown as its metric is
-            percent = (
-                measured in METRICS
-                and METRICS.get(measured).percent
-                or measured in ("yes_rate", "predicted_yes_rate", "gold_yes_rate")
-            )
-            if name in COUNTS:
-                cells.append(f"{name} {int(value)}")
-            else:
-                cells.append(f"{name} {100 * value:.1f}" if percent else f"{name} {value:.3f}")
-        lines.append(f"{result.task.name:<11} n={len(result.examples):<5} " + "  ".join(cells))
-    return "\n".join(lines)
+    def report(self, done: dict[int, ExampleOutcome]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        outcomes = [done[i] for i in range(len(self.records))]
+        metrics, per_example = task_metrics(self.task, self.golds, outcomes, self.likelihood)
+        examples = [
+            {
+                "index": i,
+                "source": record.get("_source"),
+                "prompt": self.prompts[i],
+                "prediction": outcomes[i].prediction,
+                "golds": self.golds[i],
+                "scores": {name: values[i] for name, values in per_example.items()},
+                "gold_nll": rounded(outcomes[i].gold_nll),
+                "yes_no_margin": rounded(outcomes[i].yes_no_margin),
+                "gate_frozen_weight": rounded(outcomes[i].frozen_weight),
+            }
+            for i, record in enumerate(self.records)
+        ]
+        return metrics, examples

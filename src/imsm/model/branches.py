@@ -1,4 +1,5 @@
-"""Run one peft model as two: the frozen model M and the tuned model M', sharing every weight.
+"""The branches of the siamese model: one peft model run as two, the frozen model M and the tuned
+model M', sharing every weight.
 
 Every adapted layer (peft's `BaseTunerLayer`, and `modules_to_save` wrappers) gets a forward
 that reads a shared `BranchRouter`:

@@ -17,16 +17,13 @@ short, is dropped without a note.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from imsm.tasks.base import Task
@@ -147,51 +144,3 @@ class EvalJournal:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def run_journaled(
-    indices: Sequence[int],
-    journal: EvalJournal | None,
-    row_type: type,
-    run: Callable[[list[int], Callable[[list[int], list[Any]], None]], None],
-    progress: dict[str, Any],
-    accept: Callable[[int, dict[str, Any]], bool] | None = None,
-) -> tuple[dict[int, Any], int]:
-    """Results for `indices`: those the journal holds, then `run` for the rest, journaled as they come.
-
-    Args:
-        indices: The items to evaluate.
-        journal: Their journal, or None to evaluate everything and keep nothing on disk.
-        row_type: The dataclass of one item's result; journal rows are its fields.
-        run: `run(todo, keep)` evaluates the `todo` items and calls `keep(rows, results)` after
-            each batch, `rows` being positions in `todo`.
-        progress: The progress bar's `desc`, `unit` and `disable`.
-        accept: Whether a journal row still fits its item (beyond the fingerprint), if needed.
-
-    Returns:
-        (results by index, how many came from the journal).
-    """
-    wanted = set(indices)
-    done: dict[int, Any] = {}
-    if journal is not None:
-        for index, row in journal.rows.items():
-            if index in wanted and (accept is None or accept(index, row)):
-                done[index] = row_type(**{name: row[name] for name in journal.fields})
-    todo = [i for i in indices if i not in done]
-    resumed = len(indices) - len(todo)
-    try:
-        with tqdm(total=len(indices), initial=resumed, leave=False, **progress) as bar:
-
-            def keep(rows: list[int], results: list[Any]) -> None:
-                batch = [todo[r] for r in rows]
-                done.update(zip(batch, results, strict=True))
-                if journal is not None:
-                    journal.add(batch, [dataclasses.asdict(result) for result in results])
-                bar.update(len(rows))
-
-            if todo:
-                run(todo, keep)
-    finally:
-        if journal is not None:
-            journal.close()
-    return done, resumed

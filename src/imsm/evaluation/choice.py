@@ -2,7 +2,7 @@
 
 Every option of a question is a (context, continuation) request (`Task.requests`), tokenised as
 lm-eval's `hf` model does it; its log-likelihood is the sum of the continuation tokens'
-log-probabilities. `imsm.loglikelihood.score_requests` prefills each context once, both branches
+log-probabilities. `imsm.evaluation.scoring.score_requests` prefills each context once, both branches
 together, and reads every option from that cache with the context as IMSM's query memory, so a
 question is read as any prompt is and an option never sees another. The prediction is the most
 likely option (accuracy, lm-eval's acc) or the most likely per character of its text
@@ -15,21 +15,18 @@ space, as lm-eval's `--apply_chat_template` does.
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from imsm.eval_journal import EvalJournal, fingerprint, journal_settings, run_journaled
-from imsm.loglikelihood import encode_pair, score_requests
+from imsm.evaluation.kind import TaskKind
+from imsm.evaluation.results import rounded
+from imsm.evaluation.scoring import ChoiceReading, encode_pair, score_requests
 from imsm.metrics import METRICS, best_choice, choice_probability, mean, mean_stderr, normalized_log_likelihoods
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
-from imsm.task_result import TaskResult
 from imsm.tasks.base import Record, Task
 from imsm.tasks.choice import TARGET_DELIMITER
 
@@ -37,29 +34,6 @@ from imsm.tasks.choice import TARGET_DELIMITER
 JOURNAL_FORMAT = 1
 DEFAULT_CONTEXT_WINDOW = 2048  # lm-eval's default when neither config nor tokenizer says
 _UNSET_TOKENIZER_LENGTH = 10**17  # transformers' "no limit" model_max_length is about 1e30
-
-
-@dataclass
-class ChoiceReading:
-    """What the model gave each option of one question, in option order.
-
-    Attributes:
-        log_likelihoods: Sum of the option's continuation tokens' log-probabilities (nats).
-        is_greedy: Whether every continuation token was the most likely one (lm-eval's is_greedy).
-        tokens: The continuation's length in tokens.
-        frozen_weights: The gate's mean weight on the frozen branch over those tokens, or None.
-    """
-
-    log_likelihoods: list[float]
-    is_greedy: list[bool]
-    tokens: list[int]
-    frozen_weights: list[float | None]
-
-    def frozen_weight(self) -> float | None:
-        """The gate's weight on the frozen branch averaged over every option's tokens."""
-        if any(w is None for w in self.frozen_weights):
-            return None
-        return sum(w * n for w, n in zip(self.frozen_weights, self.tokens, strict=True)) / sum(self.tokens)
 
 
 def context_window(model: IMSMModel, tokenizer) -> int:
@@ -106,18 +80,9 @@ def read_choices(
     readings: list[ChoiceReading | None] = [None] * len(encoded)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        flat = [pair for i in indices for pair in encoded[i]]
-        scored = iter(score_requests(model, flat, formatter.pad_id, batch_size, window))
-        batch = []
-        for i in indices:
-            options = [next(scored) for _ in encoded[i]]
-            readings[i] = ChoiceReading(
-                log_likelihoods=[s.log_likelihood for s in options],
-                is_greedy=[s.is_greedy for s in options],
-                tokens=[s.tokens for s in options],
-                frozen_weights=[s.frozen_weight for s in options],
-            )
-            batch.append(readings[i])
+        batch = score_requests(model, [encoded[i] for i in indices], formatter.pad_id, batch_size, window)
+        for i, reading in zip(indices, batch, strict=True):
+            readings[i] = reading
         if on_batch_done is not None:
             on_batch_done(indices, batch)
     return readings
@@ -153,10 +118,6 @@ def choice_metrics(
     return metrics, per_question
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 5)
-
-
 def _gold_margin(log_likelihoods: Sequence[float], gold: int) -> float | None:
     others = [ll for i, ll in enumerate(log_likelihoods) if i != gold]
     return log_likelihoods[gold] - max(others) if others else None
@@ -181,79 +142,61 @@ def question_row(
         "source": record.get("_source"),
         "prompt": prompt,
         "choices": list(choices),
-        "log_likelihoods": [_rounded(ll) for ll in lls],
+        "log_likelihoods": [rounded(ll) for ll in lls],
         "tokens": reading.tokens,
         "prediction": best_choice(lls),
         "prediction_norm": best_choice(normalized_log_likelihoods(lls, [len(c) for c in choices])),
         "gold": gold,
-        "gold_probability": _rounded(choice_probability(lls, gold)),
-        "gold_margin": _rounded(_gold_margin(lls, gold)),
+        "gold_probability": rounded(choice_probability(lls, gold)),
+        "gold_margin": rounded(_gold_margin(lls, gold)),
         "scores": scores,
-        "gate_frozen_weight": _rounded(reading.frozen_weight()),
+        "gate_frozen_weight": rounded(reading.frozen_weight()),
     }
 
 
-def evaluate_multiple_choice(
-    model: IMSMModel,
-    formatter: PromptFormatter,
-    task: Task,
-    records: list[Record],
-    split: str,
-    batch_size: int = 8,
-    progress: bool = True,
-    journal_path: Path | None = None,
-    run_settings: dict[str, Any] | None = None,
-) -> TaskResult:
-    """Score every option of every question, and aggregate.
+@dataclass(eq=False, repr=False)
+class MultipleChoice(TaskKind):
+    """Every option of every question scored by its log-likelihood, nothing generated (the kind of
+    `answer_type: multiple_choice`)."""
 
-    With `journal_path`, each finished batch of questions is journaled there, and the questions a
-    journal from an earlier, interrupted run with the same `run_settings`, task and texts already
-    holds are not scored again (as `imsm.evaluate.evaluate_task` does for generated answers).
-    """
-    started = time.perf_counter()
-    questions = [task.requests(r) for r in records]
-    choices = [task.choices(r) for r in records]
-    golds = [task.gold_index(r) for r in records]
-    journal = None
-    if journal_path is not None:
-        settings = journal_settings(
-            run_settings,
-            task,
-            split,
-            JOURNAL_FORMAT,
-            chat_template=formatter.use_chat_template,
-            answer_type=task.answer_type,
-        )
-        texts = [text for q in questions for pair in request_texts(formatter, q) for text in pair]
-        fields = [f.name for f in dataclasses.fields(ChoiceReading)]
-        journal = EvalJournal(journal_path, fingerprint(settings, texts), fields)
+    unit: ClassVar[str] = "q"
+    row_type: ClassVar[type] = ChoiceReading
+    journal_format: ClassVar[int] = JOURNAL_FORMAT
 
-    def run(todo: list[int], keep) -> None:
-        read_choices(model, formatter, [questions[i] for i in todo], batch_size, keep)
+    def __post_init__(self) -> None:
+        self.questions = [self.task.requests(r) for r in self.records]
+        self.choices = [self.task.choices(r) for r in self.records]
+        self.golds = [self.task.gold_index(r) for r in self.records]
 
-    def fits(index: int, row) -> bool:  # one log-likelihood per option of this question
-        return len(row["log_likelihoods"]) == len(questions[index])
+    def journal_key(self) -> tuple[dict[str, Any], list[str]]:
+        details = {"chat_template": self.formatter.use_chat_template, "answer_type": self.task.answer_type}
+        texts = [text for q in self.questions for pair in request_texts(self.formatter, q) for text in pair]
+        return details, texts
 
-    progress_bar = {"desc": task.name, "unit": "q", "disable": not progress}
-    done, resumed = run_journaled(range(len(records)), journal, ChoiceReading, run, progress_bar, fits)
-    readings = [done[i] for i in range(len(records))]
-    lengths = [[len(c) for c in options] for options in choices]
-    metrics, per_question = choice_metrics(task, golds, lengths, readings)
-    contexts = [[context for context, _ in q] for q in questions]
-    examples = [
-        question_row(
-            i,
-            record,
-            contexts[i][0] if len(set(contexts[i])) == 1 else contexts[i],
-            choices[i],
-            golds[i],
-            readings[i],
-            {name: values[i] for name, values in per_question.items()},
-        )
-        for i, record in enumerate(records)
-    ]
-    seconds = time.perf_counter() - started
-    return TaskResult(task, split, metrics, examples, seconds, resumed, formatter.use_chat_template)
+    def fits(self, index: int, row: dict[str, Any]) -> bool:  # one log-likelihood per option of this question
+        return len(row["log_likelihoods"]) == len(self.questions[index])
+
+    def run(self, todo: list[int], keep) -> None:
+        read_choices(self.model, self.formatter, [self.questions[i] for i in todo], self.batch_size, keep)
+
+    def report(self, done: dict[int, ChoiceReading]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        readings = [done[i] for i in range(len(self.records))]
+        lengths = [[len(c) for c in options] for options in self.choices]
+        metrics, per_question = choice_metrics(self.task, self.golds, lengths, readings)
+        contexts = [[context for context, _ in q] for q in self.questions]
+        examples = [
+            question_row(
+                i,
+                record,
+                contexts[i][0] if len(set(contexts[i])) == 1 else contexts[i],
+                self.choices[i],
+                self.golds[i],
+                readings[i],
+                {name: values[i] for name, values in per_question.items()},
+            )
+            for i, record in enumerate(self.records)
+        ]
+        return metrics, examples
 
 
-__all__ = ["ChoiceReading", "choice_metrics", "context_window", "evaluate_multiple_choice", "read_choices"]
+__all__ = ["ChoiceReading", "MultipleChoice", "choice_metrics", "context_window", "read_choices"]
