@@ -17,7 +17,7 @@ prompt: "Question: What is the capital of {country}?\nAnswer:"
 choices: options              # field holding the list of option texts
 answer: gold                  # field holding the gold option's 0-based index, or its text
 metrics: [accuracy, accuracy_norm]  # optional; these two are the only ones
-# optional: version, description
+# optional: version, description, chance (the accuracy of guessing, e.g. 0.25 for four options)
 
 Drift from the base model on a user's own documents (`answer_type: drift`, imsm.evaluate_drift):
 
@@ -219,7 +219,7 @@ def _drift_task(path: Path, spec: dict[str, Any], where: str) -> Task:
 
 
 MULTIPLE_CHOICE_REQUIRED = ("name", "data", "prompt", "choices", "answer", "answer_type")
-MULTIPLE_CHOICE_OPTIONAL = ("metrics", "version", "description")
+MULTIPLE_CHOICE_OPTIONAL = ("metrics", "version", "description", "chance")
 
 
 def _multiple_choice_task(path: Path, spec: dict[str, Any], where: str) -> Task:
@@ -244,6 +244,9 @@ def _multiple_choice_task(path: Path, spec: dict[str, Any], where: str) -> Task:
     if not isinstance(metrics, list) or not metrics:
         raise IMSMError(f"{where}: 'metrics' must list one or both of {', '.join(choice.METRICS)}")
     _check_metrics(metrics, "multiple_choice", where)
+    chance = spec.get("chance")
+    if chance is not None and (isinstance(chance, bool) or not isinstance(chance, int | float) or not 0 < chance < 1):
+        raise IMSMError(f"{where}: chance must be a number between 0 and 1 (0.25 for four options), got {chance!r}")
     data = (path.parent / str(spec["data"])).resolve()
 
     def options(record) -> list[str]:
@@ -275,6 +278,7 @@ def _multiple_choice_task(path: Path, spec: dict[str, Any], where: str) -> Task:
 
     return choice.multiple_choice_task(
         name=str(spec["name"]),
+        chance=None if chance is None else float(chance),
         context=lambda record: prompt.format_map(record),
         choices=options,
         gold=gold,
