@@ -51,10 +51,12 @@ def gate_section(study: Study) -> list[str]:
             continue
         cells = [gate_cell(points, task) for task in tasks]
         if any(cell != "–" for cell in cells):
-            rows.append([arm.label, length_label(length), str(len(points)), *cells])
+            rows.append([study.label(arm), length_label(length), str(len(points)), *cells])
     if not rows:
         return []
     headers = ["arm", "steps", "seeds", *(f"{task} (target)" if task == study.target else task for task in tasks)]
+    mixed = [study.label(a) for a in study.arms() if (a.mixed or a.fusion) == "mean" and a.scale == 1.0]
+    fixed = f" A mean fusion weighs it 0.5 everywhere ({', '.join(mixed)})." if mixed else ""
     return [
         "## The gate",
         "",
@@ -63,7 +65,7 @@ def gate_section(study: Study) -> list[str]:
         "questions, mean over seeds. A gate that keeps general knowledge would weigh the frozen branch "
         "more on the probes than on the target; one whose mean weight hardly varies across questions "
         "does not lean on the base model for some questions more than for others (it may still weigh "
-        "features differently). The trained 50/50 mix and the untrained mix weigh it 0.5 everywhere.",
+        f"features differently).{fixed}",
         "",
         *markdown_table(headers, rows),
         "",
