@@ -359,8 +359,8 @@ def _baseline_problems(frontier: FrontierSettings, cells: list[Cell]) -> list[st
     """Each declared baseline that no vanilla cell is evaluated as: its results could never come."""
     read = {key for cell in cells if cell.config["fusion"] == "none" for key in cell.variants}
     return [
-        f"frontier.baselines[{i}]: no grid reads a vanilla adapter (fusion none) as {{{baseline.variant_key}}}; "
-        "add it to a grid's variants"
+        f"frontier.baselines[{i}]: no grid reads a vanilla adapter (fusion none) as "
+        f"{{{baseline.variant_key.replace('=', ': ').replace(',', ', ')}}}; add it to a grid's variants"
         for i, baseline in enumerate(frontier.baselines)
         if baseline.variant_key not in read
     ]
