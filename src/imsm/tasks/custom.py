@@ -71,6 +71,17 @@ def _read_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
+def _file_fields(spec: dict[str, Any], data: Path) -> dict[str, Any]:
+    """What every spec's `Task` shares: its name and version, and its one data file as the test split."""
+    return {
+        "name": str(spec["name"]),
+        "version": str(spec.get("version", "1")),
+        "directory": str(data.parent),
+        "splits": {"test": (data.name,)},
+        "eval_split": "test",
+    }
+
+
 def _template_fields(prompt: str, where: str) -> tuple[str, ...]:
     """The record fields a prompt template names."""
     try:
@@ -133,11 +144,7 @@ def load_spec(path: str | Path) -> Task:
         return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
     return Task(
-        name=str(spec["name"]),
-        version=str(spec.get("version", "1")),
-        directory=str(data.parent),
-        splits={"test": (data.name,)},
-        eval_split="test",
+        **_file_fields(spec, data),
         train_split="test",  # a spec has one data file; it serves training too
         prompt=lambda record: prompt.format_map(record),
         golds=golds,
@@ -201,11 +208,7 @@ def _drift_task(path: Path, spec: dict[str, Any], where: str) -> Task:
         return texts[0], texts[1]
 
     return Task(
-        name=str(spec["name"]),
-        version=str(spec.get("version", "1")),
-        directory=str(data.parent),
-        splits={"test": (data.name,)},
-        eval_split="test",
+        **_file_fields(spec, data),
         prompt=lambda record: document(record)[0],
         golds=lambda record: [document(record)[1]],
         target=lambda record: document(record)[1],
@@ -277,16 +280,12 @@ def _multiple_choice_task(path: Path, spec: dict[str, Any], where: str) -> Task:
         return value
 
     return choice.multiple_choice_task(
-        name=str(spec["name"]),
+        **_file_fields(spec, data),
         chance=None if chance is None else float(chance),
         context=lambda record: prompt.format_map(record),
         choices=options,
         gold=gold,
         metrics=tuple(metrics),
-        version=str(spec.get("version", "1")),
-        directory=str(data.parent),
-        splits={"test": (data.name,)},
-        eval_split="test",
         required_fields=tuple(dict.fromkeys((*placeholders, choices_field, answer_field))),
         description=str(spec.get("description", f"custom multiple-choice task from {path.name}")),
         source=str(path),
