@@ -41,8 +41,11 @@ class QuestionTest:
     """treated − control over questions, each question averaged over the seeds both have first."""
 
     test: PairedTest
-    standard_error: float
     seeds: int
+
+    @property
+    def standard_error(self) -> float:
+        return self.test.standard_error
 
 
 def compare_questions(
@@ -50,7 +53,7 @@ def compare_questions(
 ) -> QuestionTest:
     """`questions.paired_over_questions`: each question averaged over the seeds both arms have."""
     test, seeds = paired_over_questions(treated, control, name)
-    return QuestionTest(test, test.standard_error, seeds)
+    return QuestionTest(test, seeds)
 
 
 def flips(point: Mapping[str, list[Any]], base: Mapping[str, list[Any]]) -> tuple[int, int]:

@@ -14,9 +14,8 @@ import math
 from statistics import fmean, pstdev
 
 from imsm.experiment.report.frontier_study import Study, length_label
-from imsm.experiment.report.tables import markdown_table
+from imsm.experiment.report.tables import GATE_SCORE, markdown_table
 
-GATE_WEIGHT = "gate_frozen_weight"  # the gate's mean weight g on the frozen branch, per question and per task
 LEARNED_GATES = ("imsm", "no-query")  # "mean" fixes g at 0.5: nothing to read
 
 
@@ -29,10 +28,10 @@ def gate_cell(points, task: str) -> str:
     deviation of the weight across the task's questions, averaged over seeds; "–" without weights."""
     means, spreads = [], []
     for point in points.values():
-        metric = (point.metrics.get(task) or {}).get(GATE_WEIGHT)
+        metric = (point.metrics.get(task) or {}).get(GATE_SCORE)
         if metric is not None:
             means.append(float(metric))
-        per_question = _weights((point.questions.get(task) or {}).get(GATE_WEIGHT))
+        per_question = _weights((point.questions.get(task) or {}).get(GATE_SCORE))
         if len(per_question) > 1:
             spreads.append(pstdev(per_question))
     if not means:

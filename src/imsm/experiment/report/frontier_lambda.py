@@ -19,7 +19,7 @@ from imsm.experiment.report.frontier_study import FORGETTING, POOL, Arm, Point, 
 from imsm.experiment.report.grid import scale
 from imsm.experiment.stats import PairedTest, paired_t_test
 
-TRAINED, BASELINE, TUNED_ALONE = "trained", "baseline", "tuned alone"  # `FrontierPoint.kind`
+TRAINED, BASELINE, ALONE = "trained", "baseline", "tuned alone"  # `FrontierPoint.kind`
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ class FrontierPoint:
     target_std: float
     forgetting: float
     forgetting_std: float
-    kind: str = TRAINED  # TRAINED, BASELINE or TUNED_ALONE: how the plot marks it
+    kind: str = TRAINED  # TRAINED, BASELINE or ALONE: how the plot marks it
 
 
 def _kind(study: Study, arm: Arm) -> str:
-    return TUNED_ALONE if arm.is_tuned_alone else BASELINE if study.is_baseline(arm) else TRAINED
+    return ALONE if arm.is_tuned_alone else BASELINE if study.is_baseline(arm) else TRAINED
 
 
 def _frontier_point(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from imsm.atomic_write import atomic_path
 from imsm.experiment.report.frontier_lambda import (
+    ALONE,
     BASELINE,
-    TUNED_ALONE,
     FrontierPoint,
     frontier_rows,
     lambda_line,
@@ -54,7 +54,7 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
     for point, _ in rows:
         arms.setdefault(point.label, []).append(point)
     for label, curve in arms.items():
-        mix, alone = curve[0].kind == BASELINE, curve[0].kind == TUNED_ALONE
+        mix, alone = curve[0].kind == BASELINE, curve[0].kind == ALONE
         drawn = axis.errorbar(
             [p.forgetting for p in curve],
             [p.target for p in curve],
