@@ -227,7 +227,7 @@ def read_experiment_file(path: Path) -> dict[str, Any]:
 
 
 @dataclass
-class _Settings:
+class CheckedSettings:
     """What `check_settings` makes of the sections other than the grids."""
 
     train: dict[str, Any]
@@ -247,7 +247,7 @@ def _task_problem(name: Any, where: str) -> str | None:
     return None
 
 
-def check_settings(raw: dict[str, Any], problems: list[str]) -> _Settings:
+def check_settings(raw: dict[str, Any], problems: list[str]) -> CheckedSettings:
     """Every section but the grids, checked; problems are appended, not raised."""
     for key in sorted(set(raw) - TOP_LEVEL):
         problems.append(f"unknown field {key!r} (known: {', '.join(sorted(TOP_LEVEL))})")
@@ -279,7 +279,7 @@ def check_settings(raw: dict[str, Any], problems: list[str]) -> _Settings:
     tasks = [(task, "eval.limits") for task in eval_options.limits] + [(task, "original") for task in original]
     problems += [problem for task, where in tasks if (problem := _task_problem(task, where))]
     frontier = read_frontier(raw.get("frontier"), problems)
-    return _Settings(train, eval_settings, eval_options, method_options, task_options, original, frontier)
+    return CheckedSettings(train, eval_settings, eval_options, method_options, task_options, original, frontier)
 
 
 def _grid_axes(grid: dict[str, Any], where: str, train: dict[str, Any], problems: list[str]) -> dict[str, list] | None:
@@ -311,7 +311,7 @@ def _add_problem(problems: list[str], problem: str) -> None:
         problems.append(problem)
 
 
-def expand_grids(grids: dict[str, Any], settings: _Settings, model: str, problems: list[str]) -> list[Cell]:
+def expand_grids(grids: dict[str, Any], settings: CheckedSettings, model: str, problems: list[str]) -> list[Cell]:
     """Every grid's cells, resolved into `imsm train` configs; cells that several grids share are
     merged, evaluated on the union of what the grids ask. Problems are appended, not raised."""
     defaults = TrainConfig(task="-", output="-").to_dict()
