@@ -9,14 +9,18 @@ never reach the pool.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from imsm.checked_files import DamagedFile
 from imsm.cli import main
+from imsm.errors import IMSMError
 from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
+from imsm.experiment.report.frontier_compare import flips
+from imsm.experiment.report.frontier_lambda import FrontierPoint, frontier_at, frontier_rows, line_tests
 from imsm.experiment.report.frontier_line import (
     BELOW,
     BEYOND,
@@ -26,19 +30,9 @@ from imsm.experiment.report.frontier_line import (
     matched_score,
     nondecreasing,
 )
-from imsm.experiment.report.frontier_study import (
-    FORGETTING,
-    POOL,
-    FrontierPoint,
-    chance_accuracy,
-    collect_study,
-    flips,
-    frontier_at,
-    frontier_rows,
-    line_tests,
-    point_scores,
-)
+from imsm.experiment.report.frontier_study import FORGETTING, POOL, chance_accuracy, collect_study, point_scores
 from imsm.experiment.spec import load_experiment
+from imsm.tasks import get_task
 
 TARGET_QUESTIONS, PROBE_QUESTIONS, DRIFT_QUESTIONS = 20, 40, 10
 BASE_RIGHT = {"arc_easy": 24, "sciq": 32, "piqa": 20}  # piqa: 50%, two options: chance
@@ -59,6 +53,11 @@ PLAN = {
     ("mean", "fusion=none"): (0.80, 28),
 }
 STEPS = 40
+# The synthetic study's facts, as configs/forgetting.yaml declares its own.
+FRONTIER = {
+    "labels": {"none": "{method}", "imsm": "IMSM-{method}", "mean": "IMSM-mean"},
+    "baselines": [{"adapter_scale": 0.5}, {"fusion": "mean", "label": "untrained mix"}],
+}
 
 
 def write_experiment(tmp_path, **changes) -> str:
@@ -84,6 +83,7 @@ def write_experiment(tmp_path, **changes) -> str:
                 "variants": [{"adapter_scale": s} for s in (0.25, 0.5, 0.75)] + [{"fusion": "mean"}],
             },
         },
+        "frontier": FRONTIER,
         **changes,
     }
     path = tmp_path / "experiment.yaml"
@@ -165,13 +165,13 @@ def test_a_probe_at_chance_stays_out_of_the_pool(study_path):
     piqa = next(p for p in study.probes if p.task == "piqa")
     assert piqa.chance == 0.5 and piqa.exclusion == "base at chance"
     # piqa's 5 lost answers would make IMSM-LoRA's forgetting 9 / 120; pooled over 80 it is 4 / 80.
-    imsm = next(p for p in study.points if p.arm.label == "IMSM-LoRA" and p.final and p.seed == 0)
+    imsm = next(p for p in study.points if study.label(p.arm) == "IMSM-LoRA" and p.final and p.seed == 0)
     assert point_scores(study, imsm)[(FORGETTING, "accuracy")] == pytest.approx(4 / 80)
 
 
 def test_forgetting_is_base_minus_the_point(study_path):
     study = collect_study(load_experiment(study_path))
-    lora = next(p for p in study.points if p.arm.label == "LoRA" and p.final and p.seed == 0)
+    lora = next(p for p in study.points if study.label(p.arm) == "LoRA" and p.final and p.seed == 0)
     scores = point_scores(study, lora)
     assert scores[(POOL, "accuracy")] == pytest.approx((56 - 24) / 80)
     assert scores[(FORGETTING, "accuracy")] == pytest.approx(24 / 80)  # lost answers: positive
@@ -217,20 +217,89 @@ def test_flips_count_changed_answers_both_ways():
     assert flips(point, base) == (2, 1)  # right → wrong: 0 and 5; wrong → right: 2
 
 
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def section(report: str, heading: str) -> str:
+    """The report's text from `## heading` to the next `## `."""
+    start = report.index(f"## {heading}")
+    end = report.find("\n## ", start + 3)
+    return report[start : end if end >= 0 else len(report)]
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """Every markdown table in `text`, as rows of header -> cell; a repeated header gets its count
+    appended ("t", "t 2", ...)."""
+    found, lines = [], text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if not (line.startswith("|") and lines[i + 1].startswith("|---")):
+            continue
+        headers: list[str] = []
+        for header in cells(line):
+            seen = sum(h == header or h.startswith(f"{header} ") for h in headers)
+            headers.append(f"{header} {seen + 1}" if seen else header)
+        rows = []
+        for line_of_row in lines[i + 2 :]:
+            if not line_of_row.startswith("|"):
+                break
+            rows.append(dict(zip(headers, cells(line_of_row), strict=True)))
+        found.append(rows)
+    return found
+
+
+def row(text: str, table: int = 0, **match: str) -> dict[str, str]:
+    """The one row of the `table`-th table in `text` whose cells match (keyword `steps` for the
+    "steps" column, and so on)."""
+    found = [r for r in tables(text)[table] if all(r.get(key) == value for key, value in match.items())]
+    assert len(found) == 1, f"{len(found)} rows match {match}"
+    return found[0]
+
+
+def numbers(cell: str) -> list[float]:
+    """The numbers a cell shows, in order: "+20.00 ± 9.18" -> [20.0, 9.18], "**3.6**" -> [3.6]."""
+    return [float(n) for n in re.findall(r"[-+]?\d+(?:\.\d+)?", cell.replace("−", "-"))]
+
+
 def test_the_report_shows_every_section(study_path, tmp_path):
     report = render_frontier(collect_study(load_experiment(study_path)), tmp_path / "plots")
     for heading in ("## Curves", "## Post hoc", "## Against Base", "## Between arms", "## Against the λ frontier"):
         assert heading in report
-    assert "| piqa | multiple_choice | 40 | 50.0 | 50.0 (usual options) | 15.8 | no: base at chance |" in report
-    assert "| LoRA | 10 | 3 | 70.0 ± 0.0 | 55.0 ± 1.2 |" in report  # (56 - 12 ± 1) / 80 pooled answers right
+    piqa = row(report, probe="piqa")
+    assert [numbers(piqa[k]) for k in ("questions", "Base accuracy", "chance", "2 SE")] == [[40], [50], [50], [15.8]]
+    assert piqa["pooled"] == "no: base at chance"
+    curve = row(section(report, "Curves"), arm="LoRA", steps="10")
+    # (56 - 12 ± 1) / 80 pooled answers right, over 3 seeds.
+    assert curve["seeds"] == "3" and numbers(curve["pooled accuracy"]) == pytest.approx([55.0, 1.2])
+    assert numbers(curve["mrpc accuracy (target)"]) == [70.0, 0.0]
+    against_base = section(report, "Against Base")
     # IMSM-LoRA against Base: 4 of 80 pooled answers lost, in every seed.
-    assert "| IMSM-LoRA | 40 | 3 | 20 / 80 | +20.00 ± 9.18 | 2.2 | -5.00 ± 2.45 | -2.0 |" in report
-    assert "| LoRA | 40 | 3 | 20 / 80 | +40.00 ± 11.24 | **3.6** | -30.00 ± 5.16 | **-5.8** |" in report
-    assert "| -5.00 ± 2.45 | -2.0 | -2.50 ± 1.23 | -2.0 | 4.0 | 0.0 |" in report  # 4 answers lost, none gained
-    assert "| IMSM-LoRA − LoRA λ=0.5 | 40 | pooled accuracy | 80 × 3 | +5.00 ± 2.45 | 2.0 |" in report
-    assert "IMSM-mean − LoRA" in report and "IMSM-LoRA − untrained mix" in report
-    assert "| IMSM-LoRA | 40 | 3 | 70.0 ± 0.0 | 5.0 ± 0.0 | 10.0 | -5.0 |" in report
-    assert "| IMSM-mean | 10 | 3 | 95.0 ± 0.0 | 7.5 ± 0.0 | 30.0 (beyond) | -22.5 |" in report
+    gated = row(against_base, arm="IMSM-LoRA", steps="40")
+    assert gated["seeds"] == "3" and numbers(gated["questions (target / pooled)"]) == [20, 80]
+    assert numbers(gated["Δ mrpc ± SE"]) == [20.0, 9.18] and numbers(gated["t"]) == [2.2]
+    assert numbers(gated["Δ pooled accuracy ± SE"]) == [-5.0, 2.45] and numbers(gated["t 2"]) == [-2.0]
+    assert numbers(gated["Δ pooled gold prob. ± SE"]) == [-2.5, 1.23] and numbers(gated["t 3"]) == [-2.0]
+    assert numbers(gated["right → wrong"]) == [4.0] and numbers(gated["wrong → right"]) == [0.0]
+    vanilla = row(against_base, arm="LoRA", steps="40")
+    assert numbers(vanilla["Δ mrpc ± SE"]) == [40.0, 11.24] and vanilla["t"] == "**3.6**"  # |t| >= 3: bold
+    assert numbers(vanilla["Δ pooled accuracy ± SE"]) == [-30.0, 5.16] and vanilla["t 2"] == "**-5.8**"
+    between = section(report, "Between arms")
+    scaled = row(between, comparison="IMSM-LoRA − LoRA λ=0.5", steps="40", score="pooled accuracy")
+    assert scaled["questions × seeds"] == "80 × 3" and numbers(scaled["Δ ± SE"]) == [5.0, 2.45]
+    assert numbers(scaled["t"]) == [2.0]
+    assert row(between, comparison="IMSM-mean − LoRA", steps="40", score="pooled accuracy")
+    assert row(between, comparison="IMSM-LoRA − untrained mix", steps="40", score="pooled accuracy")
+    frontier = section(report, "Against the λ frontier")
+    placed = row(frontier, table=1, arm="IMSM-LoRA", steps="40")
+    assert [numbers(placed[k]) for k in ("mrpc accuracy", "forgetting (acc.)", "λ line at this target")] == [
+        [70.0, 0.0],
+        [5.0, 0.0],
+        [10.0],
+    ]
+    assert numbers(placed["Δ (acc.)"]) == [-5.0]
+    beyond = row(frontier, table=1, arm="IMSM-mean", steps="10")
+    assert beyond["λ line at this target"] == "30.0 (beyond)" and numbers(beyond["Δ (acc.)"]) == [-22.5]
+    assert "2 degrees of freedom with 3 seeds, so p < 0.05 needs |t| > 4.30" in frontier
     assert "Missing" not in report
     assert (tmp_path / "plots" / "frontier.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "frontier-gold.png").stat().st_size > 1000
@@ -249,7 +318,7 @@ def test_partial_results_are_listed_as_missing(tmp_path):
     study = collect_study(load_experiment(path))
     report = render_frontier(study, tmp_path / "plots")
     assert "[adapter_scale=0.75]: mrpc, arc_easy" in report and "![frontier]" in report
-    assert "| IMSM-LoRA | 40 | 2 |" in report  # two seeds, said so
+    assert row(section(report, "Curves"), arm="IMSM-LoRA", steps="40")["seeds"] == "2"  # two seeds, said so
     assert "LoRA λ=0.75" not in report
     rows = {(p.label, p.length): (p.forgetting, at) for p, at in frontier_rows(study, "accuracy")}
     # The line runs from λ = 0.5 to 1 now.
@@ -303,7 +372,7 @@ def test_two_reports_in_one_folder_keep_their_own_plots(tmp_path):
 
 def test_each_seed_is_tested_against_its_own_lambda_line(study_path):
     study = collect_study(load_experiment(study_path))
-    tests = {(t.arm.label, t.length): t for t in line_tests(study, "accuracy")}
+    tests = {(study.label(t.arm), t.length): t for t in line_tests(study, "accuracy")}
     # LoRA after 10 steps reaches λ = 0.5's gain (70) in every seed, losing 11, 12, 13 answers where
     # λ = 0.5 loses 8: 3, 4 and 5 of 80 more, so the seeds agree (t = 5 / (1.25 / √3)).
     early = tests[("LoRA", 10)]
@@ -358,9 +427,13 @@ def test_nondecreasing_pools_adjacent_violators():
 def test_arms_are_compared_at_every_length(study_path):
     report = render_frontier(collect_study(load_experiment(study_path)), None)
     # After 10 steps IMSM-LoRA has lost 2 answers where LoRA has lost 11, 12 and 13.
-    assert "| IMSM-LoRA − LoRA | 10 | pooled accuracy | 80 × 3 | +12.50 ± 3.63 | **3.4** | 3 | +12.50 |" in report
-    assert "| IMSM-LoRA − IMSM-mean | 40 | pooled accuracy |" in report
-    assert "| IMSM-LoRA − LoRA λ=0.5 | 10 |" not in report  # post-hoc variants exist at the final length only
+    between = section(report, "Between arms")
+    early = row(between, comparison="IMSM-LoRA − LoRA", steps="10", score="pooled accuracy")
+    assert early["questions × seeds"] == "80 × 3" and numbers(early["Δ ± SE"]) == [12.5, 3.63]
+    assert early["t"] == "**3.4**" and early["seeds"] == "3" and numbers(early["Δ seed means"]) == [12.5]
+    assert row(between, comparison="IMSM-LoRA − IMSM-mean", steps="40", score="pooled accuracy")
+    compared = {(r["comparison"], r["steps"]) for r in tables(between)[0]}
+    assert ("IMSM-LoRA − LoRA λ=0.5", "10") not in compared  # post-hoc variants exist at the final length only
 
 
 def study_with_vanilla_seed_0_changed(tmp_path, change):
@@ -391,8 +464,9 @@ def test_a_row_against_base_says_the_seeds_of_each_test_where_they_differ(tmp_pa
         del result["variants"]["step=10"]["questions"]["sciq"]
 
     report = render_frontier(study_with_vanilla_seed_0_changed(tmp_path, drop_sciq), None)
-    assert "| LoRA | 10 | 3 / 2 | 20 / 80 |" in report
-    assert "| LoRA | 40 | 3 | 20 / 80 |" in report
+    against_base = section(report, "Against Base")
+    assert row(against_base, arm="LoRA", steps="10")["seeds"] == "3 / 2"
+    assert row(against_base, arm="LoRA", steps="40")["seeds"] == "3"
 
 
 def test_an_arm_no_seed_of_which_can_be_matched_is_shown_not_dropped(tmp_path):
@@ -405,10 +479,13 @@ def test_an_arm_no_seed_of_which_can_be_matched_is_shown_not_dropped(tmp_path):
         del result["questions"]["mrpc"]  # a corpus-level target: no per-question score to resample
         file.write_text(runner.result_text(result))
     study = collect_study(load_experiment(path))
-    [test] = [t for t in line_tests(study, "accuracy") if (t.arm.label, t.length) == ("IMSM-mean", STEPS)]
+    [test] = [t for t in line_tests(study, "accuracy") if (study.label(t.arm), t.length) == ("IMSM-mean", STEPS)]
     assert test.comparison is None and test.unmatched == 3
     report = render_frontier(study, None)
-    assert "| IMSM-mean | 40 | forgetting (accuracy) | 0 | – | – | – | – | – | – | 3 left out (no per-" in report
+    frontier = section(report, "Against the λ frontier")
+    shown = row(frontier, table=2, arm="IMSM-mean", steps="40", score="forgetting (accuracy)")
+    assert shown["seeds"] == "0" and shown["Δ ± SE"] == "–"
+    assert shown["seeds past the line"].startswith("3 left out")
 
 
 def test_the_bootstrap_needs_the_seeds_to_share_their_questions():
@@ -423,7 +500,7 @@ def test_forgetting_counts_the_questions_base_answered_alike(tmp_path):
         result["questions"]["arc_easy"] = {k: v[:20] for k, v in result["questions"]["arc_easy"].items()}
 
     study = study_with_vanilla_seed_0_changed(tmp_path, cut_arc_easy)
-    lora = next(p for p in study.points if p.arm.label == "LoRA" and p.final and p.seed == 0)
+    lora = next(p for p in study.points if study.label(p.arm) == "LoRA" and p.final and p.seed == 0)
     # On the 60 questions it answered, Base got 20 + 32 right and LoRA 0 + 32.
     assert point_scores(study, lora)[(FORGETTING, "accuracy")] == pytest.approx(20 / 60)
 
@@ -455,14 +532,94 @@ def test_the_tuned_branch_alone_is_placed_and_compared(tmp_path):
     # 75% on the target is halfway between λ = 0.5 (10 points) and 0.75 (17.5); it forgets 30/80.
     assert alone.forgetting == pytest.approx(37.5) and place == (pytest.approx(13.75), ON)
     report = render_frontier(study, None)
-    assert "| IMSM-LoRA − IMSM-LoRA, tuned branch alone | 40 | pooled accuracy | 80 × 3 | +32.50 ± 5.27 |" in report
-    assert "| IMSM-LoRA, tuned branch alone − LoRA | 40 | pooled accuracy | 80 × 3 | -7.50 ± 2.96 |" in report
+    between = section(report, "Between arms")
+    gate = row(between, comparison="IMSM-LoRA − IMSM-LoRA, tuned branch alone", steps="40", score="pooled accuracy")
+    alone = row(between, comparison="IMSM-LoRA, tuned branch alone − LoRA", steps="40", score="pooled accuracy")
+    assert numbers(gate["Δ ± SE"]) == [32.5, 5.27] and numbers(alone["Δ ± SE"]) == [-7.5, 2.96]
     assert "IMSM-mean, tuned branch alone" in report
 
 
 def test_the_gate_section_reads_the_learned_gates_weights(tmp_path):
     report = render_frontier(collect_study(load_experiment(write_mechanism_study(tmp_path))), None)
-    gate = report[report.index("## The gate") :]
-    assert "| IMSM-LoRA | 40 | 3 | 0.200 (0.000) | 0.600 (0.100) | 0.600 (0.100) |" in gate
-    assert "| IMSM-LoRA | 10 |" not in gate  # results without the gate's weights (written before it kept them)
-    assert "IMSM-mean |" not in gate  # a fixed mix has no weights to read
+    gate = tables(section(report, "The gate"))[0]
+    [learned] = [r for r in gate if (r["arm"], r["steps"]) == ("IMSM-LoRA", "40")]
+    assert learned["seeds"] == "3" and numbers(learned["mrpc (target)"]) == [0.2, 0.0]
+    assert numbers(learned["arc_easy"]) == numbers(learned["sciq"]) == [0.6, 0.1]
+    assert ("IMSM-LoRA", "10") not in {(r["arm"], r["steps"]) for r in gate}  # results without the gate's weights
+    assert "IMSM-mean" not in {r["arm"] for r in gate}  # a fixed mix has no weights to read
+    assert "A mean fusion weighs it 0.5 everywhere (IMSM-mean, untrained mix)." in report
+
+
+def test_chance_comes_from_the_task_definition(tmp_path):
+    assert [get_task(name).chance for name in ("arc_easy", "sciq", "piqa", "winogrande")] == [0.25, 0.25, 0.5, 0.5]
+    assert get_task("mrpc").chance is None  # not multiple choice: nothing to pool
+    spec = {"name": "quiz", "answer_type": "multiple_choice", "data": "quiz.jsonl", "prompt": "{q}"}
+    spec.update(choices="options", answer="gold")
+    (tmp_path / "quiz.yaml").write_text(json.dumps({**spec, "chance": 0.2}))
+    assert get_task(str(tmp_path / "quiz.yaml")).chance == 0.2  # a custom task declares its own
+    (tmp_path / "plain.yaml").write_text(json.dumps(spec))
+    assert get_task(str(tmp_path / "plain.yaml")).chance is None
+    (tmp_path / "bad.yaml").write_text(json.dumps({**spec, "chance": 25}))
+    with pytest.raises(IMSMError, match="chance must be a number between 0 and 1"):
+        get_task(str(tmp_path / "bad.yaml"))
+
+
+def write_study(tmp_path, seeds: list[int], **changes) -> str:
+    """The synthetic study with other seeds and other `changes` to its experiment file, with results."""
+    grids = json.loads(open(write_experiment(tmp_path)).read())["grids"]
+    grids = {name: {**grid, "seed": seeds} for name, grid in grids.items()}
+    path = write_experiment(tmp_path, grids=grids, **changes)
+    write_results(path)
+    return path
+
+
+@pytest.mark.parametrize("seeds", [[0, 1], [0, 1, 2, 3]])
+def test_labels_baselines_and_degrees_of_freedom_come_from_the_experiment(tmp_path, seeds):
+    frontier = {
+        "labels": {"none": "Plain-{method}", "imsm": "Gated {method}", "mean": "Even mix"},
+        "baselines": [{"adapter_scale": 0.25, "label": "quarter"}],
+    }
+    study = collect_study(load_experiment(write_study(tmp_path, seeds, frontier=frontier)))
+    report = render_frontier(study, None)
+    compared = {r["comparison"] for r in tables(section(report, "Between arms"))[0]}
+    assert {"Gated LoRA − Plain-LoRA", "Gated LoRA − quarter", "Even mix − quarter"} <= compared
+    assert not any("λ=0.5" in c or "mean fusion" in c for c in compared)  # not declared: not compared
+    placed = {p.label for p, _ in frontier_rows(study, "accuracy")}
+    assert placed == {"Plain-LoRA", "Gated LoRA", "Even mix"}  # the undeclared mix is not placed
+    assert "quarter" in {r["arm"] for r in tables(section(report, "Post hoc"))[0]}
+    assert {t.by_seed.n for t in line_tests(study, "accuracy") if t.by_seed} == {len(seeds)}
+    freedom = {2: "1 degree of freedom with 2 seeds, so p < 0.05 needs |t| > 12.71"}
+    freedom[4] = "3 degrees of freedom with 4 seeds, so p < 0.05 needs |t| > 3.18"
+    assert freedom[len(seeds)] in report and "three seeds" not in report
+
+
+def test_without_a_frontier_section_arms_get_general_names_and_no_baselines(tmp_path):
+    study = collect_study(load_experiment(write_study(tmp_path, [0, 1, 2], frontier=None)))
+    labels = {study.label(arm) for arm in study.arms()}
+    assert {"LoRA", "IMSM-LoRA", "IMSM-LoRA (mean)", "LoRA λ=0.5", "LoRA + mean fusion"} <= labels
+    compared = {r["comparison"] for r in tables(section(render_frontier(study, None), "Between arms"))[0]}
+    assert compared == {"IMSM-LoRA − LoRA", "IMSM-LoRA (mean) − LoRA", "IMSM-LoRA − IMSM-LoRA (mean)"}
+
+
+@pytest.mark.parametrize(
+    ("frontier", "message"),
+    [
+        ("arms", r"frontier: must be a mapping with labels and/or baselines"),
+        ({"colours": {}}, r"frontier: unknown field 'colours' \(known: labels, baselines\)"),
+        ({"labels": {"gated": "G"}}, r"frontier.labels: unknown fusion 'gated' \(known: imsm, no-query, mean, none\)"),
+        ({"labels": {"imsm": ""}}, r"frontier.labels.imsm: must be a non-empty string"),
+        ({"labels": {"imsm": "IMSM-{peft}"}}, r"frontier.labels.imsm: 'IMSM-\{peft\}' names a placeholder other"),
+        ({"baselines": {"adapter_scale": 0.5}}, r"frontier.baselines: must be a list of variants"),
+        ({"baselines": [{"step": 10}]}, r"frontier.baselines\[0\]: unknown field 'step' .*read at the final length"),
+        ({"baselines": [{"fusion": "imsm"}]}, r"frontier.baselines\[0\]: fusion 'imsm' needs a trained gate"),
+        ({"baselines": [{"adapter_scale": -1}]}, r"frontier.baselines\[0\]: adapter_scale must be a number >= 0"),
+        ({"baselines": [{"label": "x"}]}, r"frontier.baselines\[0\]: is the vanilla adapter as trained"),
+        (
+            {"baselines": [{"adapter_scale": 0.3}]},
+            r"frontier.baselines\[0\]: no grid reads a vanilla adapter \(fusion none\) as \{adapter_scale: 0.3\}",
+        ),
+    ],
+)
+def test_a_bad_frontier_section_is_refused_with_the_field_and_the_fix(tmp_path, frontier, message):
+    with pytest.raises(IMSMError, match=message):
+        load_experiment(write_experiment(tmp_path, frontier=frontier))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from imsm.experiment.stats import mean_std, paired_t_test, student_t_two_sided_p
+from imsm.experiment.stats import mean_std, paired_t_test, student_t_critical, student_t_two_sided_p
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,9 @@ def test_too_few_pairs_or_no_difference_give_no_false_certainty():
     assert paired_t_test([1.0, 2.0], [1.0, 2.0]).p == 1.0
     with pytest.raises(ValueError):
         paired_t_test([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize(("df", "t"), [(1, 12.706), (2, 4.303), (3, 3.182), (10, 2.228), (30, 2.042)])
+def test_critical_t_matches_the_t_table(df, t):
+    assert student_t_critical(df) == pytest.approx(t, abs=1e-3)
+    assert student_t_two_sided_p(student_t_critical(df), df) == pytest.approx(0.05)

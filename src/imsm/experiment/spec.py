@@ -22,6 +22,7 @@
         fusion: [none]
         evaluate: [target, arc_easy]
         variants: [{}, {step: 60}, {adapter_scale: 0.5}, {fusion: mean}]   # see experiment/variants.py
+    frontier: {baselines: [{adapter_scale: 0.5}]}   # optional: how `imsm frontier` names and compares arms
 
 A grid axis is any `imsm train` option (task, peft, fusion, seed, gate_rank, learning_rate, ...).
 A cell is one resolved training config; cells that several grids share (say, gate rank 8 in a
@@ -50,6 +51,7 @@ from imsm.cli.options import (
 )
 from imsm.config import GATED_FUSIONS
 from imsm.errors import IMSMError
+from imsm.experiment.frontier_settings import FrontierSettings, read_frontier
 from imsm.experiment.variants import Variant, parse_variants
 from imsm.peft_methods.builders import PEFT_METHODS
 from imsm.tasks import get_task
@@ -68,6 +70,7 @@ TOP_LEVEL = {
     "eval",
     "original",
     "grids",
+    "frontier",
 }
 # Options a grid may not set: the runner owns them.
 RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir", "frozen_cache_dir"}
@@ -155,6 +158,7 @@ class Experiment:
     grids: dict[str, dict[str, Any]]
     cells: list[Cell]
     eval_options: EvalSettings = field(default_factory=EvalSettings)  # `eval`, checked, defaults filled in
+    frontier: FrontierSettings = field(default_factory=FrontierSettings)  # how `imsm frontier` reads the grids
 
     def shared_settings(self) -> dict[str, Any]:
         """What every cell's numbers depend on; a results directory keeps to one set of them.
@@ -209,12 +213,34 @@ def _variant_problem(variants: list[Variant], config: dict[str, Any]) -> str | N
     return None
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read, expand and check an experiment file; raise one IMSMError listing every problem."""
-    path = Path(path)
-    raw = read_yaml_mapping(path, "experiment file", "(name, results, grids, ...)")
+def read_experiment_file(path: Path) -> dict[str, Any]:
+    """The experiment file's YAML as a mapping, or an IMSMError that says what is wrong with the file."""
+    return read_yaml_mapping(path, "experiment file", "(name, results, grids, ...)")
 
-    problems: list[str] = []
+
+@dataclass
+class CheckedSettings:
+    """What `check_settings` makes of the sections other than the grids."""
+
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    eval_options: EvalSettings
+    method_options: dict[str, dict[str, Any]]
+    task_options: dict[str, dict[str, Any]]
+    original: list[str]
+    frontier: FrontierSettings
+
+
+def _task_problem(name: Any, where: str) -> str | None:
+    try:
+        get_task(str(name))
+    except IMSMError as error:
+        return f"{where}: {error}"
+    return None
+
+
+def check_settings(raw: dict[str, Any], problems: list[str]) -> CheckedSettings:
+    """Every section but the grids, checked; problems are appended, not raised."""
     for key in sorted(set(raw) - TOP_LEVEL):
         problems.append(f"unknown field {key!r} (known: {', '.join(sorted(TOP_LEVEL))})")
     train_fields = set(TrainConfig.field_names())
@@ -241,25 +267,47 @@ def load_experiment(path: str | Path) -> Experiment:
         eval_options = EvalSettings(**known)
     except IMSMError as error:
         problems.append(f"eval: {error}")
+    original = [str(t) for t in _as_list(raw.get("original") or [])]
+    tasks = [(task, "eval.limits") for task in eval_options.limits] + [(task, "original") for task in original]
+    problems += [problem for task, where in tasks if (problem := _task_problem(task, where))]
+    frontier = read_frontier(raw.get("frontier"), problems)
+    return CheckedSettings(train, eval_settings, eval_options, method_options, task_options, original, frontier)
 
-    def check_task(name: Any, where: str) -> None:
+
+def _grid_axes(grid: dict[str, Any], where: str, train: dict[str, Any], problems: list[str]) -> dict[str, list] | None:
+    """A grid's axes (option -> values), each option and value checked; None where no cell can be made."""
+    train_fields = set(TrainConfig.field_names())
+    axes = {k: _as_list(v) for k, v in grid.items() if k not in GRID_KEYS}
+    bad_axes = sorted(set(axes) - train_fields)
+    problems += [f"{where}: unknown option {axis!r}" for axis in bad_axes]
+    problems += [
+        f"{where}: {axis!r} is set by the experiment itself, not per grid" for axis in sorted(set(axes) & RUNNER_OWNED)
+    ]
+    no_task = "task" not in axes and "task" not in train
+    if no_task:
+        problems.append(f"{where}: no training task; add task: [...]")
+    for method in axes.get("peft", []):
         try:
-            get_task(str(name))
+            PEFT_METHODS.get(str(method))
         except IMSMError as error:
             problems.append(f"{where}: {error}")
+    evaluated = [(t, where) for t in axes.get("task", [])]
+    evaluated += [(t, f"{where}.evaluate") for t in _as_list(grid.get("evaluate", [TARGET])) if t != TARGET]
+    problems += [problem for task, here in evaluated if (problem := _task_problem(task, here))]
+    return None if bad_axes or no_task else axes
 
-    for task in eval_options.limits:
-        check_task(task, "eval.limits")
-    original = [str(t) for t in _as_list(raw.get("original") or [])]
-    for task in original:
-        check_task(task, "original")
 
-    grids = raw.get("grids")
-    if not isinstance(grids, dict) or not grids:
-        problems.append("grids: give at least one named grid, e.g. grids: {main: {task: [mrpc], peft: [lora]}}")
-        grids = {}
-    model = str(raw.get("model", DEFAULT_MODEL))
+def _add_problem(problems: list[str], problem: str) -> None:
+    """One problem that many cells of a grid share, said once."""
+    if problem not in problems:
+        problems.append(problem)
+
+
+def expand_grids(grids: dict[str, Any], settings: CheckedSettings, model: str, problems: list[str]) -> list[Cell]:
+    """Every grid's cells, resolved into `imsm train` configs; cells that several grids share are
+    merged, evaluated on the union of what the grids ask. Problems are appended, not raised."""
     defaults = TrainConfig(task="-", output="-").to_dict()
+    train = settings.train
     cells: dict[str, Cell] = {}
     for grid_name, grid in grids.items():
         where = f"grids.{grid_name}"
@@ -268,48 +316,26 @@ def load_experiment(path: str | Path) -> Experiment:
             continue
         evaluate = [str(t) for t in _as_list(grid.get("evaluate", [TARGET]))]
         variants = parse_variants(grid.get("variants"), where, problems)
-        axes = {k: _as_list(v) for k, v in grid.items() if k not in GRID_KEYS}
-        bad_axes = sorted(set(axes) - train_fields)
-        for axis in bad_axes:
-            problems.append(f"{where}: unknown option {axis!r}")
-        for axis in sorted(set(axes) & RUNNER_OWNED):
-            problems.append(f"{where}: {axis!r} is set by the experiment itself, not per grid")
-        no_task = "task" not in axes and "task" not in train
-        if no_task:
-            problems.append(f"{where}: no training task; add task: [...]")
-        for method in axes.get("peft", []):
-            try:
-                PEFT_METHODS.get(str(method))
-            except IMSMError as error:
-                problems.append(f"{where}: {error}")
-        for task in axes.get("task", []):
-            check_task(task, where)
-        for task in evaluate:
-            if task != TARGET:
-                check_task(task, f"{where}.evaluate")
-        if bad_axes or no_task:
+        axes = _grid_axes(grid, where, train, problems)
+        if axes is None:
             continue
-        names = list(axes)
-        for values in itertools.product(*(axes[n] for n in names)):
-            chosen = dict(zip(names, values, strict=True))
+        for values in itertools.product(*axes.values()):
+            chosen = dict(zip(axes, values, strict=True))
             # Per-method options sit between the shared ones and what the grid sets explicitly.
-            per_method = method_options.get(str(chosen.get("peft", train.get("peft", "lora"))), {})
-            per_task = task_options.get(str(chosen.get("task", train.get("task"))), {})
-            settings = {**train, **per_method, **per_task, **chosen, "model": model}
+            per_method = settings.method_options.get(str(chosen.get("peft", train.get("peft", "lora"))), {})
+            per_task = settings.task_options.get(str(chosen.get("task", train.get("task"))), {})
             try:
-                resolved = TrainConfig(output="-", **settings).to_dict()
+                resolved = TrainConfig(output="-", **{**train, **per_method, **per_task, **chosen, "model": model})
             except (IMSMError, TypeError) as error:
-                message = f"{where}: {error}"
-                if message not in problems:
-                    problems.append(message)
+                _add_problem(problems, f"{where}: {error}")
                 continue
+            resolved = resolved.to_dict()
             resolved.pop("output")
             if resolved["fusion"] == "none":  # no gate: its options must not split identical runs
                 resolved.update({k: defaults[k] for k in GATE_OPTIONS})
             variant_problem = _variant_problem(variants, resolved)
             if variant_problem:
-                if f"{where}: {variant_problem}" not in problems:
-                    problems.append(f"{where}: {variant_problem}")
+                _add_problem(problems, f"{where}: {variant_problem}")
                 continue
             cell = Cell(resolved)
             targets = [str(resolved["task"]) if t == TARGET else t for t in evaluate]
@@ -318,10 +344,37 @@ def load_experiment(path: str | Path) -> Experiment:
                 listed = existing.evaluate if variant.is_default else existing.variants.setdefault(variant.key, [])
                 listed += [t for t in targets if t not in listed]
             existing.grids += [grid_name] if grid_name not in existing.grids else []
+    return list(cells.values())
+
+
+def _baseline_problems(frontier: FrontierSettings, cells: list[Cell]) -> list[str]:
+    """Each declared baseline that no vanilla cell is evaluated as: its results could never come."""
+    read = {key for cell in cells if cell.config["fusion"] == "none" for key in cell.variants}
+    return [
+        f"frontier.baselines[{i}]: no grid reads a vanilla adapter (fusion none) as "
+        f"{{{baseline.variant_key.replace('=', ': ').replace(',', ', ')}}}; add it to a grid's variants"
+        for i, baseline in enumerate(frontier.baselines)
+        if baseline.variant_key not in read
+    ]
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read, check and expand an experiment file; raise one IMSMError listing every problem."""
+    path = Path(path)
+    raw = read_experiment_file(path)
+    problems: list[str] = []
+    settings = check_settings(raw, problems)
+    grids = raw.get("grids")
+    if not isinstance(grids, dict) or not grids:
+        problems.append("grids: give at least one named grid, e.g. grids: {main: {task: [mrpc], peft: [lora]}}")
+        grids = {}
+    model = str(raw.get("model", DEFAULT_MODEL))
+    cells = expand_grids(grids, settings, model, problems)
+    if cells:
+        problems += _baseline_problems(settings.frontier, cells)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise IMSMError(f"experiment file {str(path)!r} has {len(problems)} problem(s):\n{listing}")
-
     name = str(raw.get("name", path.stem))
     return Experiment(
         name=name,
@@ -330,12 +383,13 @@ def load_experiment(path: str | Path) -> Experiment:
         work=Path(raw.get("work", f"runs/experiments/{name}/work")),
         model=model,
         data_dir=raw.get("data_dir"),
-        train=train,
-        method_options=method_options,
-        task_options=task_options,
-        eval=eval_settings,
-        original=original,
+        train=settings.train,
+        method_options=settings.method_options,
+        task_options=settings.task_options,
+        eval=settings.eval,
+        original=settings.original,
         grids=grids,
-        cells=list(cells.values()),
-        eval_options=eval_options,
+        cells=cells,
+        eval_options=settings.eval_options,
+        frontier=settings.frontier,
     )

@@ -62,6 +62,17 @@ def student_t_two_sided_p(t: float, df: int) -> float:
     return regularized_incomplete_beta(df / 2, 0.5, df / (df + t * t))
 
 
+def student_t_critical(df: int, p: float = 0.05) -> float:
+    """The |t| at which a two-sided test with df degrees of freedom reaches `p` (found by bisection)."""
+    low, high = 0.0, 1.0
+    while student_t_two_sided_p(high, df) > p:
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if student_t_two_sided_p(middle, df) > p else (low, middle)
+    return (low + high) / 2
+
+
 @dataclass(frozen=True)
 class PairedTest:
     n: int

@@ -31,6 +31,7 @@ def _arc_task(name: str, hub_name: str, size: int, level: str):
         context=_context,
         choices=_choices,
         gold=_gold,
+        options=4,  # 3-5 per question, nearly always 4
         version="1",
         directory=name,
         splits={"test": ("test.jsonl",)},

@@ -56,6 +56,9 @@ class Task:
         gold_index: record -> the 0-based index of the correct option.
         document: record -> (context, text) of a drift document; the text is scored, the
             context (often empty) is given.
+        chance: The accuracy of guessing, for multiple choice 1 / the number of options (the usual
+            number where it varies); None where unknown. `imsm frontier` pools a probe only where
+            the base model clears it.
     """
 
     name: str
@@ -78,6 +81,7 @@ class Task:
     requests: Callable[[Record], list[tuple[str, str]]] | None = None
     gold_index: Callable[[Record], int] | None = None
     document: Callable[[Record], tuple[str, str]] | None = None
+    chance: float | None = None
 
     def chat_template_setting(self, setting: str) -> str:
         """`--chat-template` as it applies to this task: "auto" means none for multiple-choice

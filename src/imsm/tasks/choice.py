@@ -32,6 +32,8 @@ def multiple_choice_task(
     gold: Callable[[Record], int],
     requests: Callable[[Record], list[tuple[str, str]]] | None = None,
     metrics: Sequence[str] = METRICS,
+    options: int | None = None,
+    chance: float | None = None,
     **task_fields,
 ) -> Task:
     """A `Task` of answer_type "multiple_choice".
@@ -46,6 +48,10 @@ def multiple_choice_task(
         requests: record -> one (context, continuation) pair per option; by default each option
             after `context` and a space.
         metrics: Reported metrics (registered, and defined for multiple choice).
+        options: How many options a question has (the usual number where it varies): the task's
+            chance accuracy is 1 / options.
+        chance: The chance accuracy where the options do not give it (a spec declares it); None
+            with `options` None: unknown.
         **task_fields: The rest of `Task`'s fields (version, directory, splits, eval_split,
             required_fields, hub, description, source).
     """
@@ -84,6 +90,7 @@ def multiple_choice_task(
         choices=choices,
         requests=make_requests,
         gold_index=gold_index,
+        chance=chance if options is None else 1 / options,
         **task_fields,
     )
 

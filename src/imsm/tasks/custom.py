@@ -17,7 +17,7 @@ prompt: "Question: What is the capital of {country}?\nAnswer:"
 choices: options              # field holding the list of option texts
 answer: gold                  # field holding the gold option's 0-based index, or its text
 metrics: [accuracy, accuracy_norm]  # optional; these two are the only ones
-# optional: version, description
+# optional: version, description, chance (the accuracy of guessing, e.g. 0.25 for four options)
 
 Drift from the base model on a user's own documents (`answer_type: drift`, imsm.evaluation.drift):
 
@@ -69,6 +69,17 @@ def _read_spec(path: Path) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise IMSMError(f"task spec {str(path)!r} must be a mapping with keys {', '.join(REQUIRED)}")
     return spec
+
+
+def _file_fields(spec: dict[str, Any], data: Path) -> dict[str, Any]:
+    """What every spec's `Task` shares: its name and version, and its one data file as the test split."""
+    return {
+        "name": str(spec["name"]),
+        "version": str(spec.get("version", "1")),
+        "directory": str(data.parent),
+        "splits": {"test": (data.name,)},
+        "eval_split": "test",
+    }
 
 
 def _template_fields(prompt: str, where: str) -> tuple[str, ...]:
@@ -133,11 +144,7 @@ def load_spec(path: str | Path) -> Task:
         return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
     return Task(
-        name=str(spec["name"]),
-        version=str(spec.get("version", "1")),
-        directory=str(data.parent),
-        splits={"test": (data.name,)},
-        eval_split="test",
+        **_file_fields(spec, data),
         train_split="test",  # a spec has one data file; it serves training too
         prompt=lambda record: prompt.format_map(record),
         golds=golds,
@@ -201,11 +208,7 @@ def _drift_task(path: Path, spec: dict[str, Any], where: str) -> Task:
         return texts[0], texts[1]
 
     return Task(
-        name=str(spec["name"]),
-        version=str(spec.get("version", "1")),
-        directory=str(data.parent),
-        splits={"test": (data.name,)},
-        eval_split="test",
+        **_file_fields(spec, data),
         prompt=lambda record: document(record)[0],
         golds=lambda record: [document(record)[1]],
         target=lambda record: document(record)[1],
@@ -219,7 +222,7 @@ def _drift_task(path: Path, spec: dict[str, Any], where: str) -> Task:
 
 
 MULTIPLE_CHOICE_REQUIRED = ("name", "data", "prompt", "choices", "answer", "answer_type")
-MULTIPLE_CHOICE_OPTIONAL = ("metrics", "version", "description")
+MULTIPLE_CHOICE_OPTIONAL = ("metrics", "version", "description", "chance")
 
 
 def _multiple_choice_task(path: Path, spec: dict[str, Any], where: str) -> Task:
@@ -244,6 +247,9 @@ def _multiple_choice_task(path: Path, spec: dict[str, Any], where: str) -> Task:
     if not isinstance(metrics, list) or not metrics:
         raise IMSMError(f"{where}: 'metrics' must list one or both of {', '.join(choice.METRICS)}")
     _check_metrics(metrics, "multiple_choice", where)
+    chance = spec.get("chance")
+    if chance is not None and (isinstance(chance, bool) or not isinstance(chance, int | float) or not 0 < chance < 1):
+        raise IMSMError(f"{where}: chance must be a number between 0 and 1 (0.25 for four options), got {chance!r}")
     data = (path.parent / str(spec["data"])).resolve()
 
     def options(record) -> list[str]:
@@ -274,15 +280,12 @@ def _multiple_choice_task(path: Path, spec: dict[str, Any], where: str) -> Task:
         return value
 
     return choice.multiple_choice_task(
-        name=str(spec["name"]),
+        **_file_fields(spec, data),
+        chance=None if chance is None else float(chance),
         context=lambda record: prompt.format_map(record),
         choices=options,
         gold=gold,
         metrics=tuple(metrics),
-        version=str(spec.get("version", "1")),
-        directory=str(data.parent),
-        splits={"test": (data.name,)},
-        eval_split="test",
         required_fields=tuple(dict.fromkeys((*placeholders, choices_field, answer_field))),
         description=str(spec.get("description", f"custom multiple-choice task from {path.name}")),
         source=str(path),

@@ -15,6 +15,7 @@ TASK = multiple_choice_task(
     context=lambda r: PROMPT.format(goal=r["goal"]),
     choices=lambda r: [r["sol1"], r["sol2"]],  # doc_to_choice: "{{[sol1, sol2]}}"
     gold=lambda r: int(r["label"]),  # doc_to_target: label
+    options=2,
     version="1",
     directory="piqa",
     splits={"validation": ("validation.jsonl",)},

@@ -19,6 +19,7 @@ TASK = multiple_choice_task(
     context=lambda r: PROMPT.format(support=r["support"].lstrip(), question=r["question"]),
     choices=lambda r: [r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]],
     gold=lambda r: 3,  # doc_to_target: 3, the correct answer's place among the choices
+    options=4,
     version="1",
     directory="sciq",
     splits={"test": ("test.jsonl",)},

@@ -30,6 +30,7 @@ TASK = multiple_choice_task(
     choices=_choices,
     gold=lambda r: {"1": 0, "2": 1}[r["answer"]],
     requests=_requests,
+    options=2,
     metrics=("accuracy",),
     version="1",
     directory="winogrande",

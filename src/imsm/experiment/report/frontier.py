@@ -12,7 +12,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from imsm.experiment.report.frontier_cells import (
+    STRONG_T,
+    difference_cells,
+    score_header,
+    seed_test_cells,
+    signed,
+    with_spread,
+)
+from imsm.experiment.report.frontier_compare import (
+    columns_by_seed,
+    compare_questions,
+    flips,
+    seed_values,
+)
 from imsm.experiment.report.frontier_gate import gate_section
+from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_gaps, lambda_line, line_tests
 from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON, REPLICATES
 from imsm.experiment.report.frontier_plot import PLOT_SUFFIXES, save_frontier_plot
 from imsm.experiment.report.frontier_study import (
@@ -23,64 +38,18 @@ from imsm.experiment.report.frontier_study import (
     PROBE_SCORES,
     Arm,
     Point,
-    QuestionTest,
     Score,
     Study,
-    columns_by_seed,
-    compare_questions,
-    flips,
-    frontier_rows,
-    lambda_gaps,
-    lambda_line,
     length_label,
-    line_tests,
     pooled_columns,
-    seed_values,
 )
 from imsm.experiment.report.grid import scale
 from imsm.experiment.report.tables import markdown_table, spread_text
-from imsm.experiment.stats import PairedTest, paired_t_test
+from imsm.experiment.stats import paired_t_test, student_t_critical
 from imsm.tasks import get_task
 
 # How the line's forgetting at an arm's target score was found (`frontier_line.matched_score`).
 PLACE_NOTES = {ON: "", BEYOND: " (beyond)", BELOW: " (below)"}
-STRONG_T = 3.0  # |t| at which a question-level difference is marked (z-type: about 3 standard errors)
-# The post-hoc variants of the vanilla adapter every gated arm is also compared with at the final
-# length, as (mixed, scale): scaled to λ = 0.5 (the study's mid-gain free baseline) and mixed 50/50
-# untrained.
-POSTHOC_BASELINES = ((None, 0.5), ("mean", 1.0))
-
-
-def _signed(metric: str, value: float) -> str:
-    """A difference in display scale with its sign, to 2 decimals. Rounded to 9 first, so that one
-    value reached by two float paths (a mean of question means, a mean of seed means) reads alike;
-    + 0.0 so that it never reads "-0.00"."""
-    return f"{round(round(scale(metric, value), 9), 2) + 0.0:+.2f}"
-
-
-def _difference(result: QuestionTest, metric: str) -> tuple[str, str]:
-    """'Δ ± SE' in display scale and t, bold where |t| >= STRONG_T; dashes where undefined."""
-    test = result.test
-    if math.isnan(test.mean_difference):
-        return "–", "–"
-    difference = _signed(metric, test.mean_difference)
-    if not math.isnan(result.standard_error):
-        difference += f" ± {scale(metric, result.standard_error):.2f}"
-    if math.isnan(test.t):
-        return difference, "–"
-    t = "∞" if math.isinf(test.t) else f"{test.t:.1f}"
-    return difference, f"**{t}**" if abs(test.t) >= STRONG_T else t
-
-
-def _score_header(study: Study, score: Score) -> str:
-    task, metric = score
-    if task == study.target:
-        return f"{task} {metric} (target)"
-    if task == FORGETTING:
-        return f"forgetting ({'accuracy' if metric == 'accuracy' else 'gold prob.'})"
-    if task == POOL:
-        return f"pooled {'accuracy' if metric == 'accuracy' else 'gold prob.'}"
-    return f"{task} {metric}"
 
 
 def _probe_scores(study: Study, headline: bool) -> list[Score]:
@@ -100,10 +69,10 @@ def _score_table(study: Study, groups: Mapping[tuple[Arm, int | None], Mapping[A
         base = study.scores(study.base)
         rows.append(["Base", "0", "–", *(spread_text([base[s]] if s in base else [], s[1], 1) for s in scores)])
     for (arm, length), points in groups.items():
-        entries = [arm.label, length_label(length), str(len(points))]
+        entries = [study.label(arm), length_label(length), str(len(points))]
         entries += [spread_text(list(seed_values(study, points, s).values()), s[1], len(points)) for s in scores]
         rows.append(entries)
-    return markdown_table(["arm", "steps", "seeds", *(_score_header(study, s) for s in scores)], rows)
+    return markdown_table(["arm", "steps", "seeds", *(score_header(study, s) for s in scores)], rows)
 
 
 def settings_section(study: Study) -> list[str]:
@@ -191,10 +160,10 @@ def base_tests_section(study: Study) -> list[str]:
         used = {test.seeds for test in tests if test.seeds}
         # With partial results the target and the pool can rest on different seeds: then both are shown.
         seeds = str(used.pop()) if len(used) == 1 else " / ".join(str(t.seeds) for t in tests[:2]) if used else "–"
-        entries = [arm.label, length_label(length), seeds]
+        entries = [study.label(arm), length_label(length), seeds]
         entries.append(" / ".join(str(test.test.n) if test.seeds else "–" for test in tests[:2]))
         for test, name in zip(tests, [study.metric, *POOLED], strict=True):
-            entries += _difference(test, name)
+            entries += difference_cells(test, name)
         changed = [flips(columns, base_pool) for columns in pooled.values()] if base_pool else []
         entries += [f"{sum(c[i] for c in changed) / len(changed):.1f}" if changed else "–" for i in (0, 1)]
         rows.append(entries)
@@ -219,8 +188,9 @@ def base_tests_section(study: Study) -> list[str]:
 def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
     """(arm, arm it is tested against, length), both read at that length: at every length each gated
     arm against the vanilla adapter of its method and setting, and the gated arms against each other;
-    at the final length also against the vanilla adapter scaled by λ = 0.5 and mixed untrained, and
-    against its own tuned branch read alone, which is set against the vanilla adapter in turn."""
+    at the final length also against the free baselines the experiment file declares (variants of
+    that vanilla adapter), and against its own tuned branch read alone, which is set against the
+    vanilla adapter in turn."""
     groups = study.groups()
     gated = [(a, n) for a, n in groups if a.is_trained and a.fusion != "none"]
     pairs = []
@@ -233,8 +203,8 @@ def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
             if same_kind and other_length == length and other.order > arm.order:
                 pairs.append((arm, other, length))
         if length == study.final_length(arm):
-            for mixed, scale in POSTHOC_BASELINES:
-                baseline = Arm(arm.method, "none", arm.setting, mixed, scale)
+            for declared in study.experiment.frontier.baselines:
+                baseline = Arm(arm.method, "none", arm.setting, declared.fusion, declared.adapter_scale)
                 if (baseline, length) in groups:
                     pairs.append((arm, baseline, length))
             # What the gate does for its own adapter, and how far that adapter moved from a vanilla one.
@@ -244,14 +214,6 @@ def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
                 if (vanilla, length) in groups:
                     pairs.append((alone, vanilla, length))
     return pairs
-
-
-def _seed_test_cells(test: PairedTest) -> tuple[str, str]:
-    """t and p of a seed-level test. Where every seed differs by the same amount (likely with a few
-    seeds and counts of questions) no test is possible, and p = 0 would read as certainty."""
-    if math.isinf(test.t):
-        return "–", "– (all seeds differ equally)"
-    return ("–" if math.isnan(test.t) else f"{test.t:.2f}"), ("–" if math.isnan(test.p) else f"{test.p:.3f}")
 
 
 def between_arms_section(study: Study) -> list[str]:
@@ -265,21 +227,21 @@ def between_arms_section(study: Study) -> list[str]:
             by_question = compare_questions(
                 columns_by_seed(study, treated, task), columns_by_seed(study, control, task), name
             )
-            difference, t = _difference(by_question, name)
+            difference, t = difference_cells(by_question, name)
             mine, theirs = seed_values(study, treated, score), seed_values(study, control, score)
             seeds = sorted(set(mine) & set(theirs))
             by_seed = paired_t_test([mine[s] for s in seeds], [theirs[s] for s in seeds])
             rows.append(
                 [
-                    f"{arm.label} − {other.label}",
+                    f"{study.label(arm)} − {study.label(other)}",
                     length_label(length),
-                    _score_header(study, score),
+                    score_header(study, score),
                     f"{by_question.test.n} × {by_question.seeds}" if by_question.seeds else "–",
                     difference,
                     t,
                     str(by_seed.n),
-                    "–" if math.isnan(by_seed.mean_difference) else _signed(name, by_seed.mean_difference),
-                    *_seed_test_cells(by_seed),
+                    "–" if math.isnan(by_seed.mean_difference) else signed(name, by_seed.mean_difference),
+                    *seed_test_cells(by_seed),
                 ]
             )
     if not rows:
@@ -346,14 +308,14 @@ def frontier_section(study: Study) -> list[str]:
             first.label,
             length_label(first.length),
             str(first.seeds),
-            _with_spread(first.target, first.target_std, first.seeds),
+            with_spread(first.target, first.target_std, first.seeds),
         ]
         for entry in entries:
             if entry is None:
                 row += ["–", "–", "–"]
                 continue
             point, at = entry
-            row.append(_with_spread(point.forgetting, point.forgetting_std, point.seeds))
+            row.append(with_spread(point.forgetting, point.forgetting_std, point.seeds))
             if at is None:
                 row += ["–", "–"]
                 continue
@@ -378,21 +340,30 @@ def frontier_section(study: Study) -> list[str]:
     return lines + line_tests_section(study)
 
 
-def _with_spread(value: float, std: float, seeds: int) -> str:
-    return f"{value:.1f} ± {std:.1f}" if seeds > 1 else f"{value:.1f}"
+def _freedom(seeds: list[int]) -> str:
+    """What a t-test over each of these seed counts can show: its degrees of freedom and the |t| that
+    p < 0.05 needs."""
+    parts = [
+        f"{n - 1} degree{'s' if n > 2 else ''} of freedom with {n} seeds, so p < 0.05 needs |t| > "
+        f"{student_t_critical(n - 1):.2f}"
+        for n in sorted(set(seeds))
+        if n > 1
+    ]
+    return "; ".join(parts) or "not possible with one seed"
 
 
 def line_tests_section(study: Study) -> list[str]:
     """`line_tests`: each seed's arm against its own seed's λ line, with the question bootstrap and by seed."""
-    rows = []
+    rows, tested = [], []
     for name in POOLED:
         for test in line_tests(study, name):
             comparison, by_seed = test.comparison, test.by_seed
             left_out = f"{test.unmatched} left out (no per-question target score or line)" if test.unmatched else ""
-            head = [test.arm.label, length_label(test.length), _score_header(study, (FORGETTING, name))]
+            head = [study.label(test.arm), length_label(test.length), score_header(study, (FORGETTING, name))]
             if comparison is None:
                 rows.append([*head, "0", "–", "–", "–", "–", "–", "–", left_out])
                 continue
+            tested.append(test.by_seed.n)
             low, high = comparison.interval
             places = [f"{comparison.count(p)} {p}" for p in (BEYOND, BELOW) if comparison.count(p)]
             rows.append(
@@ -400,10 +371,10 @@ def line_tests_section(study: Study) -> list[str]:
                     *head,
                     str(len(comparison.deltas)),
                     "{} / {}".format(*comparison.questions),
-                    f"{_signed(name, comparison.mean)} ± {scale(name, comparison.standard_error):.2f}",
-                    f"[{_signed(name, low)}, {_signed(name, high)}]",
-                    "; ".join(_signed(name, d) for d in comparison.deltas),
-                    *_seed_test_cells(by_seed),
+                    f"{signed(name, comparison.mean)} ± {scale(name, comparison.standard_error):.2f}",
+                    f"[{signed(name, low)}, {signed(name, high)}]",
+                    "; ".join(signed(name, d) for d in comparison.deltas),
+                    *seed_test_cells(by_seed),
                     "; ".join(filter(None, [", ".join(places), left_out])),
                 ]
             )
@@ -418,8 +389,8 @@ def line_tests_section(study: Study) -> list[str]:
         f"95% interval come from a bootstrap ({REPLICATES} replicates) that resamples the target questions "
         "and the pooled probe questions together and matches every seed again, so they carry the noise of "
         "the target score the match rests on; they hold for these adapters, not for other training seeds. "
-        "Then the seeds' Δ against 0 (two-sided t-test; 2 degrees of freedom with three seeds, so only a "
-        "large, consistent difference reaches p < 0.05). Seeds past the line: beyond its best gain "
+        f"Then the seeds' Δ against 0 (two-sided t-test; {_freedom(tested)}). Seeds past the line: beyond "
+        "its best gain "
         "(set against the line's first point at that gain: Δ < 0 there means the arm learns more than "
         "the line anywhere and forgets less than that point) or below Base's gain. Questions: those "
         "every point of every seed has, which the bootstrap resamples.",

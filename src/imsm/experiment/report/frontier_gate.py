@@ -13,11 +13,9 @@ from __future__ import annotations
 import math
 from statistics import fmean, pstdev
 
+from imsm.config import GATED_FUSIONS
 from imsm.experiment.report.frontier_study import Study, length_label
-from imsm.experiment.report.tables import markdown_table
-
-GATE_WEIGHT = "gate_frozen_weight"  # the gate's mean weight g on the frozen branch, per question and per task
-LEARNED_GATES = ("imsm", "no-query")  # "mean" fixes g at 0.5: nothing to read
+from imsm.experiment.report.tables import GATE_SCORE, markdown_table
 
 
 def _weights(column) -> list[float]:
@@ -29,10 +27,10 @@ def gate_cell(points, task: str) -> str:
     deviation of the weight across the task's questions, averaged over seeds; "–" without weights."""
     means, spreads = [], []
     for point in points.values():
-        metric = (point.metrics.get(task) or {}).get(GATE_WEIGHT)
+        metric = (point.metrics.get(task) or {}).get(GATE_SCORE)
         if metric is not None:
             means.append(float(metric))
-        per_question = _weights((point.questions.get(task) or {}).get(GATE_WEIGHT))
+        per_question = _weights((point.questions.get(task) or {}).get(GATE_SCORE))
         if len(per_question) > 1:
             spreads.append(pstdev(per_question))
     if not means:
@@ -47,14 +45,17 @@ def gate_section(study: Study) -> list[str]:
     tasks = [study.target, *(probe.task for probe in study.probes)]
     rows = []
     for (arm, length), points in study.groups().items():
-        if not (arm.is_trained and arm.fusion in LEARNED_GATES):
+        # "mean" fixes g at 0.5: there is no learned gate to read
+        if not (arm.is_trained and arm.fusion in GATED_FUSIONS):
             continue
         cells = [gate_cell(points, task) for task in tasks]
         if any(cell != "–" for cell in cells):
-            rows.append([arm.label, length_label(length), str(len(points)), *cells])
+            rows.append([study.label(arm), length_label(length), str(len(points)), *cells])
     if not rows:
         return []
     headers = ["arm", "steps", "seeds", *(f"{task} (target)" if task == study.target else task for task in tasks)]
+    mixed = [study.label(a) for a in study.arms() if (a.mixed or a.fusion) == "mean" and a.scale == 1.0]
+    fixed = f" A mean fusion weighs it 0.5 everywhere ({', '.join(mixed)})." if mixed else ""
     return [
         "## The gate",
         "",
@@ -63,7 +64,7 @@ def gate_section(study: Study) -> list[str]:
         "questions, mean over seeds. A gate that keeps general knowledge would weigh the frozen branch "
         "more on the probes than on the target; one whose mean weight hardly varies across questions "
         "does not lean on the base model for some questions more than for others (it may still weigh "
-        "features differently). The trained 50/50 mix and the untrained mix weigh it 0.5 everywhere.",
+        f"features differently).{fixed}",
         "",
         *markdown_table(headers, rows),
         "",

@@ -7,12 +7,12 @@ scaling the vanilla adapter to the same gain).
 
 Matching on a measured target score has two pitfalls, both handled here:
 
-- Target scores are noisy (200 MRPC questions: ~3 points), and near the top of the line the gain
-  flattens, so a one-question shift moves the matched λ, and the line's forgetting, a lot. The
-  uncertainty is therefore taken from a bootstrap that resamples the target questions and the probe
-  questions together (the same draws for every point, as the questions are shared): each replicate
-  re-matches every seed and recomputes Δ. A test over probe questions alone would condition on the
-  target scores and be overconfident.
+- Target scores are noisy (on 200 questions a standard error of about 3 points), and near the top
+  of the line the gain flattens, so a one-question shift moves the matched λ, and the line's
+  forgetting, a lot. The uncertainty is therefore taken from a bootstrap that resamples the target
+  questions and the probe questions together (the same draws for every point, as the questions are
+  shared): each replicate re-matches every seed and recomputes Δ. A test over probe questions alone
+  would condition on the target scores and be overconfident.
 - Noise makes the gain non-monotone in λ, and picking the best of several crossings favours the line.
   The line's target scores are first made non-decreasing in λ (least squares, pool adjacent
   violators), and the arm is matched at the smallest λ that reaches its score. An arm past the line's

@@ -6,15 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from imsm.atomic_write import atomic_path
-from imsm.experiment.report.frontier_study import (
-    TUNED_ALONE,
-    UNTRAINED_MIX,
+from imsm.experiment.report.frontier_lambda import (
+    ALONE,
+    BASELINE,
     FrontierPoint,
-    Study,
     frontier_rows,
     lambda_line,
-    length_label,
 )
+from imsm.experiment.report.frontier_study import Study, length_label
 
 # Pooled score -> the suffix of its plot's file name, after the report's own name (frontier.md:
 # frontier.png, frontier-gold.png), so two reports in one folder keep their own plots.
@@ -23,7 +22,7 @@ PLOT_SUFFIXES = {"accuracy": "", "gold_probability": "-gold"}
 
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
     """Target score against forgetting of the pooled `name`: the λ line, each trained arm over its
-    lengths (arrows in training order), the untrained mix, gated adapters' tuned branches read alone,
+    lengths (arrows in training order), the baselines off the line, gated adapters' tuned branches read alone,
     Base; error bars = std over seeds. False, and no file, where there is nothing to draw (no Base
     or no probe pool)."""
     line = lambda_line(study, name)
@@ -55,7 +54,7 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
     for point, _ in rows:
         arms.setdefault(point.label, []).append(point)
     for label, curve in arms.items():
-        mix, alone = label.startswith(UNTRAINED_MIX), TUNED_ALONE in label
+        mix, alone = curve[0].kind == BASELINE, curve[0].kind == ALONE
         drawn = axis.errorbar(
             [p.forgetting for p in curve],
             [p.target for p in curve],

@@ -1,15 +1,11 @@
-"""The study `imsm frontier` reports, read from an experiment's results: its points and probes, their
-pooled scores, the question-level comparisons and the λ line. Data and statistics; no markdown, no plots.
+"""The study `imsm frontier` reports, read from an experiment's results: its points, probes and
+pooled scores. Data and statistics; no markdown, no plots.
 
-The study asks what an experiment's adapters learn of their target task against what general knowledge
-they forget, and whether a gated adapter forgets less than the free ways of forgetting less.
 A point is one arm read at one training length for one seed: the base model (0 steps), an adapter
-as trained (vanilla LoRA, IMSM-LoRA, IMSM with a trained 50/50 mix) at each snapshot and at the end,
-or a post-hoc variant of the vanilla adapter (its change scaled by λ, or mixed 50/50 with the frozen
-branch untrained). Forgetting is Base − point on the multiple-choice probes the base model answers
-above chance, pooled question by question. The free baseline is the λ line: scaling the vanilla
-adapter from λ = 0 (the base model) to 1 (as trained) trades target gain for forgetting at no
-training cost; an arm is worth its gate only where it forgets less than that line at the same gain.
+as trained at each snapshot and at the end, or a post-hoc variant of a trained adapter (read with
+another fusion, or its change scaled by λ). Forgetting is Base − point on the multiple-choice
+probes the base model answers above chance, pooled question by question. What the arms are called
+and which variants are the free baselines come from the experiment file (`frontier_settings`).
 """
 
 from __future__ import annotations
@@ -23,26 +19,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from imsm.checked_files import read_json_lines
 from imsm.errors import IMSMError
-from imsm.experiment.questions import paired_over_questions, values_by_question
-from imsm.experiment.report.frontier_line import LineComparison, SeedPair, compare_with_line, matched_score
-from imsm.experiment.report.grid import METHOD_LABELS, scale
+from imsm.experiment.questions import values_by_question
+from imsm.experiment.report.grid import METHOD_LABELS
 from imsm.experiment.runner import original_path, read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
-from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
 from imsm.experiment.variants import Variant
 from imsm.tasks import get_task
 
 BASE = "base"  # the `Arm.fusion` of the untrained model
-UNTRAINED_MIX = "untrained mix"
 TUNED_ALONE = "tuned branch alone"  # a gated adapter read without its gate (a `fusion: none` variant)
-# Chance accuracy of the multiple-choice probes from their usual number of options (ARC has 3-5,
-# nearly always 4), used when the base model's per-example rows (WORK/original.TASK.jsonl, which
-# list every question's options) are not on this machine.
-USUAL_CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "sciq": 0.25, "piqa": 0.5, "winogrande": 0.5}
 CHANCE_MARGIN = 2.0  # a probe enters the pool when the base model clears chance by this many standard errors
 TARGET_METRICS = ("accuracy", "exact_match", "contains", "hit@5")  # the first the target has scores it
 POOLED = ("accuracy", "gold_probability")  # the pooled scores, each question of each pooled probe weighted equally
@@ -82,24 +69,9 @@ class Arm:
         return not self.is_base and self.mixed is None and self.scale == 1.0
 
     @property
-    def trained_label(self) -> str:
-        names = {"none": "{}", "imsm": "IMSM-{}", "no-query": "IMSM-{} (no query)"}
-        if self.fusion == "mean":
-            return "IMSM-mean" if self.method == "LoRA" else f"IMSM-{self.method} (mean)"
-        return names.get(self.fusion, "{} (" + self.fusion + ")").format(self.method)
-
-    @property
-    def label(self) -> str:
-        if self.is_base:
-            return "Base"
-        if self.mixed == "mean" and self.fusion == "none":
-            core = UNTRAINED_MIX
-        elif self.mixed == "none":
-            core = f"{self.trained_label}, {TUNED_ALONE}"
-        else:
-            core = self.trained_label + (f" + {self.mixed} fusion" if self.mixed else "")
-        core += f" λ={self.scale:g}" if self.scale != 1.0 else ""
-        return core + (f" [{self.setting}]" if self.setting else "")
+    def is_tuned_alone(self) -> bool:
+        """A gated adapter read without its gate: its tuned branch, an adapter like any other."""
+        return self.fusion not in (BASE, "none") and self.mixed == "none"
 
     @property
     def order(self) -> tuple[Any, ...]:
@@ -203,6 +175,27 @@ class Study:
         length = self.final_length(arm)
         return {p.seed: p for p in self.points if p.arm == arm and p.final and p.length == length}
 
+    def label(self, arm: Arm) -> str:
+        """The arm's name in tables and plots: the experiment file's label for its fusion (or for a
+        declared baseline), then its post-hoc variant and its setting."""
+        if arm.is_base:
+            return "Base"
+        settings = self.experiment.frontier
+        baseline = settings.baseline(arm.mixed, arm.scale) if arm.fusion == "none" else None
+        trained = settings.trained_label(arm.method, arm.fusion)
+        if baseline is not None and baseline.label:
+            core = baseline.label
+        elif arm.mixed == "none":
+            core = f"{trained}, {TUNED_ALONE}" + (f" λ={arm.scale:g}" if arm.scale != 1.0 else "")
+        else:
+            core = trained + (f" + {arm.mixed} fusion" if arm.mixed else "")
+            core += f" λ={arm.scale:g}" if arm.scale != 1.0 else ""
+        return core + (f" [{arm.setting}]" if arm.setting else "")
+
+    def is_baseline(self, arm: Arm) -> bool:
+        """A free baseline the experiment file declares: a variant of a vanilla adapter."""
+        return arm.fusion == "none" and self.experiment.frontier.baseline(arm.mixed, arm.scale) is not None
+
     @cached_property
     def base_scores(self) -> dict[Score, float]:
         return self.scores(self.base) if self.base is not None else {}
@@ -267,7 +260,7 @@ def _base_point(experiment: Experiment, missing: list[str]) -> Point | None:
 
 def chance_accuracy(experiment: Experiment, task: str) -> tuple[float | None, str]:
     """A multiple-choice probe's chance accuracy and where it comes from: the mean of 1 / options over
-    the questions the base model answered where their rows are kept, else the task's usual options."""
+    the questions the base model answered where their rows are kept, else the task's own (`Task.chance`)."""
     rows = experiment.work / f"original.{Path(task).stem}.jsonl"
     if rows.is_file():
         fix = (
@@ -278,9 +271,8 @@ def chance_accuracy(experiment: Experiment, task: str) -> tuple[float | None, st
         counts = [n for n in counts if n]
         if counts:
             return sum(1 / n for n in counts) / len(counts), "options of the questions"
-    if Path(task).stem in USUAL_CHANCE:
-        return USUAL_CHANCE[Path(task).stem], "usual options"
-    return None, "unknown"
+    chance = get_task(task).chance
+    return (chance, "usual options") if chance is not None else (None, "unknown")
 
 
 def _column_mean(columns: Mapping[str, list[Any]] | None, name: str) -> tuple[float | None, int]:
@@ -406,266 +398,3 @@ def shared_means(
     if not shared:
         return None, None
     return sum(a[q] for q in shared) / len(shared), sum(b[q] for q in shared) / len(shared)
-
-
-def seed_values(study: Study, points: Mapping[Any, Point], score: Score) -> dict[Any, float]:
-    """seed -> value of `score`, over the points that have it."""
-    out = {}
-    for seed, point in points.items():
-        value = study.scores(point).get(score)
-        if value is not None and not math.isnan(value):
-            out[seed] = value
-    return out
-
-
-def _seed_mean(
-    study: Study, points: Mapping[Any, Point], score: Score, seeds: set[Any] | None = None
-) -> tuple[float, float, int] | None:
-    """(mean, std, seeds) of `score` in display scale over `seeds` (default: all), or None where no seed
-    has it."""
-    values = [v for seed, v in seed_values(study, points, score).items() if seeds is None or seed in seeds]
-    if not values:
-        return None
-    mu, sd = mean_std([scale(score[1], v) for v in values])
-    return mu, sd, len(values)
-
-
-# --- paired comparisons ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QuestionTest:
-    """treated − control over questions, each question averaged over the seeds both have first."""
-
-    test: PairedTest
-    standard_error: float
-    seeds: int
-
-
-def compare_questions(
-    treated: Mapping[Any, Mapping[str, list[Any]]], control: Mapping[Any, Mapping[str, list[Any]]], name: str
-) -> QuestionTest:
-    """`questions.paired_over_questions`: each question averaged over the seeds both arms have."""
-    test, seeds = paired_over_questions(treated, control, name)
-    return QuestionTest(test, test.standard_error, seeds)
-
-
-def flips(point: Mapping[str, list[Any]], base: Mapping[str, list[Any]]) -> tuple[int, int]:
-    """(right → wrong, wrong → right): questions the point answers differently from the base model,
-    over the questions both have an accuracy for."""
-    mine = {q: v for q, v in zip(point["index"], point["accuracy"], strict=True) if v is not None}
-    theirs = {q: v for q, v in zip(base["index"], base["accuracy"], strict=True) if v is not None}
-    shared = set(mine) & set(theirs)
-    lost = sum(theirs[q] > 0.5 and mine[q] <= 0.5 for q in shared)
-    gained = sum(theirs[q] <= 0.5 and mine[q] > 0.5 for q in shared)
-    return lost, gained
-
-
-def columns_by_seed(study: Study, points: Mapping[Any, Point], task: str | None) -> dict[Any, dict[str, list]]:
-    """seed -> the target's question columns (`task`) or, for None, the pooled probes'."""
-    out = {}
-    for seed, point in points.items():
-        columns = pooled_columns(point, study.pooled_tasks) if task is None else point.questions.get(task)
-        if columns:
-            out[seed] = columns
-    return out
-
-
-# --- the λ frontier --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FrontierPoint:
-    """A seed mean of one (arm, length) in display scale: target score and forgetting, with spreads."""
-
-    label: str
-    length: int | None
-    seeds: int
-    target: float
-    target_std: float
-    forgetting: float
-    forgetting_std: float
-
-
-def _frontier_point(
-    study: Study, label: str, length: int | None, points: Mapping[Any, Point], name: str
-) -> FrontierPoint | None:
-    # Target and forgetting from the same seeds: a seed still being evaluated must not lend the point
-    # one coordinate and not the other.
-    target_score, forgetting_score = (study.target, study.metric), (FORGETTING, name)
-    seeds = set(seed_values(study, points, target_score)) & set(seed_values(study, points, forgetting_score))
-    target = _seed_mean(study, points, target_score, seeds)
-    forgetting = _seed_mean(study, points, forgetting_score, seeds)
-    if target is None or forgetting is None:
-        return None
-    return FrontierPoint(label, length, len(seeds), target[0], target[1], *forgetting[:2])
-
-
-def vanilla_arm(study: Study, like: Arm | None = None) -> Arm | None:
-    """The vanilla adapter the λ line scales: the vanilla arm read as trained at the end, of the same
-    peft method and setting as `like` where given (else the first)."""
-    return next(
-        (
-            a
-            for a in study.arms()
-            if a.is_trained
-            and a.fusion == "none"
-            and study.final(a)
-            and (like is None or (a.method, a.setting) == (like.method, like.setting))
-        ),
-        None,
-    )
-
-
-def _scaled_arms(study: Study, vanilla: Arm) -> list[Arm]:
-    """The vanilla adapter's λ variants (λ ≠ 1), by λ."""
-    scaled = [a for a in study.arms() if a == Arm(vanilla.method, vanilla.fusion, vanilla.setting, None, a.scale)]
-    return sorted((a for a in scaled if a.scale != 1.0), key=lambda a: a.scale)
-
-
-def lambda_line(study: Study, name: str, vanilla: Arm | None = None) -> list[tuple[float, FrontierPoint]]:
-    """(λ, seed mean) of Base (λ = 0), the scaled vanilla adapter and the vanilla adapter as trained
-    (λ = 1), by λ; `name` is the pooled score forgetting is measured on, `vanilla` the adapter scaled
-    (default: the first vanilla arm). Entries without both the target score and the forgetting are
-    left out."""
-    vanilla = vanilla or vanilla_arm(study)
-    line: list[tuple[float, FrontierPoint | None]] = []
-    if (study.target, study.metric) in study.base_scores and (POOL, name) in study.base_scores:
-        base_target = scale(study.metric, study.base_scores[(study.target, study.metric)])
-        line.append((0.0, FrontierPoint("Base", 0, 1, base_target, 0.0, 0.0, 0.0)))
-    if vanilla is not None:
-        for arm in _scaled_arms(study, vanilla):
-            line.append((arm.scale, _frontier_point(study, arm.label, None, study.final(arm), name)))
-        final = study.final_length(vanilla)
-        line.append((1.0, _frontier_point(study, vanilla.label, final, study.final(vanilla), name)))
-    return sorted(((lam, p) for lam, p in line if p is not None), key=lambda entry: entry[0])
-
-
-def frontier_at(line: Sequence[tuple[float, FrontierPoint]], target: float) -> tuple[float, str] | None:
-    """The λ line's forgetting at `target` and where the target fell (`frontier_line.matched_score`:
-    the line's gain made non-decreasing in λ, the smallest λ that reaches `target`; past the line's
-    best gain its first point that reaches it, below Base's Base), or None for an empty line."""
-    if not line:
-        return None
-    return matched_score([p.target for _, p in line], [p.forgetting for _, p in line], target)
-
-
-def lambda_gaps(study: Study, name: str) -> list[str]:
-    """The λ variants that the line leaves out for want of results (labels)."""
-    vanilla = vanilla_arm(study)
-    if vanilla is None:
-        return []
-    return [
-        arm.label
-        for arm in _scaled_arms(study, vanilla)
-        if _frontier_point(study, arm.label, None, study.final(arm), name) is None
-    ]
-
-
-def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
-    """The groups set against the λ line: every trained arm at every length, the untrained mix, and a
-    gated adapter's tuned branch read alone (an adapter like any other, which a user could deploy)."""
-
-    def placed(arm: Arm) -> bool:
-        untrained_mix = arm.fusion == "none" and arm.mixed == "mean"
-        tuned_alone = arm.fusion != "none" and arm.mixed == "none"
-        return arm.is_trained or (arm.scale == 1.0 and (untrained_mix or tuned_alone))
-
-    return {(arm, length): points for (arm, length), points in study.groups().items() if placed(arm)}
-
-
-def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[float, str] | None]]:
-    """Every arm `_placed_arms` sets against the λ line, as (seed mean, `frontier_at` its target
-    score on the line of seed means of its own vanilla adapter)."""
-    lines: dict[Arm | None, list[tuple[float, FrontierPoint]]] = {}
-    rows = []
-    for (arm, length), points in _placed_arms(study).items():
-        vanilla = vanilla_arm(study, arm)
-        if vanilla is not None and vanilla not in lines:
-            lines[vanilla] = lambda_line(study, name, vanilla)
-        point = _frontier_point(study, arm.label, length, points, name)
-        if point is not None:  # no vanilla adapter of its method and setting: no line to place it on
-            rows.append((point, frontier_at(lines[vanilla], point.target) if vanilla is not None else None))
-    return rows
-
-
-# --- each seed against its own λ line --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LineTest:
-    """An arm's forgetting minus its λ line's at the same target score (negative: forgets less), each
-    seed's arm against the line of that seed's own vanilla adapter, on the pooled score `name`:
-    the seeds' mean Δ with its bootstrap over questions, and the seeds' Δ tested against 0."""
-
-    arm: Arm
-    length: int | None
-    name: str
-    comparison: LineComparison | None  # None: no seed could be matched
-    by_seed: PairedTest | None
-    unmatched: int  # seeds without per-question target scores or a line to match against
-
-
-def _per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, float], dict[Any, float]] | None:
-    """(target score, pooled `name`) per question of one point, or None where either is missing."""
-    target = values_by_question(point.questions.get(study.target) or {}, study.metric)
-    pooled = pooled_columns(point, study.pooled_tasks)
-    probes = values_by_question(pooled, name) if pooled is not None else {}
-    return (target, probes) if target and probes else None
-
-
-def _seed_line(study: Study, vanilla: Arm, seed: Any, name: str) -> list[tuple[dict[Any, float], dict[Any, float]]]:
-    """Per question, (target, pooled `name`) of one seed's λ line in λ order: Base, that seed's scaled
-    vanilla adapters, that seed's vanilla adapter as trained; points without both are left out."""
-    candidates = [(0.0, study.base)] if study.base is not None else []
-    candidates += [(a.scale, study.final(a).get(seed)) for a in _scaled_arms(study, vanilla)]
-    candidates.append((1.0, study.final(vanilla).get(seed)))
-    candidates.sort(key=lambda entry: entry[0])  # λ above 1 goes past the adapter as trained
-    return [values for _, point in candidates if point is not None and (values := _per_question(point, study, name))]
-
-
-def _aligned(lines: Mapping[Any, list[tuple[dict, dict]]], arms: Mapping[Any, tuple[dict, dict]]) -> list[SeedPair]:
-    """The seeds' lines and arms as arrays over the target and probe questions every one of them has."""
-    everything = [entry for seed in arms for entry in [*lines[seed], arms[seed]]]
-    targets = sorted(set.intersection(*(set(t) for t, _ in everything)), key=str)
-    probes = sorted(set.intersection(*(set(p) for _, p in everything)), key=str)
-    if not targets or not probes:
-        return []
-
-    def rows(values: dict, keys: list) -> np.ndarray:
-        return np.array([values[k] for k in keys], dtype=float)
-
-    return [
-        SeedPair(
-            np.stack([rows(t, targets) for t, _ in lines[seed]]),
-            np.stack([rows(p, probes) for _, p in lines[seed]]),
-            rows(arms[seed][0], targets),
-            rows(arms[seed][1], probes),
-        )
-        for seed in sorted(arms, key=str)
-    ]
-
-
-def line_tests(study: Study, name: str) -> list[LineTest]:
-    """Every arm `frontier_rows` places, against the λ line of each seed's own vanilla adapter:
-    `frontier_line.compare_with_line` over the seeds it has, on the pooled score `name`."""
-    tests = []
-    for (arm, length), points in _placed_arms(study).items():
-        vanilla = vanilla_arm(study, arm)
-        if vanilla is None:
-            continue
-        lines, arms, unmatched = {}, {}, 0
-        for seed, point in points.items():
-            mine, line = _per_question(point, study, name), _seed_line(study, vanilla, seed, name)
-            if mine is None or not line:
-                unmatched += 1
-                continue
-            lines[seed], arms[seed] = line, mine
-        pairs = _aligned(lines, arms) if arms else []
-        if not pairs:  # said in the report, not dropped from it
-            tests.append(LineTest(arm, length, name, None, None, len(points)))
-            continue
-        comparison = compare_with_line(pairs)
-        by_seed = paired_t_test(comparison.deltas, [0.0] * len(comparison.deltas))
-        tests.append(LineTest(arm, length, name, comparison, by_seed, unmatched))
-    return tests

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imsm.experiment.frontier_settings import DEFAULT_LABELS
 from imsm.experiment.runner import read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, TARGET, Cell, Experiment
 from imsm.tasks import get_task
 from imsm.train.config import TrainConfig
 
-FUSION_LABELS = {"none": "{}", "imsm": "IMSM-{}", "no-query": "IMSM-{} (no query)", "mean": "IMSM-{} (mean)"}
 METHOD_LABELS = {"lora": "LoRA", "ia3": "(IA)3", "adalora": "AdaLoRA", "dora": "DoRA", "loramoe": "LoRAMoE"}
 # Shown as they are; every other score is a proportion shown in %, and MCC x 100 as the paper does.
 # The paper's "Avg." over a row's columns, already in display scale.
@@ -63,7 +63,7 @@ def scale(metric: str, value: float) -> float:
 
 def row_label(settings: dict[str, Any], varying: list[str]) -> str:
     method = METHOD_LABELS.get(settings["peft"], settings["peft"])
-    label = FUSION_LABELS.get(settings["fusion"], "{} (" + settings["fusion"] + ")").format(method)
+    label = DEFAULT_LABELS[settings["fusion"]].format(method=method)
     fixed = ("peft", "fusion", "task", "seed", *(GATE_OPTIONS if settings["fusion"] == "none" else ()))
     extras = [f"{axis}={settings[axis]}" for axis in varying if axis not in fixed]
     return label + (f" [{', '.join(extras)}]" if extras else "")

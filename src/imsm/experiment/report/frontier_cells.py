@@ -1,0 +1,57 @@
+"""How `imsm frontier`'s tables write a number: differences with their sign, standard error and t,
+seed-level tests, spreads over seeds, and each score's column header."""
+
+from __future__ import annotations
+
+import math
+
+from imsm.experiment.report.frontier_compare import QuestionTest
+from imsm.experiment.report.frontier_study import FORGETTING, POOL, Score, Study
+from imsm.experiment.report.grid import scale
+from imsm.experiment.stats import PairedTest
+
+STRONG_T = 3.0  # |t| at which a question-level difference is marked (z-type: about 3 standard errors)
+
+
+def signed(metric: str, value: float) -> str:
+    """A difference in display scale with its sign, to 2 decimals. Rounded to 9 first, so that one
+    value reached by two float paths (a mean of question means, a mean of seed means) reads alike;
+    + 0.0 so that it never reads "-0.00"."""
+    return f"{round(round(scale(metric, value), 9), 2) + 0.0:+.2f}"
+
+
+def difference_cells(result: QuestionTest, metric: str) -> tuple[str, str]:
+    """'Δ ± SE' in display scale and t, bold where |t| >= STRONG_T; dashes where undefined."""
+    test = result.test
+    if math.isnan(test.mean_difference):
+        return "–", "–"
+    difference = signed(metric, test.mean_difference)
+    if not math.isnan(result.standard_error):
+        difference += f" ± {scale(metric, result.standard_error):.2f}"
+    if math.isnan(test.t):
+        return difference, "–"
+    t = "∞" if math.isinf(test.t) else f"{test.t:.1f}"
+    return difference, f"**{t}**" if abs(test.t) >= STRONG_T else t
+
+
+def score_header(study: Study, score: Score) -> str:
+    task, metric = score
+    if task == study.target:
+        return f"{task} {metric} (target)"
+    if task == FORGETTING:
+        return f"forgetting ({'accuracy' if metric == 'accuracy' else 'gold prob.'})"
+    if task == POOL:
+        return f"pooled {'accuracy' if metric == 'accuracy' else 'gold prob.'}"
+    return f"{task} {metric}"
+
+
+def seed_test_cells(test: PairedTest) -> tuple[str, str]:
+    """t and p of a seed-level test. Where every seed differs by the same amount (likely with a few
+    seeds and counts of questions) no test is possible, and p = 0 would read as certainty."""
+    if math.isinf(test.t):
+        return "–", "– (all seeds differ equally)"
+    return ("–" if math.isnan(test.t) else f"{test.t:.2f}"), ("–" if math.isnan(test.p) else f"{test.p:.3f}")
+
+
+def with_spread(value: float, std: float, seeds: int) -> str:
+    return f"{value:.1f} ± {std:.1f}" if seeds > 1 else f"{value:.1f}"
