@@ -13,7 +13,7 @@ from imsm.bench.eval import bench_eval
 from imsm.bench.output import write_json
 from imsm.bench.train import bench_train
 from imsm.data import resolve_data_dir
-from imsm.demo_data import write_demo_tasks
+from imsm.demo.data import write_demo_tasks
 from imsm.errors import IMSMError
 from imsm.options import (
     add_command,
