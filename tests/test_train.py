@@ -365,36 +365,6 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspac
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
-def test_demo_runs_end_to_end_offline(workspace, tmp_path, capsys):
-    from imsm.cli import main
-
-    code = main(
-        [
-            "demo",
-            "--model",
-            str(workspace / "model"),
-            "--output",
-            str(tmp_path / "demo"),
-            "--train-size",
-            "8",
-            "--test-size",
-            "4",
-            "--probe-size",
-            "3",
-            "--epochs",
-            "1",
-            "--dtype",
-            "fp32",
-        ]
-    )
-    assert code == 0
-    results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
-    assert list(results["table"]) == ["Original", "LoRA", "IMSM-LoRA"]
-    assert results["details"]["IMSM-LoRA"]["training"]["steps"] == 1
-    assert (tmp_path / "demo" / "demo.png").stat().st_size > 0
-    assert "IMSM-LoRA" in capsys.readouterr().out
-
-
 # ---------------------------------------------------------------------------------------------
 # The frozen memories on disk: computed once, read back by resumed runs and by other runs on the
 # same base model and examples, never by runs they do not fit.

@@ -23,7 +23,7 @@ from imsm.cli.options import (
     peft_option,
 )
 from imsm.data import resolve_data_dir
-from imsm.demo_data import write_demo_tasks
+from imsm.demo.data import write_demo_tasks
 from imsm.errors import IMSMError
 from imsm.provenance import provenance_header
 

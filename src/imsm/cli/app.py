@@ -39,6 +39,12 @@ class DemoOptions:
     train_size: int = option(256, positive=True, help="training examples")
     test_size: int = option(64, positive=True, help="target-task test examples")
     probe_size: int = option(40, positive=True, help="probe questions")
+    knowledge_data_dir: str | None = option(
+        None,
+        help="directory with arc_easy/ and sciq/ for the knowledge probe "
+        "(default: --data-dir, else ../shared/data beside the checkout; absent: the probe is skipped)",
+    )
+    knowledge_size: int = option(24, positive=True, help="knowledge-probe questions per task (ARC-Easy, SciQ)")
     epochs: int = option(3, positive=True, help="training epochs")
     learning_rate: float = option(2e-3, help="LoRA learning rate")
     batch_size: int = option(16, positive=True, help="evaluation batch size")
