@@ -124,7 +124,7 @@ class Estimate:
     mean: float
     standard_error: float
     interval: tuple[float, float]
-    replicate_mean: float = float("nan")  # the bootstrap's own mean: Δ's expectation over question draws
+    replicate_mean: float  # the bootstrap's own mean: Δ's expectation over question draws
 
 
 def _estimate(mean: float, replicated: np.ndarray) -> Estimate:
