@@ -25,10 +25,10 @@ from imsm.experiment.report.frontier_line import (
     BELOW,
     BEYOND,
     ON,
+    REPLICATES,
     SeedPair,
     compare_with_line,
     matched_score,
-    nondecreasing,
 )
 from imsm.experiment.report.frontier_study import FORGETTING, POOL, chance_accuracy, collect_study, point_scores
 from imsm.experiment.spec import load_experiment
@@ -185,16 +185,48 @@ def line(*points: tuple[float, float]) -> list[tuple[float, FrontierPoint]]:
 
 def test_frontier_interpolates_between_lambda_points():
     frontier = line((50, 0), (60, 5), (70, 10), (80, 20), (90, 30))
-    assert frontier_at(frontier, 75) == pytest.approx((15, ON))  # a point there forgetting 15: difference 0
-    assert frontier_at(frontier, 70) == pytest.approx((10, ON))  # on a λ point
-    assert frontier_at(frontier, 95) == pytest.approx((30, BEYOND))  # past the best gain: set against λ = 1
-    assert frontier_at(frontier, 45) == (0, BELOW)  # under Base's gain: set against Base
-    # A gain that falls again past some λ (noise): the gains are made non-decreasing (80 and 70 pool to
-    # 75) and the smallest λ that reaches the target counts, not the best of several crossings.
+    assert frontier_at(frontier, 75, 15) == pytest.approx((15, ON))  # a point there forgetting 15: difference 0
+    assert frontier_at(frontier, 70, 12) == pytest.approx((10, ON))  # on a λ point
+    assert frontier_at(frontier, 95, 12) == pytest.approx((30, BEYOND))  # past the best gain: set against λ = 1
+    assert frontier_at(frontier, 45, 12) == (0, BELOW)  # under Base's gain: set against Base
+    # A gain that falls again past some λ (noise): the points are joined in order of gain, so λ = 0.5
+    # (gain 70, forgetting 30) lies between Base and λ = 0.25, and every point is on the line.
     bent = line((50, 0), (80, 10), (70, 30))
-    assert frontier_at(bent, 75) == pytest.approx((10, ON))
-    assert frontier_at(bent, 72) == pytest.approx((8.8, ON))  # 22 / 25 of the way to λ = 0.25
-    assert frontier_at(bent, 78) == (10, BEYOND)  # past the pooled best gain: its first point
+    assert frontier_at(bent, 75, 0) == pytest.approx((20, ON))  # halfway from λ = 0.5 to 0.25
+    assert frontier_at(bent, 60, 0) == pytest.approx((15, ON))  # halfway from Base to λ = 0.5
+    for target, forgetting in [(50, 0), (80, 10), (70, 30)]:
+        assert frontier_at(bent, target, forgetting) == pytest.approx((forgetting, ON))
+    assert frontier_at(bent, 85, 0) == (10, BEYOND)  # past the best gain: the point with it, λ = 0.25
+
+
+def test_every_point_of_the_line_lies_on_it_in_any_order():
+    # Gains in every order, ties included: an arm that is one of the line's points gets Δ = 0.
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        targets = rng.integers(0, 6, size=5) / 10  # few values: ties are common
+        scores = rng.random(5)
+        for t, s in zip(targets, scores, strict=True):
+            assert matched_score(targets, scores, t, s) == (pytest.approx(s), ON)
+
+
+def test_tied_gains_count_as_their_mean_except_exactly_at_the_tie():
+    # λ = 0.75 and 1 reach the same gain (80) forgetting 10 and 20.
+    targets, scores = [50, 70, 80, 80], [0, 6, 10, 20]
+    assert matched_score(targets, scores, 80, 20) == (20, ON)  # the vanilla adapter itself: on its line
+    assert matched_score(targets, scores, 80, 10) == (10, ON)  # λ = 0.75 itself
+    assert matched_score(targets, scores, 80, 14) == (10, ON)  # exactly at the tie: the nearest tied point
+    assert matched_score(targets, scores, 75, 0) == (pytest.approx(10.5), ON)  # halfway from 6 to the mean 15
+    assert matched_score(targets, scores, 90, 0) == (15, BEYOND)  # past the tied top: their mean
+    assert matched_score([50, 50, 80], [0, 4, 20], 40, 0) == (2, BELOW)  # under tied lowest gains: their mean
+    # Gains that differ by an ulp (a weighted mean summed in another order) are one gain.
+    assert matched_score([0.0, 7 / 80 + 1 / 80, 8 / 80], [1, 2, 3], 0.1, 2.9) == (3, ON)
+
+
+def test_past_the_top_the_point_with_the_best_gain_counts_whatever_its_lambda():
+    # λ = 0.75 out-learns λ = 1 (noise): an arm past both is set against λ = 0.75, the best gain.
+    targets, scores = [50, 70, 82, 80], [0, 6, 10, 20]
+    assert matched_score(targets, scores, 85, 0) == (10, BEYOND)
+    assert matched_score(targets, scores, 81, 0) == (pytest.approx(15), ON)  # between λ = 1 and 0.75
 
 
 def test_arms_are_placed_against_the_lambda_line(study_path):
@@ -300,6 +332,9 @@ def test_the_report_shows_every_section(study_path, tmp_path):
     beyond = row(frontier, table=1, arm="IMSM-mean", steps="10")
     assert beyond["λ line at this target"] == "30.0 (beyond)" and numbers(beyond["Δ (acc.)"]) == [-22.5]
     assert "2 degrees of freedom with 3 seeds, so p < 0.05 needs |t| > 4.30" in frontier
+    tested = row(frontier, table=2, arm="IMSM-LoRA", steps="40", score="forgetting (accuracy)")
+    assert numbers(tested["control: vanilla adapter's own Δ ± SE [95%]"]) == [0.0, 0.0, 0.0, 0.0]
+    assert tested["Δ − control ± SE"] == tested["Δ ± SE"] and tested["95% interval 2"] == tested["95% interval"]
     assert "Missing" not in report
     assert (tmp_path / "plots" / "frontier.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "frontier-gold.png").stat().st_size > 1000
@@ -388,13 +423,20 @@ def test_each_seed_is_tested_against_its_own_lambda_line(study_path):
     assert gated.standard_error > 1.1 * probes_alone
     low, high = gated.interval
     assert low < -4 / 80 < high < 1e-9  # the top: resamples that match at λ = 0.25, where Δ is 0
+    # The control, LoRA's own Δ on the same replicates, is 0: the arm's Δ − the control's is its Δ.
+    assert gated.control.mean == 0.0 and gated.control.interval == (0.0, 0.0)
+    assert gated.difference.mean == pytest.approx(gated.mean) and gated.difference.interval == pytest.approx(
+        gated.interval
+    )
     # Past LoRA's gain in every seed: set against λ = 1, not left out.
     beyond = tests[("IMSM-mean", 10)].comparison
     assert beyond.places == [BEYOND] * 3 and beyond.deltas == pytest.approx([(6 - 24) / 80] * 3)
 
 
-def pair(line_targets, line_scores, arm_target, arm_score) -> SeedPair:
-    return SeedPair(*(np.array(v, dtype=float) for v in (line_targets, line_scores, arm_target, arm_score)))
+def pair(line_targets, line_scores, arm_target, arm_score, control: int = -1) -> SeedPair:
+    """A seed's line and arm; the control (the vanilla adapter as trained) is the line's last point."""
+    arrays = (np.array(v, dtype=float) for v in (line_targets, line_scores, arm_target, arm_score))
+    return SeedPair(*arrays, control % len(line_targets))
 
 
 def test_the_bootstrap_carries_the_noise_of_the_target_match():
@@ -411,17 +453,52 @@ def test_the_bootstrap_carries_the_noise_of_the_target_match():
     assert again == comparison  # a fixed bootstrap seed: the same report from the same results
 
 
-def test_past_the_best_gain_the_first_point_at_it_counts_whatever_the_rounding():
-    # 7/80 and 1/80 pool to a mean one ulp under 4/80: the pooled block is still the first at the top.
-    targets, scores = [0, 7 / 80, 1 / 80, 4 / 80], [100, 90, 80, 10]
-    assert matched_score(targets, scores, 0.05) == (90, ON)
-    assert matched_score(targets, scores, 0.10) == (90, BEYOND)
+def noisy_seed(rng, arm_accuracy: float, arm_forgetting: float) -> SeedPair:
+    """One seed of a study with noise, shaped like the MRPC one: 200 target and 800 probe questions,
+    λ = 0, 0.25, 0.5, 0.75, 1 with a gain that flattens at the top (73.5, 75.5, 75.7) while forgetting
+    keeps rising (1.2, 2.5, 4.5 points). Each point answers a question right below its level on a latent
+    draw shared by all points (a scaled adapter keeps most answers), and 2% of answers flip at random,
+    so noise reverses or ties λ = 0.75 and 1 in many resamples."""
+    levels = [0.46, 0.637, 0.735, 0.755, 0.757, arm_accuracy]
+    forgetting = [0.0, 0.003, 0.012, 0.025, 0.045, arm_forgetting]
+    u, v = rng.random(200), rng.random(800)
+    flip = lambda right: np.where(rng.random(right.size) < 0.02, 1.0 - right, right)  # noqa: E731
+    targets = [flip((u < level).astype(float)) for level in levels]
+    scores = [flip((v < 0.63 - f).astype(float)) for f in forgetting]
+    return SeedPair(np.stack(targets[:-1]), np.stack(scores[:-1]), targets[-1], scores[-1], 4)
 
 
-def test_nondecreasing_pools_adjacent_violators():
-    assert nondecreasing([1, 3, 2, 4]) == pytest.approx([1, 2.5, 2.5, 4])
-    assert nondecreasing([5, 1, 1, 9]) == pytest.approx([7 / 3] * 3 + [9])
-    assert nondecreasing([1, 2, 3]) == [1, 2, 3]
+def test_the_vanilla_adapters_own_delta_is_zero_on_a_noisy_study():
+    rng = np.random.default_rng(7)
+    seeds = [noisy_seed(rng, 0.753, 0.05) for _ in range(3)]
+    # The test has teeth: in resamples of the target questions, λ = 0.75 reaches λ = 1's gain or more
+    # in some seed often (a rule that takes a side at a tie or a reversal would move the control).
+    draws = rng.integers(0, 200, size=(500, 200))
+    reversed_or_tied = [any(s.line_targets[3, d].mean() >= s.line_targets[4, d].mean() for s in seeds) for d in draws]
+    assert np.mean(reversed_or_tied) > 0.5
+    comparison = compare_with_line(seeds)
+    control = comparison.control
+    # Its expectation over question draws is the bootstrap's mean, whose Monte Carlo error is
+    # SE / √replicates; 3 of those, plus rounding. Here the rule puts the vanilla adapter on its line
+    # in every replicate (SE 0), so that tolerance is exact.
+    assert control.mean == 0.0
+    assert abs(control.replicate_mean) <= 3 * control.standard_error / REPLICATES**0.5 + 1e-12
+    assert control.interval == (0.0, 0.0)
+    # The arm's Δ minus the control's, replicate by replicate: here the arm's own Δ.
+    assert comparison.difference.mean == pytest.approx(comparison.mean)
+    assert comparison.difference.interval == pytest.approx(comparison.interval)
+
+
+def test_an_arm_that_is_a_point_of_the_line_has_delta_zero_in_every_replicate():
+    rng = np.random.default_rng(3)
+    seeds = [noisy_seed(rng, 0.7, 0.0) for _ in range(3)]
+    # The arm is each seed's λ = 0.75: Δ = 0 in every seed and every replicate, however the gains fall.
+    as_line_point = [SeedPair(s.line_targets, s.line_scores, s.line_targets[3], s.line_scores[3], 4) for s in seeds]
+    comparison = compare_with_line(as_line_point)
+    assert comparison.deltas == [0.0] * 3 and comparison.places == [ON] * 3
+    # (to rounding: a mean of the arm's column and the same column of the line sum in another order)
+    assert comparison.standard_error == pytest.approx(0.0, abs=1e-12)
+    assert comparison.interval == pytest.approx((0.0, 0.0), abs=1e-12)
 
 
 def test_arms_are_compared_at_every_length(study_path):

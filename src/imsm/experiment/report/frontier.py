@@ -27,8 +27,9 @@ from imsm.experiment.report.frontier_compare import (
     seed_values,
 )
 from imsm.experiment.report.frontier_gate import gate_section
-from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_gaps, lambda_line, line_tests
-from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON, REPLICATES
+from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_gaps, lambda_line
+from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON
+from imsm.experiment.report.frontier_line_section import MATCHING, line_tests_section
 from imsm.experiment.report.frontier_plot import PLOT_SUFFIXES, save_frontier_plot
 from imsm.experiment.report.frontier_study import (
     CHANCE_MARGIN,
@@ -43,9 +44,8 @@ from imsm.experiment.report.frontier_study import (
     length_label,
     pooled_columns,
 )
-from imsm.experiment.report.grid import scale
 from imsm.experiment.report.tables import markdown_table, spread_text
-from imsm.experiment.stats import paired_t_test, student_t_critical
+from imsm.experiment.stats import paired_t_test
 from imsm.tasks import get_task
 
 # How the line's forgetting at an arm's target score was found (`frontier_line.matched_score`).
@@ -328,76 +328,13 @@ def frontier_section(study: Study) -> list[str]:
     headers += ["forgetting (gold prob.)", "λ line at this target", "Δ (gold prob.)"]
     lines += [
         "Descriptive: each arm's seed mean against the line of seed means of its vanilla adapter, at the "
-        "arm's target score. The line's target scores are made non-decreasing in λ (least squares) and "
-        "the smallest λ that reaches the score counts, linear between λ points; (beyond): past the "
-        "line's best gain, set against its first point that reaches it; (below): under Base's gain, "
-        "set against Base. Δ = the arm's forgetting − the line's: negative forgets less than the free "
-        "baseline at the same gain. The seed-by-seed test below is the one to draw conclusions from.",
+        f"arm's target score. {MATCHING} Δ = the arm's forgetting − the line's: negative forgets less than "
+        "the free baseline at the same gain. The seed-by-seed test below is the one to draw conclusions from.",
         "",
         *markdown_table(headers, rows),
         "",
     ]
     return lines + line_tests_section(study)
-
-
-def _freedom(seeds: list[int]) -> str:
-    """What a t-test over each of these seed counts can show: its degrees of freedom and the |t| that
-    p < 0.05 needs."""
-    parts = [
-        f"{n - 1} degree{'s' if n > 2 else ''} of freedom with {n} seeds, so p < 0.05 needs |t| > "
-        f"{student_t_critical(n - 1):.2f}"
-        for n in sorted(set(seeds))
-        if n > 1
-    ]
-    return "; ".join(parts) or "not possible with one seed"
-
-
-def line_tests_section(study: Study) -> list[str]:
-    """`line_tests`: each seed's arm against its own seed's λ line, with the question bootstrap and by seed."""
-    rows, tested = [], []
-    for name in POOLED:
-        for test in line_tests(study, name):
-            comparison, by_seed = test.comparison, test.by_seed
-            left_out = f"{test.unmatched} left out (no per-question target score or line)" if test.unmatched else ""
-            head = [study.label(test.arm), length_label(test.length), score_header(study, (FORGETTING, name))]
-            if comparison is None:
-                rows.append([*head, "0", "–", "–", "–", "–", "–", "–", left_out])
-                continue
-            tested.append(test.by_seed.n)
-            low, high = comparison.interval
-            places = [f"{comparison.count(p)} {p}" for p in (BEYOND, BELOW) if comparison.count(p)]
-            rows.append(
-                [
-                    *head,
-                    str(len(comparison.deltas)),
-                    "{} / {}".format(*comparison.questions),
-                    f"{signed(name, comparison.mean)} ± {scale(name, comparison.standard_error):.2f}",
-                    f"[{signed(name, low)}, {signed(name, high)}]",
-                    "; ".join(signed(name, d) for d in comparison.deltas),
-                    *seed_test_cells(by_seed),
-                    "; ".join(filter(None, [", ".join(places), left_out])),
-                ]
-            )
-    if not rows:
-        return []
-    headers = ["arm", "steps", "score", "seeds", "questions (target / pooled)", "Δ ± SE", "95% interval"]
-    headers += ["Δ per seed", "t", "p", "seeds past the line"]
-    return [
-        "Tested seed by seed: each seed's arm against the λ line of that seed's own vanilla adapter at the "
-        "arm's target score, matched as above. Δ = the arm's forgetting − the line's, in points, averaged "
-        "over seeds: negative forgets less than scaling the vanilla adapter to the same gain. Its SE and "
-        f"95% interval come from a bootstrap ({REPLICATES} replicates) that resamples the target questions "
-        "and the pooled probe questions together and matches every seed again, so they carry the noise of "
-        "the target score the match rests on; they hold for these adapters, not for other training seeds. "
-        f"Then the seeds' Δ against 0 (two-sided t-test; {_freedom(tested)}). Seeds past the line: beyond "
-        "its best gain "
-        "(set against the line's first point at that gain: Δ < 0 there means the arm learns more than "
-        "the line anywhere and forgets less than that point) or below Base's gain. Questions: those "
-        "every point of every seed has, which the bootstrap resamples.",
-        "",
-        *markdown_table(headers, rows),
-        "",
-    ]
 
 
 def render_frontier(

@@ -94,13 +94,15 @@ def lambda_line(study: Study, name: str, vanilla: Arm | None = None) -> list[tup
     return sorted(((lam, p) for lam, p in line if p is not None), key=lambda entry: entry[0])
 
 
-def frontier_at(line: Sequence[tuple[float, FrontierPoint]], target: float) -> tuple[float, str] | None:
+def frontier_at(
+    line: Sequence[tuple[float, FrontierPoint]], target: float, forgetting: float
+) -> tuple[float, str] | None:
     """The λ line's forgetting at `target` and where the target fell (`frontier_line.matched_score`:
-    the line's gain made non-decreasing in λ, the smallest λ that reaches `target`; past the line's
-    best gain its first point that reaches it, below Base's Base), or None for an empty line."""
+    the points joined in order of gain; `forgetting`, the arm's, chooses among points that tie at
+    exactly `target`), or None for an empty line."""
     if not line:
         return None
-    return matched_score([p.target for _, p in line], [p.forgetting for _, p in line], target)
+    return matched_score([p.target for _, p in line], [p.forgetting for _, p in line], target, forgetting)
 
 
 def lambda_gaps(study: Study, name: str) -> list[str]:
@@ -138,7 +140,8 @@ def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[fl
             lines[vanilla] = lambda_line(study, name, vanilla)
         point = _frontier_point(study, arm, length, points, name)
         if point is not None:  # no vanilla adapter of its method and setting: no line to place it on
-            rows.append((point, frontier_at(lines[vanilla], point.target) if vanilla is not None else None))
+            at = frontier_at(lines[vanilla], point.target, point.forgetting) if vanilla is not None else None
+            rows.append((point, at))
     return rows
 
 
@@ -156,7 +159,7 @@ class LineTest:
     name: str
     comparison: LineComparison | None  # None: no seed could be matched
     by_seed: PairedTest | None
-    unmatched: int  # seeds without per-question target scores or a line to match against
+    unmatched: int  # seeds without per-question target scores, or without the vanilla adapter's on its line
 
 
 def _per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, float], dict[Any, float]] | None:
@@ -167,19 +170,30 @@ def _per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, floa
     return (target, probes) if target and probes else None
 
 
-def _seed_line(study: Study, vanilla: Arm, seed: Any, name: str) -> list[tuple[dict[Any, float], dict[Any, float]]]:
+SeedLine = tuple[list[tuple[dict[Any, float], dict[Any, float]]], int]
+
+
+def _seed_line(study: Study, vanilla: Arm, seed: Any, name: str) -> SeedLine | None:
     """Per question, (target, pooled `name`) of one seed's λ line in λ order: Base, that seed's scaled
-    vanilla adapters, that seed's vanilla adapter as trained; points without both are left out."""
+    vanilla adapters, that seed's vanilla adapter as trained; points without both are left out. With
+    the place of the adapter as trained in it (the control), or None where that point is missing."""
     candidates = [(0.0, study.base)] if study.base is not None else []
     candidates += [(a.scale, study.final(a).get(seed)) for a in _scaled_arms(study, vanilla)]
-    candidates.append((1.0, study.final(vanilla).get(seed)))
+    trained = study.final(vanilla).get(seed)
+    candidates.append((1.0, trained))
     candidates.sort(key=lambda entry: entry[0])  # λ above 1 goes past the adapter as trained
-    return [values for _, point in candidates if point is not None and (values := _per_question(point, study, name))]
+    kept = [
+        (point, values)
+        for _, point in candidates
+        if point is not None and (values := _per_question(point, study, name))
+    ]
+    control = next((i for i, (point, _) in enumerate(kept) if point is trained), None)
+    return None if control is None else ([values for _, values in kept], control)
 
 
-def _aligned(lines: Mapping[Any, list[tuple[dict, dict]]], arms: Mapping[Any, tuple[dict, dict]]) -> list[SeedPair]:
+def _aligned(lines: Mapping[Any, SeedLine], arms: Mapping[Any, tuple[dict, dict]]) -> list[SeedPair]:
     """The seeds' lines and arms as arrays over the target and probe questions every one of them has."""
-    everything = [entry for seed in arms for entry in [*lines[seed], arms[seed]]]
+    everything = [entry for seed in arms for entry in [*lines[seed][0], arms[seed]]]
     targets = sorted(set.intersection(*(set(t) for t, _ in everything)), key=str)
     probes = sorted(set.intersection(*(set(p) for _, p in everything)), key=str)
     if not targets or not probes:
@@ -190,10 +204,11 @@ def _aligned(lines: Mapping[Any, list[tuple[dict, dict]]], arms: Mapping[Any, tu
 
     return [
         SeedPair(
-            np.stack([rows(t, targets) for t, _ in lines[seed]]),
-            np.stack([rows(p, probes) for _, p in lines[seed]]),
+            np.stack([rows(t, targets) for t, _ in lines[seed][0]]),
+            np.stack([rows(p, probes) for _, p in lines[seed][0]]),
             rows(arms[seed][0], targets),
             rows(arms[seed][1], probes),
+            lines[seed][1],
         )
         for seed in sorted(arms, key=str)
     ]
@@ -210,7 +225,7 @@ def line_tests(study: Study, name: str) -> list[LineTest]:
         lines, arms, unmatched = {}, {}, 0
         for seed, point in points.items():
             mine, line = _per_question(point, study, name), _seed_line(study, vanilla, seed, name)
-            if mine is None or not line:
+            if mine is None or line is None:
                 unmatched += 1
                 continue
             lines[seed], arms[seed] = line, mine
