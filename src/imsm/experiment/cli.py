@@ -14,6 +14,7 @@ from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.runner import cell_state, evaluations_left, run_experiment
 from imsm.experiment.spec import load_experiment
+from imsm.experiment.workers import run_workers
 from imsm.registry import unknown_name_message
 
 
@@ -34,6 +35,12 @@ class ExperimentOptions:
         False,
         help="train every cell (resuming as usual) but evaluate nothing: e.g. on a GPU machine, leaving the "
         "evaluations to later runs of the same command",
+    )
+    workers: int = option(
+        1,
+        positive=True,
+        help="worker processes that share the grid, each running the next free cell: on a CPU one per core "
+        "(each then gets one thread), on a GPU several sharing the device; logs in WORK/.workers/",
     )
 
     def __post_init__(self) -> None:
@@ -129,6 +136,8 @@ def cmd_experiment(options: ExperimentOptions) -> int:
         print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
         return 0
     log = lambda line: print(f"imsm experiment: {line}", flush=True)  # noqa: E731
+    if options.workers > 1:
+        return run_workers(options, experiment.work, log=log)
     if options.inspect_gates:
         inspect_gates(experiment, log=log, only=options.grid, limit=options.gate_examples)
         return 0
