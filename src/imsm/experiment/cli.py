@@ -8,6 +8,7 @@ from pathlib import Path
 from imsm.atomic_write import write_atomically
 from imsm.cli.options import add_command, check_options, option
 from imsm.errors import IMSMError
+from imsm.experiment.device.pack import PackOptions, pack_for_device
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
 from imsm.experiment.report.frontier import render_frontier
@@ -88,6 +89,17 @@ def add_experiment_parsers(commands) -> None:
     )
     add_command(
         commands,
+        "pack-for-device",
+        cmd_pack_for_device,
+        PackOptions,
+        config_file=False,
+        help="pack an experiment's model, data and wheels for a device machine without network, in call folders",
+        description="Each call folder fits, with the working tree, under what one device call carries; "
+        "OUTPUT/commands.md lists the calls to make back to back: the first ones unpack, the last runs the "
+        "whole study with --workers and returns one archive of results (docs/experiments.md).",
+    )
+    add_command(
+        commands,
         "report",
         cmd_report,
         ReportOptions,
@@ -142,6 +154,11 @@ def cmd_experiment(options: ExperimentOptions) -> int:
         inspect_gates(experiment, log=log, only=options.grid, limit=options.gate_examples)
         return 0
     run_experiment(experiment, log=log, only=options.grid, train_only=options.train_only)
+    return 0
+
+
+def cmd_pack_for_device(options: PackOptions) -> int:
+    pack_for_device(options, log=lambda line: print(f"imsm pack-for-device: {line}", flush=True))
     return 0
 
 
