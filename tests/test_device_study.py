@@ -4,11 +4,14 @@ in call folders under the limit, rejoined to the same bytes, and run end to end 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +145,16 @@ def test_what_a_device_cannot_get_is_refused_in_one_line(study, tmp_path, capsys
         pack_for_device(PackOptions(file=bad, output=study / "repo" / "x", wheel_dir=study / "wheels"), study / "repo")
     assert main(["pack-for-device", str(study / "study.yaml"), "--output", str(tmp_path / "outside")]) == 2
     assert "is outside the repository" in capsys.readouterr().err
+
+
+def test_a_study_past_its_time_is_stopped_and_the_last_call_keeps_time_to_start(study, tmp_path):
+    log = io.StringIO()
+    command = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    started = time.monotonic()
+    assert on_device._stream(command, dict(os.environ), log, time.monotonic() + 2) == 124
+    assert time.monotonic() - started < 30 and "started" in log.getvalue()
+    with pytest.raises(IMSMError, match="give at most 570"):
+        PackOptions(file=study / "study.yaml", output=tmp_path, seconds=590)
 
 
 @pytest.mark.slow

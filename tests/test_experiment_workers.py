@@ -31,7 +31,7 @@ def workspace(tmp_path_factory):
     return root
 
 
-def write_config(workspace: Path, tmp_path: Path) -> str:
+def write_config(workspace: Path, tmp_path: Path, seeds: int = 2) -> str:
     probe = str(workspace / "probe.yaml")
     config = {
         "name": "tiny-workers",
@@ -41,7 +41,7 @@ def write_config(workspace: Path, tmp_path: Path) -> str:
         "train": {"epochs": 1, "batch_size": 4, "micro_batch_size": 2, "learning_rate": 0.01, "dtype": "fp32"},
         "eval": {"limit": 4, "batch_size": 4, "max_new_tokens": 3},
         "original": [probe],
-        "grids": {"main": {"task": [probe], "peft": "lora", "fusion": ["none", "imsm"], "seed": [0, 1]}},
+        "grids": {"main": {"task": [probe], "peft": "lora", "fusion": ["none", "imsm"], "seed": list(range(seeds))}},
     }
     path = tmp_path / "experiment.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -53,10 +53,16 @@ def start(path: str, workers: int = 2) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def trainings(work: Path) -> list[str]:
-    """The cells the workers' logs say were trained (or resumed), one entry per time."""
-    lines = [line for log in sorted((work / ".workers").glob("worker-*.log")) for line in log.read_text().splitlines()]
-    return [line.split(": ")[1] for line in lines if line.endswith((": training", ": resuming"))]
+def trainings(work: Path, run: int | None = None) -> list[str]:
+    """The cells the workers' logs say were trained (or resumed), one entry per time: in every run
+    of the command, or in the given one (0 the first; each start of a worker begins its log's next part)."""
+    cells = []
+    for log in sorted((work / ".workers").glob("worker-*.log")):
+        parts = log.read_text().split("--- worker ")[1:]
+        for part in parts if run is None else parts[run : run + 1]:
+            lines = part.splitlines()
+            cells += [line.split(": ")[1] for line in lines if line.endswith((": training", ": resuming"))]
+    return cells
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
@@ -102,13 +108,13 @@ def test_two_workers_run_each_cell_once_and_a_second_run_skips_all(workspace, tm
 
 @pytest.mark.slow
 def test_a_stopped_run_stops_its_workers_and_the_next_run_resumes(workspace, tmp_path):
-    path = write_config(workspace, tmp_path)
+    path = write_config(workspace, tmp_path, seeds=6)  # 12 cells: many still to run when the first is done
     experiment = load_experiment(path)
     process = start(path)
     deadline = time.monotonic() + 600
     while not any(runner.is_done(experiment, c) for c in experiment.cells) and process.poll() is None:
         assert time.monotonic() < deadline
-        time.sleep(0.5)
+        time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, output
@@ -117,12 +123,12 @@ def test_a_stopped_run_stops_its_workers_and_the_next_run_resumes(workspace, tmp
     assert all(runner.cell_state(experiment, c) != "running" for c in experiment.cells)
     finished = {c.name for c in experiment.cells if runner.is_done(experiment, c)}
     assert finished and len(finished) < len(experiment.cells)
-    before = trainings(experiment.work)
+    before = trainings(experiment.work, run=0)
 
     process = start(path)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert all(runner.is_done(experiment, c) for c in experiment.cells)
-    again = trainings(experiment.work)[len(before) :]
+    again = trainings(experiment.work, run=1)
     assert not finished & set(again)  # a finished cell is not trained again
     assert sorted(set(before) | set(again)) == sorted(c.name for c in experiment.cells)

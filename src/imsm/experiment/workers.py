@@ -63,8 +63,8 @@ def _copy_lines(stream: TextIO, log: TextIO, prefix: str) -> None:
 
 
 class _Forwarder:
-    """While installed, SIGINT and SIGTERM go to the workers (each in its own session, so a
-    terminal's Ctrl-C reaches them once, through here); a second signal kills them."""
+    """While installed, SIGINT and SIGTERM go to the workers (each in a process group of its own,
+    so a terminal's Ctrl-C reaches them once, through here); a second signal kills them."""
 
     def __init__(self, children: list[subprocess.Popen]) -> None:
         self.children = children
@@ -94,9 +94,8 @@ def run_workers(options: Any, work: Path, log=print) -> int:
     logs = work / LOGS
     logs.mkdir(parents=True, exist_ok=True)
     arguments, environment = child_arguments(options), child_environment(options.workers)
-    log(
-        f"{options.workers} workers, {environment['OMP_NUM_THREADS']} CPU threads each; their logs: {logs}/worker-N.log"
-    )
+    threads = environment["OMP_NUM_THREADS"]
+    log(f"{options.workers} workers, CPU threads each: {threads}; their logs: {logs}/worker-N.log")
     children: list[subprocess.Popen] = []
     copiers: list[threading.Thread] = []
     files: list[TextIO] = []
@@ -108,11 +107,12 @@ def run_workers(options: Any, work: Path, log=print) -> int:
             child = subprocess.Popen(
                 arguments,
                 env=environment,
+                stdin=subprocess.DEVNULL,  # a process group apart from the terminal's must not read it
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
                 errors="replace",
-                start_new_session=True,
+                process_group=0,  # out of the terminal's group: its Ctrl-C reaches them once, through here
             )
             children.append(child)
             copier = threading.Thread(target=_copy_lines, args=(child.stdout, file, f"[w{index}]"), daemon=True)

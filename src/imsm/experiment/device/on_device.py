@@ -174,9 +174,13 @@ def _work_files(work: Path) -> tuple[list[Path], list[Path]]:
         relative = path.relative_to(work)
         if not path.is_file() or path.name.endswith(".partial.jsonl") or "checkpoints" in relative.parts:
             continue
-        if path.suffix == ".jsonl" or path.name == "train_summary.json" or relative.parts[0] == ".workers":
+        if (
+            (path.name.startswith(("eval.", "original.")) and path.suffix == ".jsonl")
+            or path.name in ("train_summary.json", "metrics.jsonl")
+            or relative.parts[0] == ".workers"
+        ):
             rows.append(path)
-        elif path.name.startswith(("adapter_", "imsm_")) and len(relative.parts) > 1:
+        elif path.name.startswith(("adapter_", "imsm_")) and (path.parent / "adapter_config.json").is_file():
             adapters.append(path)
     return rows, adapters
 
@@ -231,7 +235,7 @@ def run(call_folder: Path, root: Path, out: Path) -> int:
         print(device, end="", flush=True)
         if manifest["model"]["kind"] == "embedded":  # converted once here, not by every worker at once
             convert = f"from imsm.model.load import converted_embedded_model as c; c({manifest['model']['name']!r})"
-            subprocess.run([*imsm[:1], "-c", convert], env=environment, check=True)
+            subprocess.run([*imsm[:1], "-c", convert], env=environment)  # a failure shows in the study
         deadline = started + manifest["seconds"] - REPORT_SECONDS
         workers = ["--workers", str(manifest["workers"])]
         code = _stream([*imsm, "experiment", experiment, *workers], environment, log, deadline)

@@ -27,6 +27,7 @@ from imsm.experiment.spec import load_experiment, read_experiment_file
 MIB = 1 << 20
 TEXT = (".jsonl", ".json", ".txt", ".yaml", ".yml", ".md")
 ON_DEVICE = "src/imsm/experiment/device/on_device.py"
+CALL_SECONDS = 600  # the most one device command may run
 WHEELS = ("gguf", "peft")  # transformers reads GGUF through `gguf`; peft as pinned here
 
 
@@ -46,6 +47,11 @@ class PackOptions:
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.seconds > CALL_SECONDS - 30:
+            raise IMSMError(
+                f"--seconds {self.seconds} leaves the last call no time to start and unpack within a device "
+                f"command's {CALL_SECONDS} s; give at most {CALL_SECONDS - 30}"
+            )
 
 
 def _git(tree: Path, *arguments: str) -> subprocess.CompletedProcess:
