@@ -157,6 +157,24 @@ def test_a_study_past_its_time_is_stopped_and_the_last_call_keeps_time_to_start(
         PackOptions(file=study / "study.yaml", output=tmp_path, seconds=590)
 
 
+def test_a_custom_task_in_the_tree_travels_with_it_and_is_not_packed(study, tmp_path, monkeypatch):
+    tree = study / "repo"
+    (tree / "probes").mkdir(exist_ok=True)
+    (tree / "probes" / "probe.yaml").write_text(
+        "name: probe\ndata: probe.jsonl\nprompt: '{q}'\nanswer: a\nmetrics: [exact_match]\n"
+    )
+    write_rows(tree / "probes" / "probe.jsonl", [{"q": "w1", "a": "w2"}])  # untracked, not ignored: it travels
+    experiment = json.loads((study / "study.yaml").read_text())
+    path = tmp_path / "custom.yaml"
+    path.write_text(json.dumps({**experiment, "original": ["probes/probe.yaml"]}))
+    monkeypatch.chdir(tree)  # the device runs in the repository root, so the packing does too
+    output = tree / f"pack-{tmp_path.name}"
+    pack_for_device(PackOptions(file=path, output=output, wheel_dir=study / "wheels"), tree)
+    manifest = json.loads((output / "call-1" / "manifest.json").read_text())
+    names = {item["name"] for item in manifest["items"]}
+    assert "data/arc_easy/test.jsonl" in names and not any("probe" in name for name in names)  # the grid's
+
+
 @pytest.mark.slow
 def test_the_calls_run_back_to_back_from_a_fresh_folder_end_to_end(study, tmp_path):
     output = study / "repo" / f"pack-{tmp_path.name}"
