@@ -116,18 +116,23 @@ def _sha(data: bytes) -> str:
 def gather_wheels(options: PackOptions) -> list[tuple[str, Path]]:
     """The wheels to carry: those in --wheel-dir, or gguf and peft downloaded at this machine's versions."""
     folder = options.wheel_dir
-    if folder is None:
-        folder = options.output / ".wheels"
-        pins = [f"{name}=={version(name)}" for name in WHEELS]
-        if not all(any(folder.glob(f"{pin.replace('==', '-')}-*.whl")) for pin in pins):
-            command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-            done = subprocess.run([*command, "-d", str(folder), *pins], capture_output=True, text=True)
-            if done.returncode != 0:
-                reason = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
-                raise IMSMError(f"could not download {', '.join(pins)} ({reason}); pass --wheel-dir with them")
-    elif not folder.is_dir():
-        raise IMSMError(f"--wheel-dir {str(folder)!r} is not a folder; give the folder holding the .whl files")
-    return [(f"wheels/{wheel.name}", wheel) for wheel in sorted(folder.glob("*.whl"))]
+    if folder is not None:
+        if not folder.is_dir():
+            raise IMSMError(f"--wheel-dir {str(folder)!r} is not a folder; give the folder holding the .whl files")
+        return [(f"wheels/{wheel.name}", wheel) for wheel in sorted(folder.glob("*.whl"))]
+    folder = options.output / ".wheels"  # kept between packings; only the pinned versions are carried
+    pins = [f"{name}=={version(name)}" for name in WHEELS]
+
+    def pinned() -> list[Path]:
+        return [wheel for pin in pins for wheel in sorted(folder.glob(f"{pin.replace('==', '-')}-*.whl"))[:1]]
+
+    if len(pinned()) < len(pins):
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
+        done = subprocess.run([*command, "-d", str(folder), *pins], capture_output=True, text=True)
+        if done.returncode != 0 or len(pinned()) < len(pins):
+            reason = (done.stderr.strip().splitlines() or ["no wheel found"])[-1]
+            raise IMSMError(f"could not download {', '.join(pins)} ({reason}); pass --wheel-dir with them")
+    return [(f"wheels/{wheel.name}", wheel) for wheel in pinned()]
 
 
 def _commands(output: Path, tree: Path, calls: int, seconds: int) -> list[dict[str, Any]]:
