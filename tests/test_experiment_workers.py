@@ -53,15 +53,15 @@ def start(path: str, workers: int = 2) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def trainings(work: Path, run: int | None = None) -> list[str]:
+def trainings(work: Path, run: int | None = None, what: tuple[str, ...] = (": training", ": resuming")) -> list[str]:
     """The cells the workers' logs say were trained (or resumed), one entry per time: in every run
     of the command, or in the given one (0 the first; each start of a worker begins its log's next part)."""
     cells = []
     for log in sorted((work / ".workers").glob("worker-*.log")):
         parts = log.read_text().split("--- worker ")[1:]
         for part in parts if run is None else parts[run : run + 1]:
-            lines = part.splitlines()
-            cells += [line.split(": ")[1] for line in lines if line.endswith((": training", ": resuming"))]
+            lines = [line.split(": ", 1)[1] for line in part.splitlines() if line.startswith("imsm experiment: ")]
+            cells += [line.split(": ")[0] for line in lines if any(w in line for w in what)]
     return cells
 
 
@@ -94,6 +94,7 @@ def test_two_workers_run_each_cell_once_and_a_second_run_skips_all(workspace, tm
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert sorted(trainings(experiment.work)) == sorted(c.name for c in experiment.cells)  # each once
+    assert sorted(trainings(experiment.work, what=(": evaluating on",))) == sorted(c.name for c in experiment.cells)
     assert all(runner.is_done(experiment, c) for c in experiment.cells)
     assert "[w1]" in output and "[w2]" in output
     written = {p: p.stat().st_mtime_ns for p in experiment.results.rglob("*") if p.is_file()}
