@@ -8,12 +8,14 @@ from pathlib import Path
 from imsm.atomic_write import write_atomically
 from imsm.cli.options import add_command, check_options, option
 from imsm.errors import IMSMError
+from imsm.experiment.device.pack import PackOptions, pack_for_device
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
 from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.runner import cell_state, evaluations_left, run_experiment
 from imsm.experiment.spec import load_experiment
+from imsm.experiment.workers import run_workers
 from imsm.registry import unknown_name_message
 
 
@@ -34,6 +36,12 @@ class ExperimentOptions:
         False,
         help="train every cell (resuming as usual) but evaluate nothing: e.g. on a GPU machine, leaving the "
         "evaluations to later runs of the same command",
+    )
+    workers: int = option(
+        1,
+        positive=True,
+        help="worker processes that share the grid, each running the next free cell: on a CPU one per core "
+        "(each then gets one thread), on a GPU several sharing the device; logs in WORK/.workers/",
     )
 
     def __post_init__(self) -> None:
@@ -78,6 +86,17 @@ def add_experiment_parsers(commands) -> None:
         help="run a grid of training + evaluation cells from a YAML file, resumably",
         description="Train and evaluate every cell of the experiment file. Finished cells are skipped and "
         "each cell's results are written as soon as it finishes, so the run can be stopped and restarted.",
+    )
+    add_command(
+        commands,
+        "pack-for-device",
+        cmd_pack_for_device,
+        PackOptions,
+        config_file=False,
+        help="pack an experiment's model, data and wheels for a device machine without network, in call folders",
+        description="Each call folder fits, with the working tree, under what one device call carries; "
+        "OUTPUT/commands.md lists the calls to make back to back: the first ones unpack, the last runs the "
+        "whole study with --workers and returns one archive of results (docs/experiments.md).",
     )
     add_command(
         commands,
@@ -129,10 +148,17 @@ def cmd_experiment(options: ExperimentOptions) -> int:
         print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
         return 0
     log = lambda line: print(f"imsm experiment: {line}", flush=True)  # noqa: E731
+    if options.workers > 1:
+        return run_workers(options, experiment.work, log=log)
     if options.inspect_gates:
         inspect_gates(experiment, log=log, only=options.grid, limit=options.gate_examples)
         return 0
     run_experiment(experiment, log=log, only=options.grid, train_only=options.train_only)
+    return 0
+
+
+def cmd_pack_for_device(options: PackOptions) -> int:
+    pack_for_device(options, log=lambda line: print(f"imsm pack-for-device: {line}", flush=True))
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from imsm.experiment.frontier_settings import DEFAULT_LABELS
 from imsm.experiment.runner import read_cell_result, read_original_row
-from imsm.experiment.spec import GATE_OPTIONS, TARGET, Cell, Experiment
+from imsm.experiment.spec import GATE_OPTIONS, GRID_KEYS, TARGET, Cell, Experiment
 from imsm.tasks import get_task
 from imsm.train.config import TrainConfig
 
@@ -82,7 +82,8 @@ class GridView:
         self.experiment, self.name = experiment, name
         grid = experiment.grids[name]
         self.cells: list[Cell] = [c for c in experiment.cells if name in c.grids]
-        self.varying = [axis for axis, values in grid.items() if axis != "evaluate" and isinstance(values, list)]
+        # `evaluate` and `variants` are lists but no axis: they make no cells of their own.
+        self.varying = [axis for axis, values in grid.items() if axis not in GRID_KEYS and isinstance(values, list)]
         self.train_tasks = list(dict.fromkeys(str(c.config["task"]) for c in self.cells))
         evaluate = grid.get("evaluate", [TARGET])
         evaluate = evaluate if isinstance(evaluate, list) else [evaluate]
