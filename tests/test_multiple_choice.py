@@ -466,12 +466,12 @@ def test_an_interrupted_evaluation_resumes_from_its_journal(tmp_path, monkeypatc
     journal = tmp_path / "run.mc.partial.jsonl"
     real = evaluate_choice.read_choices
 
-    def killed_after_one_batch(model, formatter, questions, batch_size, on_batch_done):
+    def killed_after_one_batch(model, formatter, questions, batch_size, on_batch_done, *rest):
         def once(indices, readings):
             on_batch_done(indices, readings)
             raise KeyboardInterrupt
 
-        return real(model, formatter, questions, batch_size, once)
+        return real(model, formatter, questions, batch_size, once, *rest)
 
     monkeypatch.setattr(evaluate_choice, "read_choices", killed_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
