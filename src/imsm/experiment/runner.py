@@ -10,6 +10,9 @@ Layout (results: small JSON meant for git; work: adapters and checkpoints):
     WORK/<cell>/                         the training run directory (adapter, checkpoints), and
                                          eval.TASK.jsonl: every example's prompt, answer and scores
     WORK/.claims/<cell>.lock             held by the worker running the cell
+    WORK/frozen-states/<model>/<task>.safetensors
+                                         the frozen branch's states for scoring, shared by every
+                                         cell and variant on that base model
 
 A cell's result is written the moment it finishes, and a finished cell is skipped. A cell whose
 training died resumes from its last checkpoint; a cell whose training finished but whose
@@ -32,6 +35,7 @@ from imsm.config import IMSMConfig
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
 from imsm.evaluation import run as evaluate  # called through the module, so tests can stand in for `evaluate_task`
+from imsm.evaluation.frozen_states import FrozenStateStore
 from imsm.evaluation.journal import directory_digest
 from imsm.experiment.claim import claimed
 from imsm.experiment.questions import question_columns
@@ -165,6 +169,7 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
         likelihood=experiment.eval_options.likelihood,
         journal_path=journal,
         run_settings=settings,
+        frozen_states=FrozenStateStore(experiment.work / FROZEN_STATES),
     )
     rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,9 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
 
 
 FROZEN_MEMORIES = "frozen-memories"
+# Every cell and variant evaluated on the same base model reads one set of the frozen branch's
+# states for scoring (imsm.evaluation.frozen_states): a gated cell after the first costs a vanilla one.
+FROZEN_STATES = "frozen-states"
 
 
 def _train(experiment: Experiment, cell: Cell, data_dir, log) -> Path:
