@@ -261,3 +261,47 @@ def test_a_resumed_evaluation_with_a_store_equals_an_uninterrupted_one(tmp_path,
     resumed = evaluate(adapted("imsm"), task, store, journal)
     assert resumed.resumed_examples > 0
     assert numbers(resumed) == pytest.approx(numbers(uninterrupted), abs=1e-5)
+
+
+def test_imsm_eval_frozen_states_end_to_end(tmp_path, capsys):
+    import json
+
+    from imsm.cli import main
+    from test_drift import _eval, write_txt_spec
+    from test_multiple_choice import write_spec
+
+    adapted("imsm").save_pretrained(tmp_path / "adapter")
+    tasks = f"{write_spec(tmp_path)},{write_txt_spec(tmp_path)}"
+    store = tmp_path / "states"
+    extra = ["--adapter", str(tmp_path / "adapter"), "--batch-size", "2", "--no-resume"]
+    code, plain = _eval(tmp_path, tasks, *extra)
+    assert code == 0
+    expected = json.loads(plain.read_text())["tasks"]
+    outputs = []
+    for run in ("first", "second"):
+        code, output = _eval(tmp_path, tasks, *extra, "--frozen-states", str(store))
+        assert code == 0
+        outputs.append(output.rename(output.with_name(f"{run}.json")))
+    assert sorted(p.name for p in store.glob("*/*")) == ["mc.safetensors", "notes.safetensors"]
+    for output in outputs:
+        for name, summary in json.loads(output.read_text())["tasks"].items():
+            for metric, value in summary["metrics"].items():
+                assert value == pytest.approx(expected[name]["metrics"][metric], abs=1e-5, nan_ok=True)
+    (tmp_path / "not-a-dir").write_text("x")
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "m",
+                "--task",
+                "mc",
+                "--output",
+                "o.json",
+                "--frozen-states",
+                str(tmp_path / "not-a-dir"),
+            ]
+        )
+        == 2
+    )
+    assert "--frozen-states must name a directory" in capsys.readouterr().err

@@ -522,6 +522,8 @@ def test_an_experiment_keeps_and_reports_a_multiple_choice_probe(tmp_path):
     path.write_text(json.dumps(config))
     assert main(["experiment", str(path)]) == 0
     experiment = load_experiment(str(path))
+    # The gated cell kept the frozen branch's states of the probe for the study's later cells.
+    assert list((tmp_path / "work" / "frozen-states").glob("*/mc.safetensors"))
     questions = runner.read_cell_result(experiment, experiment.cells[0])["questions"][mc]
     assert {"accuracy", "accuracy_norm", "gold_probability"} <= set(questions) and "answer_chars" not in questions
     report = render_report(experiment, None)
