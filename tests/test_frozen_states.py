@@ -244,16 +244,10 @@ def test_a_resumed_evaluation_with_a_store_equals_an_uninterrupted_one(tmp_path,
     task = _mc_task(tmp_path)
     store = FrozenStateStore(tmp_path / "states")
     uninterrupted = evaluate(adapted("imsm"), task)
+    from test_multiple_choice import killed_after_one_batch
+
     real = evaluate_choice.read_choices
-
-    def killed_after_one_batch(model, formatter, questions, batch_size, on_batch_done, *rest):
-        def once(indices, readings):
-            on_batch_done(indices, readings)
-            raise KeyboardInterrupt
-
-        return real(model, formatter, questions, batch_size, once, *rest)
-
-    monkeypatch.setattr(evaluate_choice, "read_choices", killed_after_one_batch)
+    monkeypatch.setattr(evaluate_choice, "read_choices", killed_after_one_batch(real))
     journal = tmp_path / "run.mc.partial.jsonl"
     with pytest.raises(KeyboardInterrupt):
         evaluate(adapted("imsm"), task, store, journal)
