@@ -151,11 +151,14 @@ def result_text(result: dict[str, Any]) -> str:
     return head + ("," if rest else "") + f"\n  {block}\n}}\n"
 
 
-def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, journal: Path, settings) -> dict[str, Any]:
+def _evaluate(
+    experiment: Experiment, model, tokenizer, name: str, data_dir, journal: Path, settings, frozen_states=None
+) -> dict[str, Any]:
     """One task's summary, with its per-question scores under "questions". Finished batches are
     journaled in `journal` (WORK/.../eval.TASK.partial.jsonl, which the caller removes once the
     summary is kept); the full per-example rows (prompt, prediction, golds, scores) go beside it as
-    eval.TASK.jsonl."""
+    eval.TASK.jsonl. `frozen_states`: the study's store of the frozen branch's states (one object
+    per loaded model, so the base weights are fingerprinted once)."""
     task = get_task(name)
     records = load_examples(task, None, data_dir, experiment.eval_limit(name))
     result = evaluate.evaluate_task(
@@ -169,7 +172,7 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
         likelihood=experiment.eval_options.likelihood,
         journal_path=journal,
         run_settings=settings,
-        frozen_states=FrozenStateStore(experiment.work / FROZEN_STATES),
+        frozen_states=frozen_states,
     )
     rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -307,13 +310,14 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
         )
         model, tokenizer = load_evaluated_model(variant_options)
         settings = {"cell": cell.name, "adapter": directory_digest(adapters[variant]), "variant": variant.key}
+        store = FrozenStateStore(experiment.work / FROZEN_STATES)
         if variant.is_default:
             target = result
         else:
             target = result["variants"].setdefault(variant.key, {"metrics": {}, "evaluation": {}, "questions": {}})
         for task in tasks:  # each task's result is kept as soon as it is in
             journal = run / f"{_journal_stem(variant, task)}.partial.jsonl"
-            task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings)
+            task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings, store)
             target["metrics"][task] = task_summary.pop("metrics")
             target["questions"][task] = task_summary.pop("questions")
             target["evaluation"][task] = task_summary
