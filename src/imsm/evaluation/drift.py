@@ -276,7 +276,9 @@ class Drift(TaskKind):
 
     def run(self, todo: list[int], keep) -> None:
         documents = [self.encoded[i] for i in todo]
-        score_documents(self.model, documents, self.formatter.pad_id, self.batch_size, keep, self.open_frozen_states())
+        score_documents(
+            self.model, documents, self.formatter.pad_id, self.batch_size, keep, self.open_frozen_states(drift=True)
+        )
 
     def report(self, done: dict[int, DocumentDrift]) -> tuple[dict[str, float], list[dict[str, Any]]]:
         truncated = sum(self.encoded[i].truncated for i in self.scored)

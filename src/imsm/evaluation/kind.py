@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from imsm.evaluation.frozen_states import uses_frozen_states
+
 if TYPE_CHECKING:
     from imsm.evaluation.frozen_states import FrozenStateStore, TaskStates
     from imsm.model.siamese import IMSMModel
@@ -49,9 +51,13 @@ class TaskKind:
         """Whether the prompts went through the chat template (None: these are not prompts)."""
         return self.formatter.use_chat_template
 
-    def open_frozen_states(self) -> TaskStates | None:
-        """This task's entries of the store, or None without one."""
-        return None if self.frozen_states is None else self.frozen_states.open(self.model, self.task.name)
+    def open_frozen_states(self, drift: bool = False) -> TaskStates | None:
+        """This task's entries of the store; None without one, or when the model's scoring never
+        reads the frozen branch (nor, with `drift`, the base model's distribution): then the base
+        weights are not even fingerprinted."""
+        if self.frozen_states is None or not uses_frozen_states(self.model, drift):
+            return None
+        return self.frozen_states.open(self.model, self.task.name)
 
     def items(self) -> Sequence[int]:
         """The indices of the records to evaluate: all of them unless a kind says otherwise."""
