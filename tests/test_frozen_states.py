@@ -238,6 +238,16 @@ def test_two_writers_keep_each_others_entries(tmp_path):
     assert len(store.open(model, "t")) == 2
 
 
+def test_a_store_that_cannot_be_written_is_noted_and_the_evaluation_goes_on(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    task = _mc_task(tmp_path)
+    reference = evaluate(adapted("imsm"), task)
+    result = evaluate(adapted("imsm"), task, FrozenStateStore(tmp_path / "file" / "states"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not keep the frozen branch's states" in err[0]
+    assert numbers(result) == pytest.approx(numbers(reference), abs=1e-5)
+
+
 def test_a_resumed_evaluation_with_a_store_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     import imsm.evaluation.choice as evaluate_choice
 

@@ -19,10 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from imsm.atomic_write import atomic_path
 from imsm.checked_files import DamagedFile, read_safetensors
+from imsm.errors import IMSMError
 from imsm.model.siamese import IMSMModel
 from imsm.model.states import FrozenPromptStates
 from imsm.train.frozen_cache import frozen_weights_digest, model_facts
@@ -115,9 +117,14 @@ class TaskStates:
             "counts": torch.tensor([len(entries[k][1]) for k in keys], dtype=torch.int64),  # [N]
             "hidden": torch.cat([entries[k][1] for k in keys]).contiguous(),  # [sum n, d]
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as temporary:
-            save_file(tensors, str(temporary), metadata={"format": str(STATES_FORMAT)})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as temporary:
+                save_file(tensors, str(temporary), metadata={"format": str(STATES_FORMAT)})
+        except (OSError, IMSMError, SafetensorError) as error:  # only a saving: this run has them in memory
+            self.note(
+                f"could not keep the frozen branch's states in {self.path} ({str(error).splitlines()[0]}); going on"
+            )
         self.unsaved = 0
 
 
