@@ -6,7 +6,8 @@ text token is scored twice at the position that predicts it: its negative log-li
 the model, and the KL divergence KL(p_base || p_model) over the whole vocabulary, where p_base is
 the base model's distribution. For IMSM and for any peft adapter the base model is the frozen
 branch (the adapter bypassed, through the frozen head), so it costs one more branch, never a
-second model; the base model itself has KL 0 by definition and runs one branch only. The query
+second model, and nothing once a frozen-state store (`imsm.evaluation.frozen_states`) holds the
+document; the base model itself has KL 0 by definition and runs one branch only. The query
 memory (eq. 3) is the tokens before the text: the prefix token and the context. Task metrics are
 token-weighted means over the corpus, with standard errors over documents.
 """

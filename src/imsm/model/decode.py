@@ -5,7 +5,9 @@ Both start from one prefill of the prompts through `BranchModel.cached_branch_st
 and tuned branches run as one doubled batch with one KV cache, and the query memory is taken
 there, once. Scoring then runs given continuations through the prompts' cache (several per
 prompt side by side, each prompt's cache rows repeated for its continuations) and reads their
-log-probabilities; decoding feeds each greedy token to both halves of the doubled batch. Every
+log-probabilities (or, given the frozen branch's states from an earlier frozen-only pass,
+`frozen_continuation_states`, runs the tuned branch alone); decoding feeds each greedy token to
+both halves of the doubled batch. Every
 logit comes from `BranchModel.fused_logits`. `naive_generate` is the slow reference: both
 branches recomputed from scratch at every step through `IMSMModel.forward`, as in the authors'
 decoder.
