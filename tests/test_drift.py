@@ -243,12 +243,12 @@ def test_an_interrupted_drift_evaluation_resumes_from_its_journal(tmp_path, monk
     uninterrupted = _evaluate_with_journal(spec, tmp_path / "other.jsonl")
     real = drift_module.score_documents
 
-    def killed_after_one_batch(model, documents, pad_id, batch_size, on_batch_done):
+    def killed_after_one_batch(model, documents, pad_id, batch_size, on_batch_done, *rest):
         def once(rows, drifts):
             on_batch_done(rows, drifts)
             raise KeyboardInterrupt
 
-        return real(model, documents, pad_id, batch_size, once)
+        return real(model, documents, pad_id, batch_size, once, *rest)
 
     monkeypatch.setattr(drift_module, "score_documents", killed_after_one_batch)
     with pytest.raises(KeyboardInterrupt):

@@ -136,6 +136,14 @@ def test_a_gate_moves_the_log_likelihoods_away_from_the_adapter_alone(workspace)
     assert max(abs(a - b) for a, b in zip(gated, tuned_alone, strict=True)) > 1e-2
 
 
+def test_log_likelihoods_with_a_frozen_state_store_equal_those_without(workspace, tmp_path):
+    store = tmp_path / "states"
+    plain = imsm_log_likelihoods(workspace, "gated")
+    assert_close(imsm_log_likelihoods(workspace, "gated", frozen_states=str(store)), plain, 1e-5)  # builds
+    assert list(store.glob("*/lm_eval.safetensors"))
+    assert_close(imsm_log_likelihoods(workspace, "gated", frozen_states=str(store)), plain, 1e-5)  # reads
+
+
 def test_a_fresh_adapter_gives_the_base_model(workspace):
     base = hf_log_likelihoods(workspace)
     assert_close(imsm_log_likelihoods(workspace, "fresh"), base)

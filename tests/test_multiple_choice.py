@@ -449,6 +449,19 @@ def test_accuracy_norm_is_refused_for_a_generative_spec(tmp_path):
         get_task(str(tmp_path / "t.yaml"))
 
 
+def killed_after_one_batch(read_choices):
+    """`read_choices` stopped by a KeyboardInterrupt once its first batch is journaled."""
+
+    def killed(model, formatter, questions, batch_size, on_batch_done, *rest):
+        def once(indices, readings):
+            on_batch_done(indices, readings)
+            raise KeyboardInterrupt
+
+        return read_choices(model, formatter, questions, batch_size, once, *rest)
+
+    return killed
+
+
 def _evaluate(spec, journal, batch_size=2):
     task = get_task(str(spec))
     return evaluate_task(
@@ -465,15 +478,7 @@ def test_an_interrupted_evaluation_resumes_from_its_journal(tmp_path, monkeypatc
     assert uninterrupted.metrics["gate_frozen_weight"] > 0
     journal = tmp_path / "run.mc.partial.jsonl"
     real = evaluate_choice.read_choices
-
-    def killed_after_one_batch(model, formatter, questions, batch_size, on_batch_done):
-        def once(indices, readings):
-            on_batch_done(indices, readings)
-            raise KeyboardInterrupt
-
-        return real(model, formatter, questions, batch_size, once)
-
-    monkeypatch.setattr(evaluate_choice, "read_choices", killed_after_one_batch)
+    monkeypatch.setattr(evaluate_choice, "read_choices", killed_after_one_batch(real))
     with pytest.raises(KeyboardInterrupt):
         _evaluate(spec, journal)
     with journal.open("a") as file:
@@ -522,6 +527,8 @@ def test_an_experiment_keeps_and_reports_a_multiple_choice_probe(tmp_path):
     path.write_text(json.dumps(config))
     assert main(["experiment", str(path)]) == 0
     experiment = load_experiment(str(path))
+    # The gated cell kept the frozen branch's states of the probe for the study's later cells.
+    assert list((tmp_path / "work" / "frozen-states").glob("*/mc.safetensors"))
     questions = runner.read_cell_result(experiment, experiment.cells[0])["questions"][mc]
     assert {"accuracy", "accuracy_norm", "gold_probability"} <= set(questions) and "answer_chars" not in questions
     report = render_report(experiment, None)

@@ -25,6 +25,7 @@ from imsm.cli.options import (
 from imsm.config import GATED_FUSIONS
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
+from imsm.evaluation.frozen_states import FrozenStateStore
 from imsm.evaluation.gate_inspection import format_report, inspect_adapter, reports_to_json
 from imsm.evaluation.journal import directory_digest
 from imsm.evaluation.results import format_table, journal_path, write_results
@@ -65,10 +66,21 @@ class EvalOptions(ModelOptions):
         help="after an interruption, evaluate only the examples the journal (OUTPUT-stem.TASK.partial.jsonl) "
         "lacks; --no-resume starts afresh",
     )
+    frozen_states: str | None = option(
+        None,
+        help="directory where the frozen branch's states are kept and reused by every evaluation on the same "
+        "base model (multiple-choice and drift tasks run the tuned branch alone once they are there)",
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
         _check_json_output(self.output)
+        if (
+            self.frozen_states is not None
+            and Path(self.frozen_states).exists()
+            and not Path(self.frozen_states).is_dir()
+        ):
+            raise IMSMError(f"--frozen-states must name a directory, but {self.frozen_states} is a file")
         super().__post_init__()
 
 
@@ -126,6 +138,7 @@ def cmd_eval(options: EvalOptions) -> int:
         "chat_template": formatter.use_chat_template,
         "system": options.system,
     }
+    store = FrozenStateStore(options.frozen_states) if options.frozen_states else None
     results, journals = [], []
     for task in tasks:
         split = options.split or task.eval_split
@@ -141,6 +154,7 @@ def cmd_eval(options: EvalOptions) -> int:
             likelihood=options.likelihood,
             journal_path=journal,
             run_settings=run_settings,
+            frozen_states=store,
         )
         if result.resumed_examples:
             print(f"imsm: {task.name}: {result.resumed_examples} examples came from an interrupted run ({journal})")

@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from imsm.evaluation.frozen_states import TaskStates
 from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.results import rounded
-from imsm.evaluation.scoring import ChoiceReading, encode_pair, score_requests
+from imsm.evaluation.scoring import ChoiceReading, add_frozen_states, encode_pair, score_requests
 from imsm.metrics import METRICS, best_choice, choice_probability, mean, mean_stderr, normalized_log_likelihoods
 from imsm.model.siamese import IMSMModel
 from imsm.prompting import PromptFormatter
@@ -66,21 +67,27 @@ def read_choices(
     questions: Sequence[Sequence[tuple[str, str]]],
     batch_size: int = 8,
     on_batch_done: Callable[[list[int], list[ChoiceReading]], None] | None = None,
+    frozen_states: TaskStates | None = None,
 ) -> list[ChoiceReading]:
     """Each question's options scored, `batch_size` questions at a time, longest contexts first.
 
     `questions` holds each question's (context, continuation) requests. After each batch
     `on_batch_done(indices, readings)` receives the batch's question indices and their readings,
-    whole questions only (what a resume journal keeps).
+    whole questions only (what a resume journal keeps). With `frozen_states`, the frozen branch's
+    states the store lacks for these questions are computed first, and every batch reads them.
     """
     tokenizer = formatter.tokenizer
     window = context_window(model, tokenizer)
     encoded = [[encode_pair(tokenizer, c, x) for c, x in request_texts(formatter, q)] for q in questions]
+    if frozen_states is not None:
+        add_frozen_states(model, encoded, formatter.pad_id, frozen_states, batch_size, window)
     order = sorted(range(len(encoded)), key=lambda i: -max(len(context) for context, _ in encoded[i]))
     readings: list[ChoiceReading | None] = [None] * len(encoded)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        batch = score_requests(model, [encoded[i] for i in indices], formatter.pad_id, batch_size, window)
+        batch = score_requests(
+            model, [encoded[i] for i in indices], formatter.pad_id, batch_size, window, frozen_states=frozen_states
+        )
         for i, reading in zip(indices, batch, strict=True):
             readings[i] = reading
         if on_batch_done is not None:
@@ -177,7 +184,8 @@ class MultipleChoice(TaskKind):
         return len(row["log_likelihoods"]) == len(self.questions[index])
 
     def run(self, todo: list[int], keep) -> None:
-        read_choices(self.model, self.formatter, [self.questions[i] for i in todo], self.batch_size, keep)
+        questions = [self.questions[i] for i in todo]
+        read_choices(self.model, self.formatter, questions, self.batch_size, keep, self.open_frozen_states())
 
     def report(self, done: dict[int, ChoiceReading]) -> tuple[dict[str, float], list[dict[str, Any]]]:
         readings = [done[i] for i in range(len(self.records))]

@@ -6,7 +6,8 @@ text token is scored twice at the position that predicts it: its negative log-li
 the model, and the KL divergence KL(p_base || p_model) over the whole vocabulary, where p_base is
 the base model's distribution. For IMSM and for any peft adapter the base model is the frozen
 branch (the adapter bypassed, through the frozen head), so it costs one more branch, never a
-second model; the base model itself has KL 0 by definition and runs one branch only. The query
+second model, and nothing once a frozen-state store (`imsm.evaluation.frozen_states`) holds the
+document; the base model itself has KL 0 by definition and runs one branch only. The query
 memory (eq. 3) is the tokens before the text: the prefix token and the context. Task metrics are
 token-weighted means over the corpus, with standard errors over documents.
 """
@@ -22,8 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from imsm.errors import IMSMError
+from imsm.evaluation.frozen_states import TaskStates, state_key, uses_frozen_states
 from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.scoring import prefix_token_id, right_padded
+from imsm.model.gate import masked_mean
 from imsm.model.siamese import IMSMModel
 
 DEFAULT_MAX_LENGTH = 1024
@@ -80,11 +83,15 @@ def score_documents(
     pad_id: int,
     batch_size: int = 8,
     on_batch_done: Callable[[list[int], list[DocumentDrift]], None] | None = None,
+    frozen_states: TaskStates | None = None,
 ) -> list[DocumentDrift]:
     """Each document's NLL and KL from the base model per text token, batched by length.
 
     Every document needs at least one text token (`len(ids) > query_length`). After each batch
     `on_batch_done(indices, drifts)` receives the batch's document indices and their results.
+    With `frozen_states` the frozen branch's states (the base model's, what the KL compares
+    against) come from that store, computed first for the documents it lacks, and only the tuned
+    branch runs.
     """
     for index, document in enumerate(documents):
         if len(document.ids) <= document.query_length:
@@ -94,22 +101,22 @@ def score_documents(
             )
     vocabulary = model.config.vocab_size
     chunk = max(1, CHUNK_ELEMENTS // vocabulary)
-    order = sorted(range(len(documents)), key=lambda i: -len(documents[i].ids))  # little padding
+    if frozen_states is not None and not uses_frozen_states(model, drift=True):
+        frozen_states = None
+    if frozen_states is not None:
+        add_document_states(model, documents, pad_id, frozen_states, batch_size)
     results: list[DocumentDrift | None] = [None] * len(documents)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        input_ids, attention_mask = right_padded([documents[i].ids for i in batch], pad_id)
-        input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-        B, T = input_ids.shape
-        positions = torch.arange(T, device=model.device)[None, :]  # [1, T]
-        query_lengths = torch.tensor([documents[i].query_length for i in batch], device=model.device)[:, None]
-        lengths = attention_mask.sum(-1, keepdim=True)  # [B, 1]
-        query_mask = positions < query_lengths  # [B, T]: prefix token and context (eq. 3)
-        # Position t predicts token t + 1; the text's tokens are those at query_length .. length - 1.
-        predicts_text = (positions >= query_lengths - 1) & (positions < lengths - 1)  # [B, T]
+    for batch, batch_documents in _by_length(documents, batch_size):
+        input_ids, attention_mask, query_mask, predicts_text = _document_batch(model, batch_documents, pad_id)
+        B = input_ids.shape[0]
         rows, cols = predicts_text.nonzero(as_tuple=True)  # [N], [N], row-major
         targets = input_ids[rows, cols + 1]  # [N]
-        states = model.branch_states(input_ids, attention_mask, query_mask, run_frozen=True)
+        states = model.branch_states(input_ids, attention_mask, query_mask, run_frozen=frozen_states is None)
+        if frozen_states is not None:  # h_M at the scored positions and q_M, as the frozen branch gave them
+            stored = [frozen_states.hidden(_document_key(d)) for d in batch_documents]
+            states.frozen = states.tuned.new_zeros(states.tuned.shape)  # [B, T, d], read at (rows, cols) only
+            states.frozen[rows, cols] = torch.cat([hidden for _, hidden in stored]).to(states.tuned)  # [N, d]
+            states.query_frozen = torch.stack([query for query, _ in stored]).to(model.device)  # [B, d]
         nll_sum = torch.zeros(B, dtype=torch.float64, device=model.device)
         kl_sum = torch.zeros_like(nll_sum)
         gate_sum = torch.zeros_like(nll_sum)
@@ -144,6 +151,49 @@ def score_documents(
         if on_batch_done is not None:
             on_batch_done(batch, drifts)
     return results
+
+
+def _by_length(documents: Sequence[EncodedDocument], batch_size: int):
+    """(indices, documents) batches, longest first so that a batch pads little."""
+    order = sorted(range(len(documents)), key=lambda i: -len(documents[i].ids))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        yield batch, [documents[i] for i in batch]
+
+
+def _document_batch(model: IMSMModel, documents: Sequence[EncodedDocument], pad_id: int):
+    """(input_ids, attention_mask, query_mask, predicts_text), each [B, T], on the model's device."""
+    input_ids, attention_mask = right_padded([d.ids for d in documents], pad_id)
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    positions = torch.arange(input_ids.shape[1], device=model.device)[None, :]  # [1, T]
+    query_lengths = torch.tensor([d.query_length for d in documents], device=model.device)[:, None]  # [B, 1]
+    lengths = attention_mask.sum(-1, keepdim=True)  # [B, 1]
+    query_mask = positions < query_lengths  # [B, T]: prefix token and context (eq. 3)
+    # Position t predicts token t + 1; the text's tokens are those at query_length .. length - 1.
+    predicts_text = (positions >= query_lengths - 1) & (positions < lengths - 1)  # [B, T]
+    return input_ids, attention_mask, query_mask, predicts_text
+
+
+def _document_key(document: EncodedDocument) -> bytes:
+    # The query is the prompt and the text the continuation: the same entry as scoring that pair.
+    return state_key(document.ids[: document.query_length], document.ids[document.query_length :])
+
+
+@torch.no_grad()
+def add_document_states(
+    model: IMSMModel, documents: Sequence[EncodedDocument], pad_id: int, store: TaskStates, batch_size: int = 8
+) -> None:
+    """Compute, by the frozen branch alone, the states `store` lacks for `documents` (h_M at the
+    positions predicting text tokens, q_M over the query); add them and write the store once."""
+    missing = [d for d in documents if _document_key(d) not in store]
+    for _, batch_documents in _by_length(missing, batch_size):
+        input_ids, attention_mask, query_mask, predicts_text = _document_batch(model, batch_documents, pad_id)
+        hidden = model.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
+        query = masked_mean(hidden, query_mask)  # [B, d]
+        for row, document in enumerate(batch_documents):
+            store.add(_document_key(document), query[row], hidden[row, predicts_text[row]])  # [n, d]
+    if store.unsaved:
+        store.save()
 
 
 def _token_weighted(values: Sequence[float], tokens: Sequence[int]) -> tuple[float, float]:
@@ -226,7 +276,10 @@ class Drift(TaskKind):
         return {"max_length": self.max_length}, [f"{context}\0{text}" for context, text in self.documents]
 
     def run(self, todo: list[int], keep) -> None:
-        score_documents(self.model, [self.encoded[i] for i in todo], self.formatter.pad_id, self.batch_size, keep)
+        documents = [self.encoded[i] for i in todo]
+        score_documents(
+            self.model, documents, self.formatter.pad_id, self.batch_size, keep, self.open_frozen_states(drift=True)
+        )
 
     def report(self, done: dict[int, DocumentDrift]) -> tuple[dict[str, float], list[dict[str, Any]]]:
         truncated = sum(self.encoded[i].truncated for i in self.scored)

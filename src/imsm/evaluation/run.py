@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from imsm.evaluation.choice import MultipleChoice
 from imsm.evaluation.drift import Drift
+from imsm.evaluation.frozen_states import FrozenStateStore
 from imsm.evaluation.generation import Generation
 from imsm.evaluation.journal import EvalJournal, fingerprint, journal_settings
 from imsm.evaluation.kind import TaskKind
@@ -102,15 +103,20 @@ def evaluate_task(
     progress: bool = True,
     journal_path: Path | None = None,
     run_settings: dict[str, Any] | None = None,
+    frozen_states: FrozenStateStore | None = None,
 ) -> TaskResult:
     """Evaluate and aggregate one task, as its `answer_type` says (`KINDS`, else generation).
 
     `max_new_tokens` and `likelihood` concern generated answers only. The journal works as
-    `run_task` says.
+    `run_task` says. With `frozen_states`, multiple-choice and drift tasks read the frozen
+    branch's states from that store (computing and adding those it lacks) and run the tuned
+    branch alone; the results are the same (to float rounding) as without it.
     """
     started = time.perf_counter()
     if task.answer_type in KINDS:
-        kind = KINDS[task.answer_type](model, formatter, task, records, batch_size)
+        kind = KINDS[task.answer_type](model, formatter, task, records, batch_size, frozen_states=frozen_states)
     else:
-        kind = Generation(model, formatter, task, records, batch_size, max_new_tokens, likelihood)
+        kind = Generation(
+            model, formatter, task, records, batch_size, max_new_tokens, likelihood, frozen_states=frozen_states
+        )
     return run_task(kind, split, progress, journal_path, run_settings, started)

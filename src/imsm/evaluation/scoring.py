@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from imsm.evaluation.frozen_states import TaskStates, state_key, uses_frozen_states
 from imsm.model.siamese import IMSMModel
 
 Request = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
@@ -77,6 +78,7 @@ def score_requests(
     batch_size: int = 8,
     max_length: int | None = None,
     on_batch_done: Callable[[int], None] | None = None,
+    frozen_states: TaskStates | None = None,
 ) -> list[ChoiceReading]:
     """Score groups of (context ids, continuation ids) requests; requests with the same context,
     in any group, share one prefill.
@@ -90,11 +92,47 @@ def score_requests(
         max_length: The model's window: a context is cut from the left so that context and
             continuation fit in `max_length + 1` tokens, as lm-eval does.
         on_batch_done: Called with the number of requests each batch finished.
+        frozen_states: Where the frozen branch's states are kept (`FrozenStateStore.open`): those
+            it lacks are computed first, by the frozen branch alone, and added; then every batch
+            runs the tuned branch alone. Left alone when the model's fusion does not read them.
 
     Returns:
         One `ChoiceReading` per group, its lists in request order.
     """
-    # Each context's requests, as (group, position in group) slots to fill.
+    contexts, continuations = _by_context(groups, max_length)
+    readings = [ChoiceReading([0.0] * len(g), [False] * len(g), [0] * len(g), [None] * len(g)) for g in groups]
+    batches, asked = _batches(contexts, continuations, batch_size)
+    if frozen_states is not None and not uses_frozen_states(model):
+        frozen_states = None
+    if frozen_states is not None:
+        _add_missing_states(model, frozen_states, batches, asked, pad_id)
+    for batch, wanted in zip(batches, asked, strict=True):
+        input_ids, attention_mask = right_padded(batch, pad_id)  # moved to the left by the model
+        frozen = None
+        if frozen_states is not None:
+            frozen = [
+                frozen_states.prompt_states([state_key(context, c) for c in group])
+                for context, group in zip(batch, wanted, strict=True)
+            ]
+        scores = model.score_continuations(
+            input_ids.to(model.device), attention_mask.to(model.device), wanted, frozen_states=frozen
+        )
+        done = 0
+        for row, context in enumerate(batch):
+            for column, (number, position) in enumerate(contexts[context]):
+                reading = readings[number]
+                reading.log_likelihoods[position] = float(scores.log_probs[row][column].sum())
+                reading.is_greedy[position] = scores.is_greedy[row][column]
+                reading.tokens[position] = len(continuations[number, position])
+                reading.frozen_weights[position] = scores.frozen_weights[row][column]
+                done += 1
+        if on_batch_done is not None:
+            on_batch_done(done)
+    return readings
+
+
+def _by_context(groups: Sequence[Sequence[Request]], max_length: int | None):
+    """The requests by context: {context: its (group, position in group) slots}, {slot: continuation}."""
     contexts: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     continuations: dict[tuple[int, int], list[int]] = {}
     for number, group in enumerate(groups):
@@ -109,29 +147,58 @@ def score_requests(
                 raise ValueError(f"{where}: the continuation alone fills the model's window of {max_length}")
             contexts.setdefault(context, []).append((number, position))
             continuations[number, position] = list(continuation)
+    return contexts, continuations
+
+
+def _batches(contexts, continuations, batch_size: int) -> tuple[list[list], list[list]]:
+    """Contexts in batches, and each batch's continuations per context."""
 
     # Longest first by context plus longest continuation, so a batch pads little in either pass
     # (SciQ's cost is in its contexts, PIQA's in its options).
     def length(context: tuple[int, ...]) -> int:
         return len(context) + max(len(continuations[slot]) for slot in contexts[context])
 
-    readings = [ChoiceReading([0.0] * len(g), [False] * len(g), [0] * len(g), [None] * len(g)) for g in groups]
-    for batch in _similar_lengths(sorted(contexts, key=length, reverse=True), length, batch_size):
-        input_ids, attention_mask = right_padded(batch, pad_id)  # moved to the left by the model
-        wanted = [[continuations[slot] for slot in contexts[context]] for context in batch]
-        scores = model.score_continuations(input_ids.to(model.device), attention_mask.to(model.device), wanted)
-        done = 0
-        for row, context in enumerate(batch):
-            for column, (number, position) in enumerate(contexts[context]):
-                reading = readings[number]
-                reading.log_likelihoods[position] = float(scores.log_probs[row][column].sum())
-                reading.is_greedy[position] = scores.is_greedy[row][column]
-                reading.tokens[position] = len(continuations[number, position])
-                reading.frozen_weights[position] = scores.frozen_weights[row][column]
-                done += 1
-        if on_batch_done is not None:
-            on_batch_done(done)
-    return readings
+    batches = _similar_lengths(sorted(contexts, key=length, reverse=True), length, batch_size)
+    asked = [[[continuations[slot] for slot in contexts[context]] for context in batch] for batch in batches]
+    return batches, asked
+
+
+def add_frozen_states(
+    model: IMSMModel,
+    groups: Sequence[Sequence[Request]],
+    pad_id: int,
+    store: TaskStates,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> None:
+    """Compute the frozen branch's states that `score_requests` would read for `groups` and
+    `store` lacks (the frozen branch alone, batched), add them and write the store once. A
+    caller that scores in many small calls (a journal's batches) runs this first, over all."""
+    if uses_frozen_states(model):
+        contexts, continuations = _by_context(groups, max_length)
+        _add_missing_states(model, store, *_batches(contexts, continuations, batch_size), pad_id)
+
+
+def _add_missing_states(model: IMSMModel, store: TaskStates, batches, asked, pad_id: int) -> None:
+    """Compute, by the frozen branch alone and in the same batches, the states `store` lacks for
+    these contexts and continuations; add them and write the store once."""
+    for batch, wanted in zip(batches, asked, strict=True):
+        missing = [
+            (context, [c for c in group if state_key(context, c) not in store])
+            for context, group in zip(batch, wanted, strict=True)
+        ]
+        missing = [(context, group) for context, group in missing if group]
+        if not missing:
+            continue
+        input_ids, attention_mask = right_padded([context for context, _ in missing], pad_id)
+        states = model.frozen_continuation_states(
+            input_ids.to(model.device), attention_mask.to(model.device), [group for _, group in missing]
+        )
+        for (context, group), prompt in zip(missing, states, strict=True):
+            for continuation, hidden in zip(group, prompt.hidden, strict=True):
+                store.add(state_key(context, continuation), prompt.query, hidden)
+    if store.unsaved:
+        store.save()
 
 
 def right_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

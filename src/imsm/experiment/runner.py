@@ -10,6 +10,9 @@ Layout (results: small JSON meant for git; work: adapters and checkpoints):
     WORK/<cell>/                         the training run directory (adapter, checkpoints), and
                                          eval.TASK.jsonl: every example's prompt, answer and scores
     WORK/.claims/<cell>.lock             held by the worker running the cell
+    WORK/frozen-states/<model>/<task>.safetensors
+                                         the frozen branch's states for scoring, shared by every
+                                         cell and variant on that base model
 
 A cell's result is written the moment it finishes, and a finished cell is skipped. A cell whose
 training died resumes from its last checkpoint; a cell whose training finished but whose
@@ -32,6 +35,7 @@ from imsm.config import IMSMConfig
 from imsm.data import load_examples, resolve_data_dir
 from imsm.errors import IMSMError
 from imsm.evaluation import run as evaluate  # called through the module, so tests can stand in for `evaluate_task`
+from imsm.evaluation.frozen_states import FrozenStateStore
 from imsm.evaluation.journal import directory_digest
 from imsm.experiment.claim import claimed
 from imsm.experiment.questions import question_columns
@@ -147,11 +151,14 @@ def result_text(result: dict[str, Any]) -> str:
     return head + ("," if rest else "") + f"\n  {block}\n}}\n"
 
 
-def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, journal: Path, settings) -> dict[str, Any]:
+def _evaluate(
+    experiment: Experiment, model, tokenizer, name: str, data_dir, journal: Path, settings, frozen_states=None
+) -> dict[str, Any]:
     """One task's summary, with its per-question scores under "questions". Finished batches are
     journaled in `journal` (WORK/.../eval.TASK.partial.jsonl, which the caller removes once the
     summary is kept); the full per-example rows (prompt, prediction, golds, scores) go beside it as
-    eval.TASK.jsonl."""
+    eval.TASK.jsonl. `frozen_states`: the study's store of the frozen branch's states (one object
+    per loaded model, so the base weights are fingerprinted once)."""
     task = get_task(name)
     records = load_examples(task, None, data_dir, experiment.eval_limit(name))
     result = evaluate.evaluate_task(
@@ -165,6 +172,7 @@ def _evaluate(experiment: Experiment, model, tokenizer, name: str, data_dir, jou
         likelihood=experiment.eval_options.likelihood,
         journal_path=journal,
         run_settings=settings,
+        frozen_states=frozen_states,
     )
     rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +204,9 @@ def run_original(experiment: Experiment, data_dir, log) -> None:
 
 
 FROZEN_MEMORIES = "frozen-memories"
+# Every cell and variant evaluated on the same base model reads one set of the frozen branch's
+# states for scoring (imsm.evaluation.frozen_states): a gated cell after the first costs a vanilla one.
+FROZEN_STATES = "frozen-states"
 
 
 def _train(experiment: Experiment, cell: Cell, data_dir, log) -> Path:
@@ -299,13 +310,14 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
         )
         model, tokenizer = load_evaluated_model(variant_options)
         settings = {"cell": cell.name, "adapter": directory_digest(adapters[variant]), "variant": variant.key}
+        store = FrozenStateStore(experiment.work / FROZEN_STATES)
         if variant.is_default:
             target = result
         else:
             target = result["variants"].setdefault(variant.key, {"metrics": {}, "evaluation": {}, "questions": {}})
         for task in tasks:  # each task's result is kept as soon as it is in
             journal = run / f"{_journal_stem(variant, task)}.partial.jsonl"
-            task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings)
+            task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings, store)
             target["metrics"][task] = task_summary.pop("metrics")
             target["questions"][task] = task_summary.pop("questions")
             target["evaluation"][task] = task_summary

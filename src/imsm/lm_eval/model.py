@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from imsm.cli.model_options import ModelOptions
 from imsm.errors import IMSMError
+from imsm.evaluation.frozen_states import FrozenStateStore
 from imsm.evaluation.scoring import prefix_token_id, score_requests
 from imsm.generate import left_padded
 from imsm.model.variant import load_evaluated_model
@@ -73,6 +74,8 @@ class IMSMLM(TemplateLM):
         batch_size: Contexts scored, or prompts decoded, together (an integer).
         max_length: The model's window in tokens; default from its config, as lm-eval's `hf`.
         trust_remote_code: Passed to transformers.
+        frozen_states: A directory where the frozen branch's states for log-likelihood requests
+            are kept and reused by later runs on the same base model (`imsm eval --frozen-states`).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class IMSMLM(TemplateLM):
         max_length: int | None = None,
         trust_remote_code: bool = False,
         adapter_scale: float = 1.0,
+        frozen_states: str | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -113,6 +117,9 @@ class IMSMLM(TemplateLM):
         self.pretrained, self.adapter = str(pretrained), adapter
         self._max_length = max_length
         self.pad_token_id = self.tokenizer.pad_token_id
+        # `frozen_states=DIR`: the frozen branch's states for log-likelihood requests, kept and reused
+        # by every later run on the same base model (imsm.evaluation.frozen_states).
+        self.frozen_states = FrozenStateStore(frozen_states) if frozen_states else None
 
     # ----------------------------------------------------------------------------------------
     # What TemplateLM and lm-eval's evaluator read.
@@ -182,6 +189,7 @@ class IMSMLM(TemplateLM):
                 batch_size=self.batch_size,
                 max_length=self.max_length,
                 on_batch_done=progress.update,
+                frozen_states=None if self.frozen_states is None else self.frozen_states.open(self.model, "lm_eval"),
             )
         answers = [(reading.log_likelihoods[0], reading.is_greedy[0]) for reading in scored]
         for (key, _, _), answer in zip(requests, answers, strict=True):

@@ -267,6 +267,7 @@ class BranchModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache=None,
         query_mask: torch.Tensor | None = None,
+        branches: str = SPLIT,
     ) -> tuple[BranchStates, Any]:
         """Both branches over R rows in one forward with a KV cache (decoding and prefill scoring).
 
@@ -283,6 +284,11 @@ class BranchModel(nn.Module):
             cache: The cache of earlier calls on these rows, or None for a prefill.
             query_mask: [R, t], the prompt (eq. 3), at prefill: the query memories are taken
                 from it once and reused for every later position. Padding must be excluded.
+            branches: SPLIT for both (the model's own: the tuned one alone for fusion "none");
+                TUNED for the tuned branch alone, when the frozen branch's states are at hand
+                already (`imsm.evaluation.frozen_states`); FROZEN for the frozen branch alone,
+                which computes them. The cache then holds R rows of that branch, and `tuned`
+                (or `frozen`) is None.
 
         Returns:
             (states [R, t, d] per branch, with query memories when `query_mask` was given and
@@ -292,26 +298,33 @@ class BranchModel(nn.Module):
             self.router.check_unmerged()
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
+        if branches not in (SPLIT, TUNED, FROZEN):
+            raise ValueError(f"branches must be {SPLIT!r}, {TUNED!r} or {FROZEN!r}, got {branches!r}")
         R = input_ids.shape[0]
-        siamese = self.imsm_config.is_siamese
-        shared = self.shared_layer_count(doubled_batch=True)
-        entering = 2 if siamese and not shared else 1  # copies of each row entering the stack
+        both = self.imsm_config.is_siamese and branches == SPLIT
+        shared = self.shared_layer_count(doubled_batch=True) if both else 0
+        entering = 2 if both and not shared else 1  # copies of each row entering the stack
         sharing = doubled_from(self.decoder_layers, shared, R) if shared else contextlib.nullcontext()
         with sharing:
             output = self.branch_hidden_states(
                 input_ids.repeat(entering, 1),
                 attention_mask.repeat(entering, 1),
-                SPLIT if siamese else TUNED,
+                SPLIT if both else (FROZEN if branches == FROZEN else TUNED),
                 position_ids.repeat(entering, 1),
                 cache=cache,
                 use_cache=True,
             )
         cache = output[self.cache_argument] if self.cache_argument in output else output["past_key_values"]
         hidden = output.last_hidden_state  # [copies*R, t, d]: rows [0, R) frozen, [R, 2R) tuned
-        states = BranchStates(hidden[:R] if siamese else None, hidden[-R:])
+        if branches == FROZEN:
+            states = BranchStates(hidden, None)
+        else:
+            states = BranchStates(hidden[:R] if both else None, hidden[-R:])
         if query_mask is not None and self.gate is not None:
-            states.query_frozen = masked_mean(states.frozen, query_mask)  # [R, d]
-            states.query_tuned = masked_mean(states.tuned, query_mask)  # [R, d]
+            if states.frozen is not None:
+                states.query_frozen = masked_mean(states.frozen, query_mask)  # [R, d]
+            if states.tuned is not None:
+                states.query_tuned = masked_mean(states.tuned, query_mask)  # [R, d]
         return states, cache
 
     def fused_logits(

@@ -5,7 +5,9 @@ Both start from one prefill of the prompts through `BranchModel.cached_branch_st
 and tuned branches run as one doubled batch with one KV cache, and the query memory is taken
 there, once. Scoring then runs given continuations through the prompts' cache (several per
 prompt side by side, each prompt's cache rows repeated for its continuations) and reads their
-log-probabilities; decoding feeds each greedy token to both halves of the doubled batch. Every
+log-probabilities (or, given the frozen branch's states from an earlier frozen-only pass,
+`frozen_continuation_states`, runs the tuned branch alone); decoding feeds each greedy token to
+both halves of the doubled batch. Every
 logit comes from `BranchModel.fused_logits`. `naive_generate` is the slow reference: both
 branches recomputed from scratch at every step through `IMSMModel.forward`, as in the authors'
 decoder.
@@ -15,61 +17,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
+from imsm.model.branches import FROZEN, SPLIT, TUNED
 from imsm.model.decoding_plan import DecodingPlan, plan_decoding
-from imsm.model.states import BranchStates, SiameseModel
-
-
-@dataclass
-class ContinuationScores:
-    """What `IMSMModel.score_continuations` reads of each continuation, grouped by prompt.
-
-    Attributes:
-        log_probs: [prompt][continuation] -> log p of each continuation token given the prompt
-            and the tokens before it, fp32 [L].
-        frozen_weights: [prompt][continuation] -> the gate's mean weight on the frozen branch
-            over the positions that predict the continuation; None without a gate.
-        is_greedy: [prompt][continuation] -> whether every token of the continuation is the
-            most likely one where it stands (lm-eval's `is_greedy`).
-        first_log_probs: [prompt][continuation] -> the log-distribution [V] of the
-            continuation's first token, when asked for.
-        sequences: [B, T + new] greedy ids, when decoding was asked for.
-    """
-
-    log_probs: list[list[torch.Tensor]]
-    frozen_weights: list[list[float | None]]
-    is_greedy: list[list[bool]] | None = None
-    first_log_probs: list[list[torch.Tensor]] | None = None
-    sequences: torch.Tensor | None = None
-
-    @classmethod
-    def grouped(
-        cls,
-        per_prompt: Sequence[int],
-        log_probs: Sequence[torch.Tensor],
-        frozen_weights: Sequence[float | None],
-        is_greedy: Sequence[bool],
-        first_log_probs: Sequence[torch.Tensor] | None = None,
-    ) -> ContinuationScores:
-        """The scores of continuations read one per row, grouped by prompt: the first
-        `per_prompt[0]` rows are prompt 0's continuations, and so on. The one place scores are grouped."""
-
-        def group(values):
-            if values is None:
-                return None
-            out, start = [], 0
-            for count in per_prompt:
-                out.append(list(values[start : start + count]))
-                start += count
-            return out
-
-        return cls(group(log_probs), group(frozen_weights), group(is_greedy), group(first_log_probs))
+from imsm.model.gate import masked_mean
+from imsm.model.states import BranchStates, ContinuationScores, FrozenPromptStates, SiameseModel
 
 
 def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +109,7 @@ class DecodingMixin:
         max_new_tokens: int = 0,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
+        frozen_states: Sequence[FrozenPromptStates] | None = None,
     ) -> ContinuationScores:
         """Log-probabilities of given continuations after each prompt, from one prefill per prompt.
 
@@ -171,6 +129,11 @@ class DecodingMixin:
                 its scores from one encoding of the prompt. The prompt's cache is cut back after
                 scoring (or the scoring ran on a copy), so decoding goes on exactly as `generate`'s.
             eos_token_id, pad_token_id: As for `generate`.
+            frozen_states: Per prompt, the frozen branch's states for these continuations, computed
+                before (`frozen_continuation_states`, kept by `imsm.evaluation.frozen_states`):
+                then only the tuned branch runs, B rows instead of 2B, and the same fusion reads
+                the given states. Ignored where the fusion does not read the frozen branch;
+                scoring only (decoding needs the frozen branch at every new token).
         """
         if len(continuations) != input_ids.shape[0]:
             raise ValueError(f"{input_ids.shape[0]} prompts but continuations for {len(continuations)}")
@@ -181,7 +144,49 @@ class DecodingMixin:
         eos_ids = _eos_ids(self, eos_token_id)
         pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
         plan = DecodingPlan.greedy(max_new_tokens, eos_ids, pad) if max_new_tokens > 0 else None
-        return _run(self, input_ids, attention_mask, continuations, first_token_log_probs, plan)
+        if frozen_states is not None and not self.imsm_config.is_siamese:
+            frozen_states = None  # the fusion never reads the frozen branch
+        if frozen_states is not None:
+            _check_frozen_states(frozen_states, continuations, plan)
+        return _run(self, input_ids, attention_mask, continuations, first_token_log_probs, plan, frozen_states)
+
+    @torch.no_grad()
+    def frozen_continuation_states(
+        self: SiameseModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        continuations: Sequence[Sequence[Sequence[int]]],
+    ) -> list[FrozenPromptStates]:
+        """The frozen branch alone over prompts and their continuations: what `score_continuations`
+        reads of it, to compute once and pass as its `frozen_states` for any adapter on this base
+        model. The same prefill and cache as scoring, with R rows of one branch."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
+        prompt, cache = self.cached_branch_states(input_ids, attention_mask, None, branches=FROZEN)
+        query = masked_mean(prompt.frozen, attention_mask.bool())  # [B, d]: the whole prompt is query
+        counts = [len(group) for group in continuations]
+        flat = [list(continuation) for group in continuations for continuation in group]
+        index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(input_ids.device)
+        last = BranchStates(prompt.frozen[index, -1:], None)  # [R, 1, d]
+        states, _, _ = _continuation_states(
+            self, _cache_rows(cache, index, len(counts)), attention_mask[index], last, flat, FROZEN
+        )
+        hidden = [states.frozen[row, : len(c)].cpu() for row, c in enumerate(flat)]  # [L_c, d] each
+        out, start = [], 0
+        for b, count in enumerate(counts):
+            out.append(FrozenPromptStates(query[b].cpu(), hidden[start : start + count]))
+            start += count
+        return out
+
+
+def _check_frozen_states(frozen_states, continuations, plan) -> None:
+    """Given states must match the continuations one for one, and cover scoring alone."""
+    if plan is not None:
+        raise ValueError("frozen_states cover scoring only: decoding needs the frozen branch at every new token")
+    shapes = [[len(h) for h in prompt.hidden] for prompt in frozen_states]
+    if shapes != [[len(c) for c in group] for group in continuations]:
+        raise ValueError("frozen_states must hold one [L, d] tensor per continuation, L its length in tokens")
 
 
 def _last_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -190,15 +195,22 @@ def _last_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _run(
-    model, input_ids, attention_mask, continuations, first_token_log_probs, plan: DecodingPlan | None
+    model, input_ids, attention_mask, continuations, first_token_log_probs, plan: DecodingPlan | None, frozen=None
 ) -> ContinuationScores:
-    """Prefill; then score `continuations` from the prompts' cache; then decode as `plan` says."""
+    """Prefill; then score `continuations` from the prompts' cache; then decode as `plan` says.
+    With `frozen` (per prompt, the frozen branch's states) only the tuned branch runs."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
     max_new_tokens = 0 if plan is None else plan.max_new_tokens
     # Prefill: both branches over the prompt, one forward; the query memory is the whole prompt.
-    states, cache = model.cached_branch_states(input_ids, attention_mask, None, query_mask=attention_mask.bool())
+    branches = SPLIT if frozen is None else TUNED
+    states, cache = model.cached_branch_states(
+        input_ids, attention_mask, None, query_mask=attention_mask.bool(), branches=branches
+    )
+    if frozen is not None:  # the frozen branch's share, as it would have come out of the prefill
+        states.query_frozen = torch.stack([prompt.query for prompt in frozen]).to(states.tuned.device)  # [B, d] fp32
+        frozen = [hidden for prompt in frozen for hidden in prompt.hidden]  # per continuation, [L, d]
     last = BranchStates(
         None if states.frozen is None else states.frozen[:, -1:],  # [B, 1, d]
         states.tuned[:, -1:],  # [B, 1, d]
@@ -218,7 +230,7 @@ def _run(
             croppable = hasattr(cache, "crop") and not any(getattr(cache, "is_sliding", None) or ())
             decoding_follows = max_new_tokens > 0
             scoring_cache = copy.deepcopy(cache) if decoding_follows and not croppable else cache
-            scores = _score(model, scoring_cache, attention_mask, last, flat, counts, first_token_log_probs)
+            scores = _score(model, scoring_cache, attention_mask, last, flat, counts, first_token_log_probs, frozen)
             added = max(len(c) for c in flat) - 1  # continuation tokens fed through the cache
             if decoding_follows and croppable and added:
                 cache.crop(-added)  # back to the prompt alone (a negative count in every version)
@@ -229,7 +241,9 @@ def _run(
             )
             rows = _select(last, index)
             scoring_cache = _cache_rows(cache, index, B)
-            scores = _score(model, scoring_cache, attention_mask[index], rows, flat, counts, first_token_log_probs)
+            scores = _score(
+                model, scoring_cache, attention_mask[index], rows, flat, counts, first_token_log_probs, frozen
+            )
     if plan is not None:
         scores.sequences = _decode(model, input_ids, attention_mask, cache, last, plan)
     return scores
@@ -262,15 +276,15 @@ def _cache_rows(cache, index: torch.Tensor, rows: int):
 _LOGIT_SLICE = 2048  # continuation positions whose logits are held at once
 
 
-def _score(
-    model, cache, mask, last: BranchStates, continuations, per_prompt: list[int], first_token_log_probs: bool
-) -> ContinuationScores:
-    """Teacher-forced log-probabilities of one continuation per cached row, grouped by prompt
-    (`per_prompt[b]` consecutive rows are prompt b's continuations).
+def _continuation_states(
+    model, cache, mask, last: BranchStates, continuations, branches: str = SPLIT
+) -> tuple[BranchStates, torch.Tensor, torch.Tensor]:
+    """Run one continuation per cached row through the cache, teacher-forced.
 
     Position j of a continuation is predicted by the prompt's last state (j = 0) or by its token
     j - 1, so only the first L - 1 tokens run through the model: a one-token answer ("yes")
-    costs no forward at all.
+    costs no forward at all. Returns (states [R, L, d] at the predicting positions, the
+    continuations' ids [R, L] right-padded, their mask [R, L]).
     """
     R = len(continuations)
     L = max(len(c) for c in continuations)
@@ -284,13 +298,26 @@ def _score(
     if L > 1:
         fed_mask = torch.cat([mask, target_mask[:, : L - 1].to(mask.dtype)], dim=1)  # [R, T + L-1]
         fed_positions = _last_positions(mask) + torch.arange(1, L, device=device)  # [R, L-1]
-        more, _ = model.cached_branch_states(target_ids[:, : L - 1], fed_mask, fed_positions, cache)
-        states = BranchStates(
-            None if last.frozen is None else torch.cat([last.frozen, more.frozen], dim=1),  # [R, L, d]
-            torch.cat([last.tuned, more.tuned], dim=1),  # [R, L, d]
-            last.query_frozen,
-            last.query_tuned,
-        )
+        more, _ = model.cached_branch_states(target_ids[:, : L - 1], fed_mask, fed_positions, cache, branches=branches)
+        grow = lambda a, b: None if a is None else torch.cat([a, b], dim=1)  # noqa: E731  [R, L, d]
+        states = BranchStates(grow(last.frozen, more.frozen), grow(last.tuned, more.tuned))
+        states.query_frozen, states.query_tuned = last.query_frozen, last.query_tuned
+    return states, target_ids, target_mask
+
+
+def _score(
+    model, cache, mask, last: BranchStates, continuations, per_prompt: list[int], first_token_log_probs: bool, frozen
+) -> ContinuationScores:
+    """Teacher-forced log-probabilities of one continuation per cached row, grouped by prompt
+    (`per_prompt[b]` consecutive rows are prompt b's continuations). `frozen`: each row's
+    frozen-branch states [L_c, d] when the cache holds the tuned branch alone."""
+    R = len(continuations)
+    device = mask.device
+    states, target_ids, target_mask = _continuation_states(
+        model, cache, mask, last, continuations, SPLIT if frozen is None else TUNED
+    )
+    if frozen is not None:
+        states.frozen = torch.nn.utils.rnn.pad_sequence(frozen, batch_first=True).to(states.tuned)  # [R, L, d]
     rows, cols = target_mask.nonzero(as_tuple=True)  # [N] row-major: each row's tokens in order
     gold = target_ids[rows, cols]  # [N]
     lengths = [len(c) for c in continuations]

@@ -94,7 +94,7 @@ def frozen_weights_digest(model: IMSMModel) -> str:
     return digest.hexdigest()
 
 
-def _model_facts(model: IMSMModel) -> dict:
+def model_facts(model: IMSMModel) -> dict:
     """What else the frozen branch's numbers depend on: the architecture's settings (rope, norms,
     windows: buffers and constants, not weights) and the attention implementation."""
     config = model.config
@@ -120,7 +120,7 @@ def cache_fingerprint(model: IMSMModel, data: TokenizedSet, pad_id: int, batch_s
     facts = {
         "format": CACHE_FORMAT,
         "weights": frozen_weights_digest(model),
-        "model": _model_facts(model),
+        "model": model_facts(model),
         "dtype": str(model.frozen_head.weight.dtype),
         "device": torch.device(device).type,
         "pad_id": pad_id,
