@@ -17,6 +17,7 @@ from peft.tuners.lora.intruders import reduce_intruder_dimension
 
 from conftest import peft_config, perturb_adapter, random_batch, save_tiny_model, tiny_model
 from imsm import IMSMConfig, IMSMModel
+from imsm.cli import main
 from imsm.cli.model_options import ModelOptions
 from imsm.errors import IMSMError
 from imsm.model.intruders import reduce_intruders
@@ -134,3 +135,12 @@ def test_the_variant_loads_from_disk_as_peft_reduces_it(saved):
     model, _ = load_evaluated_model(options)
     assert options.describe(model)["reduce_intruders"] == 0.5
     torch.testing.assert_close(logits(model), peft_reduced(trained_looking(), 0.5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("adapter", "message"), [("dora", "cannot reduce a DoRA adapter"), ("ia3", "not IA3")])
+def test_eval_refuses_what_it_cannot_reduce_in_one_line_before_loading(saved, adapter, message, capsys, tmp_path):
+    argv = ["eval", "--model", saved["model"], "--adapter", saved[adapter], "--reduce-intruders", "0.5"]
+    code = main([*argv, "--task", "mrpc", "--output", str(tmp_path / "metrics.json")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and message in error[0]
+    assert not (tmp_path / "metrics.json").exists()
