@@ -144,3 +144,17 @@ def test_eval_refuses_what_it_cannot_reduce_in_one_line_before_loading(saved, ad
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and message in error[0]
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_trained_modules_to_save_stay_as_trained():
+    """peft's second adapter would start `modules_to_save` afresh; the copy back keeps the trained ones."""
+    config = peft_config("lora", "llama")
+    config.modules_to_save = ["lm_head"]
+    peft_model = get_peft_model(tiny_model("llama"), config)
+    perturb_adapter(peft_model, scale=0.5)  # moves the lm_head copy too: it is trainable
+    head = peft_model.base_model.model.lm_head
+    trained = head.modules_to_save["default"].weight.detach().clone()
+    reduce_intruders(peft_model.eval(), 0.5)
+    assert list(head.modules_to_save) == ["default"] and head.active_adapters == ["default"]
+    assert torch.equal(head.modules_to_save["default"].weight, trained)
+    assert not torch.equal(trained, tiny_model("llama").lm_head.weight)
