@@ -9,6 +9,7 @@ DoRA, any other method) is refused by name before a model is loaded.
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -158,3 +159,9 @@ def test_trained_modules_to_save_stay_as_trained():
     assert list(head.modules_to_save) == ["default"] and head.active_adapters == ["default"]
     assert torch.equal(head.modules_to_save["default"].weight, trained)
     assert not torch.equal(trained, tiny_model("llama").lm_head.weight)
+
+
+def test_a_peft_without_intruders_py_is_refused_by_name(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft.tuners.lora.intruders", None)  # as on peft < 0.21
+    with pytest.raises(IMSMError, match=r"reduce_intruders .* needs peft >= 0.21 \(installed: "):
+        reduce_intruders(trained_looking(), 0.5)
