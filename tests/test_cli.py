@@ -227,7 +227,7 @@ def test_eval_checks_the_variant_once_and_loads_it_as_checked(capsys, model_dir,
     argv = ["eval", "--model", str(model_dir), "--adapter", str(adapter_dir), "--fusion", "mean", "--dtype", "fp32"]
     code, _, err = run(capsys, *argv, "--task", str(tmp_path / "probe.yaml"), "--output", str(output))
     assert code == 0, err
-    assert checked == [(str(adapter_dir), "mean", 1.0)]
+    assert checked == [(str(adapter_dir), "mean", 1.0, None)]  # no intruders reduced
     header = json.loads(output.read_text())
     assert (header["adapter"], header["fusion"], header["adapter_scale"], header["dtype"]) == (
         str(adapter_dir),

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from imsm.experiment import runner
 from imsm.experiment.claim import claimed
 from imsm.experiment.report import render_report
 from imsm.experiment.spec import load_experiment
+from imsm.experiment.variants import Variant, parse_variants
 
 
 @pytest.fixture(scope="module")
@@ -571,14 +573,16 @@ def variant_grids(workspace, variants, fusion="none", peft="lora"):
 
 def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspace, tmp_path, monkeypatch, capsys):
     """A learning curve and the post-hoc baselines from one run: snapshots at chosen steps, the
-    final adapter scaled by λ and mixed 50/50, each evaluated and kept under its own key."""
+    final adapter scaled by λ, mixed 50/50 and with its intruders reduced, each evaluated and kept
+    under its own key."""
     facts = str(workspace / "facts.yaml")
     variants = [{}, {"step": 1}, {"step": 2, "fusion": "mean"}, {"adapter_scale": 0.0}, {"fusion": "mean"}]
+    variants.append({"intruders": 0.5})  # peft's reduce_intruder_dimension, applied at evaluation
     path = write_config(workspace, tmp_path, grids=variant_grids(workspace, variants), original=[facts])
     experiment = load_experiment(path)
     [cell] = experiment.cells
     assert cell.snapshot_steps == [1, 2] and cell.evaluate == [facts]
-    assert list(cell.variants) == ["step=1", "step=2,fusion=mean", "adapter_scale=0", "fusion=mean"]
+    assert list(cell.variants) == ["step=1", "step=2,fusion=mean", "adapter_scale=0", "fusion=mean", "intruders=0.5"]
     runner.run_experiment(experiment, log=lambda line: None)
     result = runner.read_cell_result(experiment, cell)
     assert runner.is_done(experiment, cell)
@@ -599,7 +603,7 @@ def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspac
     runner.cell_result_path(experiment, cell).write_text(runner.result_text(result))
     capsys.readouterr()
     assert main(["experiment", path, "--dry-run"]) == 0  # says what is left
-    progress = f"{cell.name}: to run; 4 of 5 evaluations done; to evaluate: [step=1] on {facts} (curve)"
+    progress = f"{cell.name}: to run; 5 of 6 evaluations done; to evaluate: [step=1] on {facts} (curve)"
     assert capsys.readouterr().out.splitlines()[0] == progress
     evaluated = []
     import imsm.evaluation.run as evaluate_module
@@ -635,6 +639,10 @@ def test_train_only_trains_every_cell_and_evaluates_nothing(workspace, tmp_path,
         ([{"step": 0}], "none", "lora", r"variants\[0\]: step must be a positive integer"),
         ([{"adapter_scale": -1}], "none", "lora", "adapter_scale must be a number >= 0"),
         ([{"lambda": 0.5}], "none", "lora", "unknown field 'lambda'"),
+        ([{"intruders": 0.5}], "none", "ia3", "reduces vanilla lora adapters only, not ia3"),
+        ([{"intruders": 0.5}], "none", "dora", "reduces vanilla lora adapters only, not dora"),
+        ([{"intruders": 0.5, "adapter_scale": 0.5}], "none", "lora", "two mitigations"),
+        ([{"intruders": 1.5}], "none", "lora", r"variants\[0\]: intruders: .* a number in \[0, 1\]"),
         ([], "none", "lora", "variants must be a non-empty list"),
     ],
 )
@@ -675,3 +683,32 @@ def test_a_table_row_that_does_not_fit_its_columns_is_refused():
     assert markdown_table(["a", "b"], [["1", "2"]]) == ["| a | b |", "|---|---|", "| 1 | 2 |"]
     with pytest.raises(ValueError, match="3 cells for 2 columns"):
         markdown_table(["a", "b"], [["1", "2", "3"]])
+
+
+# The MRPC forgetting study's cells and variant keys as committed: a new variant field must leave
+# every existing key, and so every cell's stored results, as they were.
+FORGETTING_VARIANTS = {
+    "none": ["adapter_scale=0.25", "adapter_scale=0.5", "adapter_scale=0.75", "fusion=mean", "step=125", "step=60"],
+    "imsm": ["fusion=none", "step=125", "step=60"],
+    "mean": ["fusion=none", "step=125", "step=60"],
+}
+
+
+def test_the_forgetting_study_keeps_its_cells_keys_and_results(capsys):
+    path = Path(__file__).resolve().parents[1] / "configs" / "forgetting.yaml"
+    experiment = load_experiment(path)
+    assert len(experiment.cells) == 9
+    for cell in experiment.cells:
+        assert sorted(cell.variants) == FORGETTING_VARIANTS[cell.config["fusion"]], cell.name
+    assert main(["experiment", str(path), "--dry-run"]) == 0
+    assert "9 cells (9 done)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [({"intruders": 0.5}, "intruders=0.5"), ({"intruders": 0.75, "step": 60}, "step=60,intruders=0.75")],
+)
+def test_an_intruders_variant_parses_and_round_trips(entry, key):
+    problems = []
+    (variant,) = parse_variants([entry], "grid", problems)
+    assert not problems and variant.key == key and Variant.from_key(key) == variant

@@ -45,6 +45,7 @@ PLAN = {
     ("none", "adapter_scale=0.5"): (0.70, 8),
     ("none", "adapter_scale=0.75"): (0.80, 14),
     ("none", "fusion=mean"): (0.55, 4),
+    ("none", "intruders=0.5"): (0.80, 10),  # peft's mitigation: below the λ line (forgets 12.5 there)
     ("imsm", ""): (0.70, 4),  # the λ = 0.5 gain, forgetting 5 points instead of 10
     ("imsm", "step=10"): (0.60, 2),
     ("mean", ""): (0.75, 11),  # halfway between λ = 0.5 (10 points) and 0.75 (17.5): on the line
@@ -670,6 +671,33 @@ def test_labels_baselines_and_degrees_of_freedom_come_from_the_experiment(tmp_pa
     assert freedom[len(seeds)] in report and "three seeds" not in report
 
 
+def intruder_study(tmp_path, baselines: list[dict]) -> str:
+    """The synthetic study whose vanilla adapters are also read with peft's intruders reduced."""
+    grids = json.loads(open(write_experiment(tmp_path)).read())["grids"]
+    grids["posthoc"]["variants"].append({"intruders": 0.5})
+    path = write_experiment(tmp_path, grids=grids, frontier={**FRONTIER, "baselines": baselines})
+    write_results(path)
+    return path
+
+
+def test_peft_s_intruder_reduction_is_a_free_baseline_off_the_line(tmp_path):
+    declared = [*FRONTIER["baselines"], {"intruders": 0.5, "label": "LoRA, intruders reduced"}]
+    study = collect_study(load_experiment(intruder_study(tmp_path, declared)))
+    report = render_frontier(study, None)
+    compared = {r["comparison"] for r in tables(section(report, "Between arms"))[0]}
+    assert {"IMSM-LoRA − LoRA, intruders reduced", "IMSM-mean − LoRA, intruders reduced"} <= compared
+    assert "LoRA, intruders reduced" in {r["arm"] for r in tables(section(report, "Post hoc"))[0]}
+    rows = {p.label: place for p, place in frontier_rows(study, "accuracy")}
+    # 80% on the target is λ = 0.75's gain, which forgets 17.5 points; the reduction forgets 12.5.
+    assert rows["LoRA, intruders reduced"] == (pytest.approx(17.5), ON)
+
+
+def test_an_undeclared_intruder_reduction_is_named_but_neither_placed_nor_compared(tmp_path):
+    study = collect_study(load_experiment(intruder_study(tmp_path, FRONTIER["baselines"])))
+    assert "LoRA, intruders reduced λ=0.5" in {study.label(arm) for arm in study.arms()}
+    assert "LoRA, intruders reduced λ=0.5" not in {p.label for p, _ in frontier_rows(study, "accuracy")}
+
+
 def test_without_a_frontier_section_arms_get_general_names_and_no_baselines(tmp_path):
     study = collect_study(load_experiment(write_study(tmp_path, [0, 1, 2], frontier=None)))
     labels = {study.label(arm) for arm in study.arms()}
@@ -691,6 +719,12 @@ def test_without_a_frontier_section_arms_get_general_names_and_no_baselines(tmp_
         ({"baselines": [{"fusion": "imsm"}]}, r"frontier.baselines\[0\]: fusion 'imsm' needs a trained gate"),
         ({"baselines": [{"adapter_scale": -1}]}, r"frontier.baselines\[0\]: adapter_scale must be a number >= 0"),
         ({"baselines": [{"label": "x"}]}, r"frontier.baselines\[0\]: is the vanilla adapter as trained"),
+        ({"baselines": [{"intruders": 2}]}, r"frontier.baselines\[0\]: intruders: .* a number in \[0, 1\]"),
+        ({"baselines": [{"intruders": 0.5, "adapter_scale": 0.5}]}, r"baselines\[0\]: .* two mitigations"),
+        (
+            {"baselines": [{"intruders": 0.5}]},
+            r"frontier.baselines\[0\]: no grid reads a vanilla adapter \(fusion none\) as \{intruders: 0.5\}",
+        ),
         (
             {"baselines": [{"adapter_scale": 0.3}]},
             r"frontier.baselines\[0\]: no grid reads a vanilla adapter \(fusion none\) as \{adapter_scale: 0.3\}",

@@ -22,9 +22,11 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from conftest import perturb_adapter, save_tiny_model, tiny_model  # noqa: E402
 from imsm import IMSMConfig, get_imsm_model  # noqa: E402
+from imsm.cli.model_options import ModelOptions  # noqa: E402
 from imsm.errors import IMSMError  # noqa: E402
 from imsm.lm_eval import IMSMLM, write_task_configs  # noqa: E402
 from imsm.lm_eval import tasks as imsm_tasks  # noqa: E402
+from imsm.model.variant import load_evaluated_model  # noqa: E402
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"], "lora_dropout": 0.0}
 TASK = "tiny_choice"
@@ -158,6 +160,19 @@ def test_a_model_instance_is_accepted_and_says_how_it_was_made(workspace):
     assert info["fusion"] == "none" and info["adapter"] == workspace["lora"] and info["model_dtype"] == "float32"
 
 
+def test_reduce_intruders_loads_the_model_imsm_eval_loads(workspace):
+    """lm-eval passes model arguments as text; the reduced adapter is the one `imsm eval` reduces."""
+    ours = IMSMLM(
+        pretrained=workspace["model"], adapter=workspace["lora"], reduce_intruders="0.5", dtype="fp32", device="cpu"
+    )
+    options = ModelOptions(model=workspace["model"], adapter=workspace["lora"], reduce_intruders=0.5, dtype="fp32")
+    reference, _ = load_evaluated_model(options)
+    input_ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        reduced, expected = ours.model(input_ids=input_ids).logits, reference(input_ids=input_ids).logits
+    torch.testing.assert_close(reduced, expected)
+
+
 def _pair(workspace, adapter="lora", max_length=None):
     """The imsm model type (tuned branch alone) and lm-eval's `hf` with the same adapter."""
     ours = IMSMLM(
@@ -238,6 +253,7 @@ def test_sampling_is_refused_naming_the_arguments(workspace, gen_kwargs, named):
         ({"adapter": "gated", "fusion": "no-query"}, "needs a gate trained as 'no-query'"),
         ({"fusion": "gated"}, "unknown fusion 'gated'"),
         ({"batch_size": "auto"}, "batch_size must be an integer"),
+        ({"reduce_intruders": 0.5}, "reduce_intruders needs an adapter"),
     ],
 )
 def test_bad_model_args_say_what_to_pass(workspace, arguments, message):

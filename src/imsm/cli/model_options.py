@@ -1,5 +1,5 @@
 """`ModelOptions`: the model a command runs (a base model, with an adapter directory on it if given, run
-with a fusion and scaled), checked when built and passed whole down to the load."""
+with a fusion, scaled or with its intruder dimensions reduced), checked when built and passed whole down to the load."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from imsm.cli.options import (
     dtype_option,
     fusion_override_option,
     model_option,
+    reduce_intruders_option,
     trust_remote_code_option,
 )
 from imsm.model.siamese import IMSMModel
@@ -33,11 +34,12 @@ class ModelOptions:
     adapter: str | None = adapter_option()
     fusion: str | None = fusion_override_option()
     adapter_scale: float = adapter_scale_option()
+    reduce_intruders: float | None = reduce_intruders_option()
 
     def __post_init__(self) -> None:
         # The variant first: its messages suggest the fusion meant. A command's options check their
         # flags' choices before (argparse does on the command line, `check_options` on a YAML file).
-        check_variant(self.adapter, self.fusion, self.adapter_scale)
+        check_variant(self.adapter, self.fusion, self.adapter_scale, self.reduce_intruders)
         check_options(self)
 
     def describe(self, model: IMSMModel) -> dict[str, Any]:
@@ -47,5 +49,6 @@ class ModelOptions:
             "adapter": self.adapter,
             "fusion": model.fusion,
             "adapter_scale": self.adapter_scale,
+            "reduce_intruders": self.reduce_intruders,
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         }

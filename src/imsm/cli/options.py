@@ -147,6 +147,14 @@ def adapter_scale_option() -> Any:
     )
 
 
+def reduce_intruders_option() -> Any:
+    return option(
+        None,
+        help="apply peft's reduce_intruder_dimension to a vanilla LoRA adapter, keeping this share λ of each "
+        "intruder direction (0.75 is peft's default; lower removes more; (IA)3, DoRA and other methods refused)",
+    )
+
+
 # What `imsm eval` and an experiment's `eval:` section share.
 
 

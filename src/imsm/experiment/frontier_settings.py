@@ -6,6 +6,7 @@ variants of the vanilla adapter are the free baselines every gated arm is tested
       baselines:                          # variants of the vanilla adapter (fusion none), final length
         - {adapter_scale: 0.5}            # its change scaled by λ = 0.5
         - {fusion: mean, label: untrained mix}
+        - {intruders: 0.5, label: "LoRA, intruders λ=0.5"}   # peft's reduce_intruder_dimension
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imsm.config import FUSION_MODES, GATED_FUSIONS
+from imsm.errors import IMSMError
 from imsm.experiment.variants import Variant
+from imsm.model.intruders import check_mitigation_lambda
 
 FIELDS = ("labels", "baselines")
-BASELINE_FIELDS = ("fusion", "adapter_scale", "label")
+BASELINE_FIELDS = ("fusion", "adapter_scale", "intruders", "label")
 # An arm's name per fusion it trained with, where the file names none; {method} is the peft method's label.
 # The grid report names its rows the same way.
 DEFAULT_LABELS = {
@@ -35,16 +38,18 @@ EXAMPLE = "[{adapter_scale: 0.5}, {fusion: mean, label: untrained mix}]"
 
 @dataclass(frozen=True)
 class Baseline:
-    """A free variant of the vanilla adapter: read with another fusion, or its change scaled by λ."""
+    """A free variant of the vanilla adapter: read with another fusion, its change scaled by λ, or its
+    intruder dimensions reduced by peft's `reduce_intruder_dimension` (keeping λ of each)."""
 
     fusion: str | None = None  # None: the vanilla adapter's own (no gate)
     adapter_scale: float = 1.0
     label: str | None = None  # None: named from the vanilla adapter's label
+    intruders: float | None = None  # None: not reduced
 
     @property
     def variant_key(self) -> str:
-        """The key of the cell variant that reads it ("adapter_scale=0.5", "fusion=mean")."""
-        return Variant(fusion=self.fusion, adapter_scale=self.adapter_scale).key
+        """The key of the cell variant that reads it ("adapter_scale=0.5", "fusion=mean", "intruders=0.5")."""
+        return Variant(fusion=self.fusion, adapter_scale=self.adapter_scale, intruders=self.intruders).key
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,10 @@ class FrontierSettings:
         """An arm's name from its peft method's label and the fusion it trained with."""
         return self.labels.get(fusion, "IMSM-{method} (" + fusion + ")").format(method=method)
 
-    def baseline(self, mixed: str | None, scale: float) -> Baseline | None:
-        """The declared baseline a variant (fusion, λ) of the vanilla adapter is, or None."""
-        return next((b for b in self.baselines if (b.fusion, b.adapter_scale) == (mixed, scale)), None)
+    def baseline(self, mixed: str | None, scale: float, intruders: float | None = None) -> Baseline | None:
+        """The declared baseline a variant (fusion, λ, intruders' λ) of the vanilla adapter is, or None."""
+        wanted = (mixed, scale, intruders)
+        return next((b for b in self.baselines if (b.fusion, b.adapter_scale, b.intruders) == wanted), None)
 
 
 def _labels(raw: Any, problems: list[str]) -> dict[str, str]:
@@ -100,6 +106,16 @@ def _baseline(entry: Any, where: str, problems: list[str]) -> Baseline | None:
         problems.append(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(BASELINE_FIELDS)}){why}")
         return None
     fusion, scale, label = entry.get("fusion"), entry.get("adapter_scale", 1.0), entry.get("label")
+    intruders = entry.get("intruders")
+    if intruders is not None:
+        try:
+            intruders = check_mitigation_lambda(intruders)
+        except IMSMError as error:
+            problems.append(f"{where}: intruders: {error}")
+            return None
+        if scale != 1.0:
+            problems.append(f"{where}: intruders and adapter_scale are two mitigations; give a baseline one of them")
+            return None
     if fusion is not None and fusion not in UNGATED:
         problems.append(
             f"{where}: fusion {fusion!r} needs a trained gate; a vanilla adapter takes {' or '.join(UNGATED)}"
@@ -108,10 +124,10 @@ def _baseline(entry: Any, where: str, problems: list[str]) -> Baseline | None:
         problems.append(f"{where}: adapter_scale must be a number >= 0 (0 = the base model), got {scale!r}")
     elif label is not None and (not isinstance(label, str) or not label):
         problems.append(f"{where}: label must be a non-empty string, got {label!r}")
-    elif fusion in (None, "none") and scale == 1.0:
-        problems.append(f"{where}: is the vanilla adapter as trained; give fusion: mean or an adapter_scale")
+    elif fusion in (None, "none") and scale == 1.0 and intruders is None:
+        problems.append(f"{where}: is the vanilla adapter as trained; give fusion: mean, an adapter_scale or intruders")
     else:
-        return Baseline(fusion, float(scale), label)
+        return Baseline(fusion, float(scale), label, intruders)
     return None
 
 

@@ -300,12 +300,13 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
     for variant, tasks in missing.items():
         label = f"{cell.name}{' [' + variant.key + ']' if variant.key else ''}"
         log(f"{label}: evaluating on {', '.join(tasks)}")
-        # Loaded afresh per variant: a scaled adapter is scaled in place.
+        # Loaded afresh per variant: a scaled or reduced adapter is changed in place.
         variant_options = ModelOptions(
             model=cell.config["model"],
             adapter=adapters[variant],
             fusion=variant.fusion,
             adapter_scale=variant.adapter_scale,
+            reduce_intruders=variant.intruders,
             dtype=cell.config["dtype"],
         )
         model, tokenizer = load_evaluated_model(variant_options)

@@ -210,6 +210,11 @@ def _variant_problem(variants: list[Variant], config: dict[str, Any]) -> str | N
         if variant.adapter_scale != 1.0 and (dora or config["peft"] not in SCALABLE_METHODS):
             method = "dora" if dora else config["peft"]
             return f"adapter_scale cannot scale a {method} adapter (it scales {', '.join(SCALABLE_METHODS)})"
+        if variant.intruders is not None and (dora or config["peft"] != "lora"):
+            method = "dora" if dora else config["peft"]
+            return f"intruders (peft's reduce_intruder_dimension) reduces vanilla lora adapters only, not {method}"
+        if variant.intruders is not None and variant.adapter_scale != 1.0:
+            return "intruders and adapter_scale are two mitigations; give a variant one of them"
     return None
 
 

@@ -1,5 +1,5 @@
 """Evaluation variants of a cell: the same training run read at an earlier step, with another fusion,
-or with its adapter's change scaled by λ (`imsm.model.variant`).
+with its adapter's change scaled by λ, or with its intruder dimensions reduced (`imsm.model.variant`).
 
 In an experiment file a grid lists them under `variants`; `{}` is the adapter as trained:
 
@@ -8,9 +8,11 @@ In an experiment file a grid lists them under `variants`; `{}` is the adapter as
       - {step: 60}                           # the adapter after 60 optimizer steps (a snapshot)
       - {adapter_scale: 0.5}                 # the final adapter's change halved
       - {fusion: mean}                       # the two branches mixed 50/50 without a gate
+      - {intruders: 0.5}                     # peft's reduce_intruder_dimension, λ = 0.5 (LoRA only)
 
 Each variant is evaluated on every task of the grid's `evaluate`. A variant's key names it in the
-cell's result.json (`variants.<key>.metrics`), e.g. "step=60" or "adapter_scale=0.5,fusion=mean".
+cell's result.json (`variants.<key>.metrics`), e.g. "step=60", "adapter_scale=0.5,fusion=mean" or
+"intruders=0.5". A field left out does not enter the key, so adding a field left every older key as it was.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from imsm.config import FUSION_MODES
+from imsm.errors import IMSMError
+from imsm.model.intruders import check_mitigation_lambda
 
-VARIANT_FIELDS = ("step", "fusion", "adapter_scale")
+VARIANT_FIELDS = ("step", "fusion", "adapter_scale", "intruders")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Variant:
     step: int | None = None  # a snapshot's optimizer step; None: the end of training
     fusion: str | None = None  # None: the fusion the cell trained with
     adapter_scale: float = 1.0
+    intruders: float | None = None  # λ of peft's reduce_intruder_dimension; None: not reduced
 
     @property
     def is_default(self) -> bool:
@@ -46,6 +51,8 @@ class Variant:
             parts.append(f"fusion={self.fusion}")
         if self.adapter_scale != 1.0:
             parts.append(f"adapter_scale={self.adapter_scale:g}")
+        if self.intruders is not None:
+            parts.append(f"intruders={self.intruders:g}")
         return ",".join(parts)
 
     @classmethod
@@ -58,6 +65,7 @@ class Variant:
             step=int(values["step"]) if "step" in values else None,
             fusion=values.get("fusion"),
             adapter_scale=float(values.get("adapter_scale", 1.0)),
+            intruders=float(values["intruders"]) if "intruders" in values else None,
         )
 
 
@@ -79,6 +87,10 @@ def parse_variants(raw: Any, where: str, problems: list[str]) -> list[Variant]:
             problems.append(f"{here}: unknown field {unknown[0]!r} (known: {', '.join(VARIANT_FIELDS)})")
             continue
         step, fusion, scale = entry.get("step"), entry.get("fusion"), entry.get("adapter_scale", 1.0)
+        known = len(problems)
+        intruders = _intruders(entry.get("intruders"), here, problems)
+        if len(problems) > known:
+            continue
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
             problems.append(f"{here}: step must be a positive integer (an optimizer step), got {step!r}")
             continue
@@ -88,5 +100,16 @@ def parse_variants(raw: Any, where: str, problems: list[str]) -> list[Variant]:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
             problems.append(f"{here}: adapter_scale must be a number >= 0 (0 = the base model), got {scale!r}")
             continue
-        variants.append(Variant(step=step, fusion=fusion, adapter_scale=float(scale)))
+        variants.append(Variant(step=step, fusion=fusion, adapter_scale=float(scale), intruders=intruders))
     return variants
+
+
+def _intruders(value: Any, where: str, problems: list[str]) -> float | None:
+    """A variant's `intruders` λ checked (None: not reduced); a bad one is appended to `problems`."""
+    if value is None:
+        return None
+    try:
+        return check_mitigation_lambda(value)
+    except IMSMError as error:
+        problems.append(f"{where}: intruders: {error}")
+        return None

@@ -69,6 +69,8 @@ class IMSMLM(TemplateLM):
             `imsm` / `no-query`. Left out, the adapter's own. lm-eval's argument parser turns
             the word `none` into None, so None means `none` here.
         adapter_scale: Scales the adapter's change (0 = the base model, 1 = as trained).
+        reduce_intruders: peft's intruder-dimension reduction of a vanilla LoRA adapter, keeping this
+            share of each intruder direction (`imsm eval --reduce-intruders`); left out, none.
         dtype: auto, fp32, bf16 or fp16 (also float32, bfloat16, float16).
         device: cpu or cuda[:N]; default CUDA if available.
         batch_size: Contexts scored, or prompts decoded, together (an integer).
@@ -91,6 +93,7 @@ class IMSMLM(TemplateLM):
         trust_remote_code: bool = False,
         adapter_scale: float = 1.0,
         frozen_states: str | None = None,
+        reduce_intruders: float | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -108,6 +111,7 @@ class IMSMLM(TemplateLM):
             adapter=adapter,
             fusion=None if fusion == SAVED_FUSION else fusion,
             adapter_scale=float(adapter_scale),
+            reduce_intruders=None if reduce_intruders is None else float(reduce_intruders),
             dtype=dtype,
             device=_resolve_device(device),
             trust_remote_code=trust_remote_code,

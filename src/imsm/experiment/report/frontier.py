@@ -204,7 +204,8 @@ def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
                 pairs.append((arm, other, length))
         if length == study.final_length(arm):
             for declared in study.experiment.frontier.baselines:
-                baseline = Arm(arm.method, "none", arm.setting, declared.fusion, declared.adapter_scale)
+                variant = (declared.fusion, declared.adapter_scale, declared.intruders)
+                baseline = Arm(arm.method, "none", arm.setting, *variant)
                 if (baseline, length) in groups:
                     pairs.append((arm, baseline, length))
             # What the gate does for its own adapter, and how far that adapter moved from a vanilla one.

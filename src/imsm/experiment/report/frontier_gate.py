@@ -54,7 +54,11 @@ def gate_section(study: Study) -> list[str]:
     if not rows:
         return []
     headers = ["arm", "steps", "seeds", *(f"{task} (target)" if task == study.target else task for task in tasks)]
-    mixed = [study.label(a) for a in study.arms() if (a.mixed or a.fusion) == "mean" and a.scale == 1.0]
+    mixed = [
+        study.label(a)
+        for a in study.arms()
+        if (a.mixed or a.fusion) == "mean" and a.scale == 1.0 and a.intruders is None
+    ]
     fixed = f" A mean fusion weighs it 0.5 everywhere ({', '.join(mixed)})." if mixed else ""
     return [
         "## The gate",

@@ -119,12 +119,13 @@ def lambda_gaps(study: Study, name: str) -> list[str]:
 
 def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
     """The groups set against the λ line: every trained arm at every length, the declared baselines
-    off the line (read with another fusion), and a gated adapter's tuned branch read alone (an
+    off the line (read with another fusion or with intruders reduced), and a gated adapter's tuned branch read alone (an
     adapter like any other, which a user could deploy)."""
 
     def placed(arm: Arm) -> bool:
-        off_the_line = study.is_baseline(arm) and arm.mixed is not None
-        return arm.is_trained or off_the_line or (arm.is_tuned_alone and arm.scale == 1.0)
+        # A declared baseline that is no point of the line: another fusion, or intruders reduced.
+        off_the_line = study.is_baseline(arm) and (arm.mixed is not None or arm.intruders is not None)
+        return arm.is_trained or off_the_line or (arm.is_tuned_alone and arm.scale == 1.0 and arm.intruders is None)
 
     return {(arm, length): points for (arm, length), points in study.groups().items() if placed(arm)}
 

@@ -51,13 +51,15 @@ Score = tuple[str, str]  # (task, or POOL / FORGETTING; metric)
 @dataclass(frozen=True)
 class Arm:
     """A way of getting a model: the base model, an adapter as trained with some fusion, or a post-hoc
-    variant of one (another fusion applied after training, or the adapter's change scaled by λ)."""
+    variant of one (another fusion applied after training, the adapter's change scaled by λ, or its
+    intruder dimensions reduced by peft's `reduce_intruder_dimension`)."""
 
     method: str  # peft method's label ("LoRA"); "" for the base model
     fusion: str  # the fusion the cells trained with, or BASE
     setting: str = ""  # other training options that tell arms apart, e.g. "learning_rate=0.001"
     mixed: str | None = None  # a fusion applied after training (a `fusion` variant)
     scale: float = 1.0  # λ of an `adapter_scale` variant
+    intruders: float | None = None  # λ of an `intruders` variant; None: not reduced
 
     @property
     def is_base(self) -> bool:
@@ -66,7 +68,7 @@ class Arm:
     @property
     def is_trained(self) -> bool:
         """An adapter read as it was trained (at some length), not a post-hoc variant of one."""
-        return not self.is_base and self.mixed is None and self.scale == 1.0
+        return not self.is_base and self.mixed is None and self.scale == 1.0 and self.intruders is None
 
     @property
     def is_tuned_alone(self) -> bool:
@@ -75,10 +77,14 @@ class Arm:
 
     @property
     def order(self) -> tuple[Any, ...]:
-        """Base, the trained arms, the scaled vanilla adapters by λ, then the post-hoc mixes."""
-        kind = 0 if self.is_base else 1 if self.is_trained else 3 if self.mixed else 2
+        """Base, the trained arms, the scaled vanilla adapters by λ, the post-hoc mixes, then the
+        intruder-reduced adapters."""
+        kind = (
+            0 if self.is_base else 1 if self.is_trained else 4 if self.intruders is not None else 3 if self.mixed else 2
+        )
         fusion = FUSION_ORDER.index(self.fusion) if self.fusion in FUSION_ORDER else len(FUSION_ORDER)
-        return (kind, self.setting, fusion, self.method, self.scale, self.mixed or "")
+        reduced = -1.0 if self.intruders is None else -self.intruders  # the mildest reduction first
+        return (kind, self.setting, fusion, self.method, self.scale, self.mixed or "", reduced)
 
 
 BASE_ARM = Arm("", BASE)
@@ -181,20 +187,23 @@ class Study:
         if arm.is_base:
             return "Base"
         settings = self.experiment.frontier
-        baseline = settings.baseline(arm.mixed, arm.scale) if arm.fusion == "none" else None
+        baseline = settings.baseline(arm.mixed, arm.scale, arm.intruders) if arm.fusion == "none" else None
         trained = settings.trained_label(arm.method, arm.fusion)
+        scaled = (f" λ={arm.scale:g}" if arm.scale != 1.0 else "") + (
+            f", intruders reduced λ={arm.intruders:g}" if arm.intruders is not None else ""
+        )
         if baseline is not None and baseline.label:
             core = baseline.label
         elif arm.mixed == "none":
-            core = f"{trained}, {TUNED_ALONE}" + (f" λ={arm.scale:g}" if arm.scale != 1.0 else "")
+            core = f"{trained}, {TUNED_ALONE}{scaled}"
         else:
-            core = trained + (f" + {arm.mixed} fusion" if arm.mixed else "")
-            core += f" λ={arm.scale:g}" if arm.scale != 1.0 else ""
+            core = trained + (f" + {arm.mixed} fusion" if arm.mixed else "") + scaled
         return core + (f" [{arm.setting}]" if arm.setting else "")
 
     def is_baseline(self, arm: Arm) -> bool:
         """A free baseline the experiment file declares: a variant of a vanilla adapter."""
-        return arm.fusion == "none" and self.experiment.frontier.baseline(arm.mixed, arm.scale) is not None
+        declared = self.experiment.frontier.baseline(arm.mixed, arm.scale, arm.intruders)
+        return arm.fusion == "none" and declared is not None
 
     @cached_property
     def base_scores(self) -> dict[Score, float]:
@@ -238,7 +247,7 @@ def _cell_points(cell: Cell, result: dict[str, Any], arm: Arm, missing: list[str
             continue
         variant = Variant.from_key(key)
         length = variant.step if variant.step is not None else steps
-        point_arm = Arm(arm.method, arm.fusion, arm.setting, variant.fusion, variant.adapter_scale)
+        point_arm = Arm(arm.method, arm.fusion, arm.setting, variant.fusion, variant.adapter_scale, variant.intruders)
         final = variant.step is None or variant.step == steps
         points.append(Point(point_arm, length, cell.config["seed"], final, metrics, part.get("questions") or {}))
     return points
