@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import save_tiny_model
 from imsm import IMSMError
 from imsm.cli import main
 from imsm.data import load_examples, read_jsonl, resolve_data_dir
+from imsm.evaluation.results import predictions_path
 from imsm.metrics import METRICS
 from imsm.tasks import TASKS, get_task, parse_task_list
 
@@ -125,7 +127,8 @@ def test_limit_takes_the_first_examples_and_must_be_positive(data_dir):
         load_examples(get_task("mrpc"), data_dir=data_dir, limit=0)
 
 
-PIQA_ROWS = [{"goal": f"goal {i}", "sol1": f"first {i}", "sol2": f"second {i}", "label": i % 2} for i in range(6)]
+# In the tiny model's vocabulary (w3, w4, ...), so that `imsm eval` can score them.
+PIQA_ROWS = [{"goal": f"w{3 + i}", "sol1": f"w{10 + i}", "sol2": f"w{20 + i}", "label": i % 2} for i in range(6)]
 
 
 @pytest.fixture
@@ -141,11 +144,12 @@ def test_a_slice_is_the_task_read_from_its_start(piqa_dir, data_dir):
     for field in ("version", "prompt", "golds", "choices", "requests", "gold_index", "chance", "metrics", "splits"):
         assert getattr(held_out, field) == getattr(piqa, field), field
     goals = [r["goal"] for r in load_examples(held_out, data_dir=piqa_dir, limit=3)]
-    assert goals == ["goal 2", "goal 3", "goal 4"]  # START first, then the limit counts from there
+    assert goals == ["w5", "w6", "w7"]  # START first, then the limit counts from there
     lines = [r["_source"].rsplit(":", 1)[1] for r in load_examples(held_out, data_dir=piqa_dir)]
     assert lines == ["3", "4", "5", "6"]  # to the end without a limit; each record keeps its line
     assert load_examples(get_task("piqa@0"), data_dir=piqa_dir) == load_examples(piqa, data_dir=piqa_dir)
     assert [t.name for t in parse_task_list("mrpc, piqa@5, PIQA@1")] == ["mrpc", "piqa@5", "piqa@1"]
+    assert predictions_path(Path("runs/r.json"), held_out).name == "r.piqa@2.jsonl"  # imsm eval's rows
     # Whatever split is read: a slice of the training split (imsm train --task mrpc@1) starts there too.
     (data_dir / "mrpc" / "train.jsonl").write_text((data_dir / "mrpc" / "test.jsonl").read_text())
     trained_on = load_examples(get_task("mrpc@1"), split="train", data_dir=data_dir)
@@ -179,6 +183,18 @@ def test_a_slice_past_the_last_question_says_so(piqa_dir, capsys):
     command = ["eval", "--task", "piqa@6", "--data-dir", str(piqa_dir), "--output", str(piqa_dir / "r.json")]
     assert main(command) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_imsm_eval_on_a_slice_names_its_results_and_rows_by_it(piqa_dir, tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    output = tmp_path / "out" / "r.json"
+    command = ["eval", "--model", str(model), "--task", "piqa,piqa@4", "--limit", "2", "--dtype", "fp32"]
+    assert main([*command, "--data-dir", str(piqa_dir), "--output", str(output)]) == 0
+    tasks = json.loads(output.read_text())["tasks"]
+    assert list(tasks) == ["piqa", "piqa@4"] and tasks["piqa@4"]["n"] == 2 and tasks["piqa@4"]["version"]
+    rows = [json.loads(line) for line in (output.parent / "r.piqa@4.jsonl").read_text().splitlines()]
+    assert [row["source"].rsplit(":", 1)[1] for row in rows] == ["5", "6"]  # questions 4 and 5
+    assert [row["prompt"] for row in rows] == [get_task("piqa").prompt(r) for r in PIQA_ROWS[4:]]
 
 
 def test_data_problems_are_reported_with_file_and_line(data_dir):
