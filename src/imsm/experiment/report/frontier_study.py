@@ -4,7 +4,8 @@ pooled scores. Data and statistics; no markdown, no plots.
 A point is one arm read at one training length for one seed: the base model (0 steps), an adapter
 as trained at each snapshot and at the end, or a post-hoc variant of a trained adapter (read with
 another fusion, or its change scaled by λ). Forgetting is Base − point on the multiple-choice
-probes the base model answers above chance, pooled question by question. What the arms are called
+probes the base model answers above chance, pooled question by question; a slice of a probe
+(`piqa@300`) is held out of the pool and reported on its own. What the arms are called
 and which variants are the free baselines come from the experiment file (`frontier_settings`).
 """
 
