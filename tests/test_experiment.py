@@ -253,6 +253,39 @@ def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(wor
     assert not (experiment.work / cell.name / "eval.facts.partial.jsonl").exists()
 
 
+def test_a_sliced_probe_is_checked_limited_and_names_its_files(workspace, tmp_path):
+    data = tmp_path / "data"
+    (data / "piqa").mkdir(parents=True)
+    rows = [{"goal": f"w{3 + i}", "sol1": f"w{10 + i}", "sol2": f"w{20 + i}", "label": i % 2} for i in range(6)]
+    (data / "piqa" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    probe = str(workspace / "probe.yaml")
+    grids = {"held": {"task": [probe], "peft": "lora", "fusion": "none", "evaluate": ["target", "piqa@3"]}}
+    eval_settings = {"limit": 4, "batch_size": 4, "limits": {"piqa@3": 2}}
+    path = write_config(workspace, tmp_path, grids=grids, original=["piqa", "piqa@3"], eval=eval_settings)
+    experiment = load_experiment(path)
+    assert experiment.cells[0].evaluate == [probe, "piqa@3"]
+    assert (experiment.eval_limit("piqa@3"), experiment.eval_limit("piqa")) == (2, 4)
+    assert runner._journal_stem(Variant(), "piqa@3") == "eval.piqa@3"
+    assert runner._journal_stem(Variant(adapter_scale=0.5), "piqa@3") == "eval.adapter_scale-0.5.piqa@3"
+
+    # The base model's row: the slice's own file, named for it, holding questions 3 and 4 (limit 2).
+    runner.run_original(experiment, data, log=lambda line: None)
+    written = {p.name for p in (experiment.results / "original").iterdir()}
+    assert written == {"piqa.json", "piqa@3.json"}
+    sliced = runner.read_original_row(experiment, "piqa@3")
+    assert sliced["task"] == "piqa@3" and sliced["metrics"] and sliced["questions"]["index"] == [0, 1]
+    rows = [json.loads(line) for line in (experiment.work / "original.piqa@3.jsonl").read_text().splitlines()]
+    assert [row["source"].rsplit(":", 1)[1] for row in rows] == ["4", "5"]  # file lines of questions 3, 4
+    assert len(runner.read_original_row(experiment, "piqa")["questions"]["index"]) == 4
+
+    # A bad slice anywhere in the file is one of its problems, with the fix.
+    bad = write_config(workspace, tmp_path, original=["pqia@3"], eval={"limits": {"piqa@-1": 2}}, grids=grids)
+    with pytest.raises(IMSMError) as error:
+        load_experiment(bad)
+    assert "eval.limits: task 'piqa@-1': START is negative" in str(error.value)
+    assert "original: unknown task 'pqia': did you mean 'piqa'" in str(error.value)
+
+
 def test_results_from_other_settings_are_refused(workspace, tmp_path):
     path = write_config(workspace, tmp_path, original=[], grids={"g": {"task": str(workspace / "probe.yaml")}})
     runner.check_results_directory(load_experiment(path))

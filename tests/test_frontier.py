@@ -125,7 +125,9 @@ def evaluations(target: float, lost: int, tasks) -> tuple[dict, dict]:
         for task, columns in questions.items()
     }
     metrics["mrpc"]["f1"] = 0.5
-    return {t: metrics[t] for t in tasks}, {t: questions[t] for t in tasks}
+    # A slice (arc_easy@40) answers as its probe does: other questions, the same counts.
+    whole = {t: t.partition("@")[0] for t in tasks}
+    return {t: metrics[whole[t]] for t in tasks}, {t: questions[whole[t]] for t in tasks}
 
 
 def write_results(path: str, skip=lambda cell, key: False) -> None:
@@ -168,6 +170,37 @@ def test_a_probe_at_chance_stays_out_of_the_pool(study_path):
     # piqa's 5 lost answers would make IMSM-LoRA's forgetting 9 / 120; pooled over 80 it is 4 / 80.
     imsm = next(p for p in study.points if study.label(p.arm) == "IMSM-LoRA" and p.final and p.seed == 0)
     assert point_scores(study, imsm)[(FORGETTING, "accuracy")] == pytest.approx(4 / 80)
+
+
+HELD_OUT = "arc_easy@40"
+
+
+def test_a_slice_of_a_probe_is_held_out_of_the_pool_and_measured_against_base(study_path, tmp_path):
+    path = write_experiment(tmp_path)
+    config = json.loads(open(path).read())
+    config["original"].append(HELD_OUT)
+    for grid in config["grids"].values():
+        grid["evaluate"].append(HELD_OUT)
+    open(path, "w").write(json.dumps(config))
+    write_results(path)
+    study = collect_study(load_experiment(path))
+    # Base answers 24 of its 40 questions (chance 25%): it would be pooled, were it not a slice.
+    assert study.pooled_tasks == ["arc_easy", "sciq"]
+    held = next(p for p in study.probes if p.task == HELD_OUT)
+    assert held.held_out and held.exclusion == "held out" and (held.questions, held.base_accuracy) == (40, 0.6)
+    imsm = next(p for p in study.points if study.label(p.arm) == "IMSM-LoRA" and p.final and p.seed == 0)
+    assert point_scores(study, imsm)[(FORGETTING, "accuracy")] == pytest.approx(4 / 80)  # not 8 / 120
+    report = render_frontier(study, None)
+    assert row(report, probe=HELD_OUT)["pooled"] == "held out" and row(report, probe="arc_easy")["pooled"] == "yes"
+    assert f"{HELD_OUT} accuracy" in tables(section(report, "Curves"))[0][0]
+    # Every arm at every length against Base on the held-out questions: IMSM-LoRA loses 4 of 40.
+    held_out = section(report, "Held-out probes against Base")
+    gated = row(held_out, arm="IMSM-LoRA", steps="40")
+    assert gated["held-out probe"] == HELD_OUT and gated["questions × seeds"] == "40 × 3"
+    assert numbers(gated["Δ ± SE"])[0] == -10.0
+    assert numbers(row(held_out, arm="LoRA", steps="40")["Δ ± SE"])[0] == -60.0
+    assert len(tables(held_out)[0]) == len(study.groups())
+    assert "Held-out" not in render_frontier(collect_study(load_experiment(study_path)), None)
 
 
 def test_forgetting_is_base_minus_the_point(study_path):

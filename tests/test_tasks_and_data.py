@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import save_tiny_model
 from imsm import IMSMError
 from imsm.cli import main
 from imsm.data import load_examples, read_jsonl, resolve_data_dir
+from imsm.evaluation.results import predictions_path
 from imsm.metrics import METRICS
 from imsm.tasks import TASKS, get_task, parse_task_list
 
@@ -123,6 +125,76 @@ def test_limit_takes_the_first_examples_and_must_be_positive(data_dir):
     assert [r["#1 String"] for r in load_examples(get_task("mrpc"), data_dir=data_dir, limit=1)] == ["A cat sat."]
     with pytest.raises(IMSMError, match="--limit must be at least 1"):
         load_examples(get_task("mrpc"), data_dir=data_dir, limit=0)
+
+
+# In the tiny model's vocabulary (w3, w4, ...), so that `imsm eval` can score them.
+PIQA_ROWS = [{"goal": f"w{3 + i}", "sol1": f"w{10 + i}", "sol2": f"w{20 + i}", "label": i % 2} for i in range(6)]
+
+
+@pytest.fixture
+def piqa_dir(tmp_path):
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PIQA_ROWS))
+    return tmp_path
+
+
+def test_a_slice_is_the_task_read_from_its_start(piqa_dir, data_dir):
+    piqa, held_out = get_task("piqa"), get_task("piqa@2")
+    assert (held_out.name, held_out.first, piqa.first) == ("piqa@2", 2, None)
+    for field in ("version", "prompt", "golds", "choices", "requests", "gold_index", "chance", "metrics", "splits"):
+        assert getattr(held_out, field) == getattr(piqa, field), field
+    goals = [r["goal"] for r in load_examples(held_out, data_dir=piqa_dir, limit=3)]
+    assert goals == ["w5", "w6", "w7"]  # START first, then the limit counts from there
+    lines = [r["_source"].rsplit(":", 1)[1] for r in load_examples(held_out, data_dir=piqa_dir)]
+    assert lines == ["3", "4", "5", "6"]  # to the end without a limit; each record keeps its line
+    assert load_examples(get_task("piqa@0"), data_dir=piqa_dir) == load_examples(piqa, data_dir=piqa_dir)
+    assert [t.name for t in parse_task_list("mrpc, piqa@5, PIQA@1")] == ["mrpc", "piqa@5", "piqa@1"]
+    assert predictions_path(Path("runs/r.json"), held_out).name == "r.piqa@2.jsonl"  # imsm eval's rows
+    # Whatever split is read: a slice of the training split (imsm train --task mrpc@1) starts there too.
+    (data_dir / "mrpc" / "train.jsonl").write_text((data_dir / "mrpc" / "test.jsonl").read_text())
+    trained_on = load_examples(get_task("mrpc@1"), split="train", data_dir=data_dir)
+    assert [r["#1 String"] for r in trained_on] == ["Rain fell."]
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("piqa@-3", r"task 'piqa@-3': START is negative \(-3\); write NAME@START .* e.g. piqa@300"),
+        ("piqa@x", "task 'piqa@x': START 'x' is not a whole number; write NAME@START"),
+        ("piqa@1.5", "START '1.5' is not a whole number"),
+        ("piqa@", "task 'piqa@': START is missing"),
+        ("piqa@2@3", "START '2@3' is not a whole number"),
+        ("piqa@020", "write START as 20, without leading zeros"),
+        ("pqia@300", "unknown task 'pqia': did you mean 'piqa'"),
+        ("probe.yaml@3", "task 'probe.yaml@3': a custom task spec cannot be sliced"),
+    ],
+)
+def test_a_bad_slice_is_refused_with_the_fix(name, message):
+    with pytest.raises(IMSMError, match=message):
+        get_task(name)
+
+
+def test_a_slice_past_the_last_question_says_so(piqa_dir, capsys):
+    for start in (6, 5000):
+        with pytest.raises(IMSMError, match=rf"^task piqa@{start} \(validation\) has no examples: piqa has 6 "):
+            load_examples(get_task(f"piqa@{start}"), data_dir=piqa_dir, limit=2)
+    assert len(load_examples(get_task("piqa@5"), data_dir=piqa_dir, limit=2)) == 1
+    # imsm eval refuses in one line before loading any model.
+    command = ["eval", "--task", "piqa@6", "--data-dir", str(piqa_dir), "--output", str(piqa_dir / "r.json")]
+    assert main(command) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_imsm_eval_on_a_slice_names_its_results_and_rows_by_it(piqa_dir, tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    output = tmp_path / "out" / "r.json"
+    command = ["eval", "--model", str(model), "--task", "piqa,piqa@4", "--limit", "2", "--dtype", "fp32"]
+    assert main([*command, "--data-dir", str(piqa_dir), "--output", str(output)]) == 0
+    tasks = json.loads(output.read_text())["tasks"]
+    assert list(tasks) == ["piqa", "piqa@4"] and tasks["piqa@4"]["n"] == 2 and tasks["piqa@4"]["version"]
+    rows = [json.loads(line) for line in (output.parent / "r.piqa@4.jsonl").read_text().splitlines()]
+    assert [row["source"].rsplit(":", 1)[1] for row in rows] == ["5", "6"]  # questions 4 and 5
+    assert [row["prompt"] for row in rows] == [get_task("piqa").prompt(r) for r in PIQA_ROWS[4:]]
 
 
 def test_data_problems_are_reported_with_file_and_line(data_dir):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from imsm.errors import IMSMError
 from imsm.registry import unknown_name_message
-from imsm.tasks.base import Record, Task
+from imsm.tasks.base import SLICE, Record, Task
 
 DATA_DIR_VARIABLE = "IMSM_DATA_DIR"
 # Text never holds NUL bytes; a crash can leave a file's blocks zero-filled.
@@ -127,7 +127,8 @@ def _from_hub(task: Task, split: str) -> list[Record]:
 def load_examples(
     task: Task, split: str | None = None, data_dir: Path | None = None, limit: int | None = None
 ) -> list[Record]:
-    """The records of one split: the first `limit` of them, in file order (deterministic).
+    """The records of one split: the first `limit` of them, in file order (deterministic); for a
+    slice `NAME@START` (`Task.first`), the first `limit` from the START-th (0-based) on.
 
     Raises:
         IMSMError: missing file, malformed line, a record without a needed field, no records.
@@ -139,8 +140,16 @@ def load_examples(
         records = _from_directory(task, split, files, data_dir)
     else:
         records = _from_hub(task, split)
+    available = len(records)
+    if task.first is not None:
+        records = records[task.first :]
     if limit is not None:
         records = records[:limit]
+    if not records and task.first and available:
+        whole = task.name.rpartition(SLICE)[0]
+        raise IMSMError(
+            f"task {task.name} ({split}) has no examples: {whole} has {available} questions; start below that"
+        )
     if not records:
         raise IMSMError(f"task {task.name} ({split}) has no examples; check the data file")
     for record in records:

@@ -49,8 +49,8 @@ class EvalOptions(ModelOptions):
 
     task: str = option(
         help="task name(s), comma-separated (mrpc, cola, ropes, gsm8k, webq, freebaseqa, multirc; multiple "
-        "choice: arc_easy, arc_challenge, piqa, sciq, winogrande; drift: sciq_support), or a task spec file "
-        "(.yaml/.json)"
+        "choice: arc_easy, arc_challenge, piqa, sciq, winogrande; drift: sciq_support), NAME@START for a task "
+        "read from its START-th question on (0-based; --limit counts from there), or a task spec file (.yaml/.json)"
     )
     output: str = option(help="metrics JSON; per-example JSONL files go beside it")
     split: str | None = option(None, help="split to evaluate (default: each task's evaluation split, as in the paper)")

@@ -51,8 +51,9 @@ def rounded(value: float | None) -> float | None:
 
 
 def predictions_path(output: Path, task: Task) -> Path:
-    """Per-example file beside the metrics file: `results.json` -> `results.mrpc.jsonl`."""
-    safe_name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task.name)
+    """Per-example file beside the metrics file: `results.json` -> `results.mrpc.jsonl` (a slice:
+    `results.piqa@300.jsonl`)."""
+    safe_name = "".join(ch if ch.isalnum() or ch in "-_@" else "_" for ch in task.name)
     return output.with_name(f"{output.stem}.{safe_name}.jsonl")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Record = dict[str, Any]
+SLICE = "@"  # a task slice's name: NAME@START (`imsm.tasks.task_slice`)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Task:
         chance: The accuracy of guessing, for multiple choice 1 / the number of options (the usual
             number where it varies); None where unknown. `imsm frontier` pools a probe only where
             the base model clears it.
+        first: For a slice `NAME@START` (`imsm.tasks.get_task`), START: the 0-based index, in file
+            order, of the first question read, before any limit; None for the task itself.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Task:
     gold_index: Callable[[Record], int] | None = None
     document: Callable[[Record], tuple[str, str]] | None = None
     chance: float | None = None
+    first: int | None = None
 
     def chat_template_setting(self, setting: str) -> str:
         """`--chat-template` as it applies to this task: "auto" means none for multiple-choice

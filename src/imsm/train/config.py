@@ -33,7 +33,10 @@ AUTHORS_GATE_LEARNING_RATE = 1e-3
 class TrainConfig:
     """A training run: every option of `imsm train`, each documented once, in its field's help."""
 
-    task: str = option(help="training task: registry name (mrpc, cola, ropes, gsm8k) or a task spec file")
+    task: str = option(
+        help="training task: registry name (mrpc, cola, ropes, gsm8k), NAME@START for its examples from the "
+        "START-th on (0-based, before --limit), or a task spec file"
+    )
     output: str = option(help="run directory: adapter files, checkpoints, config, metrics log")
     model: str = model_option()
     peft: str = peft_option()

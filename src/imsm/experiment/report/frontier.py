@@ -39,6 +39,7 @@ from imsm.experiment.report.frontier_study import (
     PROBE_SCORES,
     Arm,
     Point,
+    Probe,
     Score,
     Study,
     length_label,
@@ -103,19 +104,28 @@ def settings_section(study: Study) -> list[str]:
                 "–" if probe.base_accuracy is None else f"{100 * probe.base_accuracy:.1f}",
                 f"{100 * probe.chance:.1f} ({probe.chance_source})" if mc and probe.chance is not None else "–",
                 f"{100 * margin:.1f}" if mc and margin is not None else "–",
-                ("yes" if probe.pooled else f"no: {probe.exclusion}") if mc else "no: not multiple choice",
+                _pooled_cell(probe),
             ]
         )
     if rows:
         headers = ["probe", "kind", "questions", "Base accuracy", "chance", f"{CHANCE_MARGIN:g} SE", "pooled"]
         lines += [
             f"Probes (a multiple-choice probe is pooled when Base clears chance by {CHANCE_MARGIN:g} binomial "
-            "standard errors of an accuracy at chance over its questions):",
+            "standard errors of an accuracy at chance over its questions; a slice NAME@START, other questions "
+            "of a probe, is held out of the pool):",
             "",
             *markdown_table(headers, rows),
             "",
         ]
     return lines
+
+
+def _pooled_cell(probe: Probe) -> str:
+    if probe.held_out:
+        return "held out"
+    if probe.kind != "multiple_choice":
+        return "no: not multiple choice"
+    return "yes" if probe.pooled else f"no: {probe.exclusion}"
 
 
 def curves_section(study: Study) -> list[str]:
@@ -179,6 +189,34 @@ def base_tests_section(study: Study) -> list[str]:
         f"difference over questions; **bold** t: |t| ≥ {STRONG_T:g}. Flips: pooled questions Base answers "
         "right and the arm wrong (and the reverse), mean over seeds. Question by question says whether a "
         "difference holds across questions for these adapters, not across other seeds.",
+        "",
+        *markdown_table(headers, rows),
+        "",
+    ]
+
+
+def held_out_section(study: Study) -> list[str]:
+    """Every arm at every length against Base on each held-out probe (a slice), question by question."""
+    rows = []
+    for probe in study.held_out if study.base is not None else []:
+        base = study.base.questions.get(probe.task)
+        metric = PROBE_SCORES.get(probe.kind, ("accuracy",))[0]
+        for (arm, length), points in study.groups().items():
+            test = compare_questions(
+                columns_by_seed(study, points, probe.task), {s: base for s in points} if base else {}, metric
+            )
+            seeds_and_questions = f"{test.test.n} × {test.seeds}" if test.seeds else "–"
+            rows.append([probe.task, metric, study.label(arm), length_label(length), seeds_and_questions])
+            rows[-1] += difference_cells(test, metric)
+    if not rows:
+        return []
+    headers = ["held-out probe", "score", "arm", "steps", "questions × seeds", "Δ ± SE", "t"]
+    return [
+        "## Held-out probes against Base",
+        "",
+        "Arm − Base on each held-out probe (a slice NAME@START: questions of a probe other than those any "
+        "choice was made on), each question averaged over seeds first; SE = standard error of the mean "
+        f"difference over questions; **bold** t: |t| ≥ {STRONG_T:g}.",
         "",
         *markdown_table(headers, rows),
         "",
@@ -349,6 +387,7 @@ def render_frontier(
     lines += curves_section(study)
     lines += posthoc_section(study)
     lines += base_tests_section(study)
+    lines += held_out_section(study)
     lines += between_arms_section(study)
     lines += frontier_section(study)
     if plots is not None:

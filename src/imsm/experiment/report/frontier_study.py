@@ -4,7 +4,8 @@ pooled scores. Data and statistics; no markdown, no plots.
 A point is one arm read at one training length for one seed: the base model (0 steps), an adapter
 as trained at each snapshot and at the end, or a post-hoc variant of a trained adapter (read with
 another fusion, or its change scaled by λ). Forgetting is Base − point on the multiple-choice
-probes the base model answers above chance, pooled question by question. What the arms are called
+probes the base model answers above chance, pooled question by question; a slice of a probe
+(`piqa@300`) is held out of the pool and reported on its own. What the arms are called
 and which variants are the free baselines come from the experiment file (`frontier_settings`).
 """
 
@@ -109,7 +110,9 @@ def length_label(length: int | None) -> str:
 
 @dataclass(frozen=True)
 class Probe:
-    """A task the adapters were not trained on, and whether its questions enter the pooled score."""
+    """A task the adapters were not trained on, and whether its questions enter the pooled score. A
+    slice of a probe (`piqa@300`) is held out: never pooled, since the pool is declared on the probes'
+    own questions and a slice measures on other questions what was chosen on those."""
 
     task: str
     kind: str  # the task's answer_type
@@ -117,6 +120,7 @@ class Probe:
     base_accuracy: float | None
     chance: float | None
     chance_source: str
+    held_out: bool = False  # a task slice, NAME@START
 
     @property
     def margin(self) -> float | None:
@@ -133,6 +137,8 @@ class Probe:
     @property
     def exclusion(self) -> str | None:
         """Why a multiple-choice probe stays out of the pool, or None."""
+        if self.held_out:
+            return "held out"
         if self.base_accuracy is None or not self.questions:
             return "no base row"
         if self.chance is None or self.margin is None:
@@ -159,6 +165,10 @@ class Study:
     @property
     def pooled_tasks(self) -> list[str]:
         return [p.task for p in self.probes if p.pooled]
+
+    @property
+    def held_out(self) -> list[Probe]:
+        return [p for p in self.probes if p.held_out]
 
     def arms(self) -> list[Arm]:
         return sorted({p.arm for p in self.points}, key=lambda arm: arm.order)
@@ -295,14 +305,15 @@ def _probes(experiment: Experiment, target: str, points: list[Point], base: Poin
     tasks = [t for p in ([base] if base else []) + points for t in p.metrics if t != target]
     probes = []
     for task in dict.fromkeys(tasks):
-        kind = get_task(task).answer_type
+        resolved = get_task(task)
+        kind = resolved.answer_type
         columns = base.questions.get(task) if base else None
         accuracy, count = _column_mean(columns, "accuracy")
         if accuracy is None and kind == "multiple_choice" and base and "accuracy" in base.metrics.get(task, {}):
             accuracy = base.metrics[task]["accuracy"]  # no per-question scores: no count, so not pooled
         count = count or len((columns or {}).get("index") or [])
         chance, source = chance_accuracy(experiment, task) if kind == "multiple_choice" else (None, "")
-        probes.append(Probe(task, kind, count, accuracy, chance, source))
+        probes.append(Probe(task, kind, count, accuracy, chance, source, held_out=resolved.first is not None))
     return sorted(probes, key=lambda p: KIND_ORDER.index(p.kind) if p.kind in KIND_ORDER else len(KIND_ORDER))
 
 
