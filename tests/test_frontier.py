@@ -200,6 +200,11 @@ def test_a_slice_of_a_probe_is_held_out_of_the_pool_and_measured_against_base(st
     assert numbers(gated["Δ ± SE"])[0] == -10.0
     assert numbers(row(held_out, arm="LoRA", steps="40")["Δ ± SE"])[0] == -60.0
     assert len(tables(held_out)[0]) == len(study.groups())
+    # Between arms, the held-out questions follow the pooled scores: IMSM-LoRA keeps 50 points more of them.
+    between = section(report, "Between arms, at the same length")
+    versus = row(between, comparison="IMSM-LoRA − LoRA", steps="40", score=f"{HELD_OUT} accuracy")
+    assert numbers(versus["Δ ± SE"])[0] == 50.0 and versus["seeds"] == "3"
+    assert row(between, comparison="IMSM-LoRA − LoRA", steps="40", score=f"{HELD_OUT} gold_probability")
     assert "Held-out" not in render_frontier(collect_study(load_experiment(study_path)), None)
 
 

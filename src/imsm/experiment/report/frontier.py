@@ -261,8 +261,9 @@ def between_arms_section(study: Study) -> list[str]:
     groups = study.groups()
     for arm, other, length in _comparisons(study):
         treated, control = groups[(arm, length)], groups[(other, length)]
-        for task, name in [(study.target, study.metric), *((None, n) for n in POOLED)]:
-            score = (study.target, name) if task else (POOL, name)
+        held_out = [(probe.task, n) for probe in study.held_out for n in POOLED]
+        for task, name in [(study.target, study.metric), *((None, n) for n in POOLED), *held_out]:
+            score = (task, name) if task else (POOL, name)
             by_question = compare_questions(
                 columns_by_seed(study, treated, task), columns_by_seed(study, control, task), name
             )
@@ -292,7 +293,8 @@ def between_arms_section(study: Study) -> list[str]:
         "Question by question (each question averaged over the seeds both arms have; questions × seeds "
         f"says how many of each; **bold** t: |t| ≥ {STRONG_T:g}), then the seed-level paired t-test of the "
         "arms' scores: seeds = the pairs it has (the two arms trained with the same seed), Δ seed means = "
-        "the mean of their differences, two-sided p.",
+        "the mean of their differences, two-sided p."
+        + (" Held-out probes (NAME@START) follow the pooled scores." if study.held_out else ""),
         "",
         *markdown_table(headers, rows),
         "",

@@ -406,6 +406,11 @@ def point_scores(study: Study, point: Point) -> dict[Score, float]:
             value = point.metrics.get(probe.task, {}).get(metric)
             if value is not None:
                 scores[(probe.task, metric)] = value
+    for probe in study.held_out:  # compared between arms on the pool's own scores
+        for metric in POOLED:
+            value = point.metrics.get(probe.task, {}).get(metric)
+            if value is not None:
+                scores[(probe.task, metric)] = value
     return scores
 
 
