@@ -5,6 +5,10 @@ and the figures file with the issue's keys, refused when a measurement is missin
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,11 +19,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from imsm.bench.paper_scale import GOALS, paper_scale_figures
 from imsm.bench.paper_scale import main as paper_scale_main
 from imsm.bench.random_weights import byte_tokenizer, random_causal_lm, random_model_and_tokenizer
-from imsm.bench.train import run_worker, write_synthetic_task
+from imsm.bench.train import _warm_up, run_worker, write_synthetic_task
 from imsm.cli import main
 from imsm.errors import IMSMError
 
-ARCHITECTURES = Path(__file__).resolve().parents[1] / "configs" / "architectures"
+ROOT = Path(__file__).resolve().parents[1]
+ARCHITECTURES = ROOT / "configs" / "architectures"
 TINY = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -122,6 +127,52 @@ def test_both_variants_train_random_weights_with_checkpointing_on_exact_lengths(
     weights = load_file(tmp_path / f"run-{fusion}" / "adapter_model.safetensors")
     lora_b = [tensor for name, tensor in weights.items() if "lora_B" in name]
     assert lora_b and all(float(tensor.abs().sum()) > 0 for tensor in lora_b)
+
+
+def test_the_warm_up_changes_neither_the_weights_nor_the_mode(tiny_config, monkeypatch):
+    from imsm import IMSMConfig, get_imsm_model
+    from imsm.peft_methods.builders import build_peft_config
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)  # it runs on CUDA only; here the CPU stands in
+    base = random_causal_lm(str(tiny_config), "fp32", "cpu")
+    model = get_imsm_model(base, build_peft_config("lora", ["q_proj", "v_proj"]), IMSMConfig()).train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _warm_up(model, micro_batch_size=2, length=16)
+    assert model.training
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_the_device_script_runs_end_to_end_on_a_tiny_shape(tiny_config, tmp_path):
+    # The script's whole logic on the CPU, with a tiny shape in place of the 8B one.
+    (tmp_path / "architectures").mkdir()
+    (tmp_path / "architectures" / "tiny.json").write_text(tiny_config.read_text())
+    settings = {
+        "ARCHITECTURES": str(tmp_path / "architectures"), "SHAPES": "tiny", "SEQUENCE_LENGTH": "48",
+        "ANSWER_TOKENS": "8", "LIMIT": "4", "BATCH": "2", "MICRO": "2", "REPEATS": "1", "NEW_TOKENS": "4",
+        "DECODE_REPEATS": "1", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "WHEELS": str(tmp_path),
+    }  # fmt: skip
+    environment = {**os.environ, **settings, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_paper_scale.sh")],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "out"
+    figures = json.loads((out / "paper_scale_tiny.json").read_text())
+    assert set(ISSUE_KEYS) <= set(figures) and figures["met"] is None
+    with tarfile.open(out / "bench_results.tar.gz") as archive:
+        names = {Path(name).name for name in archive.getnames()}
+    assert {"tiny_train.json", "tiny_decode_b1.json", "tiny_decode_b8.json"} <= names
+    assert sorted(path.name for path in out.iterdir()) == [
+        "bench_results.tar.gz",
+        "paper_scale.log",
+        "paper_scale_tiny.json",
+    ]
 
 
 @pytest.mark.slow
