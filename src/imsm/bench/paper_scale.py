@@ -156,6 +156,9 @@ def paper_scale_figures(train_path: Path, decode_b1_path: Path, decode_b8_path: 
             "memory_measure": memory_measure,
             "vanilla_peak_gib": train[f"vanilla_{memory_key}"] / 1024,
             "imsm_peak_gib": train[f"imsm_{memory_key}"] / 1024,
+            # What the model alone holds (weights, adapter, gate): the peaks' common floor.
+            "vanilla_model_gib": train["vanilla_model_cuda_mib"] / 1024 if gpu else None,
+            "imsm_model_gib": train["imsm_model_cuda_mib"] / 1024 if gpu else None,
         },
         "decode": {
             name: {key: payload.get(key) for key in DECODE_DETAILS}

@@ -13,7 +13,8 @@ divided by the time spent computing the frozen memories plus the time of every s
 its micro-batches and the `train_step` that `imsm train` runs), read through the loop's hooks:
 IMSM pays for its frozen branch inside the measured time. Model loading, logging, checkpoints
 and saving are outside it. `warmup_steps` leaves the first steps out of both counts (a GPU's
-first step pays for its kernels' set-up); IMSM's frozen memories still count in full.
+first step pays for its kernels' set-up, its optimizer state's allocation); IMSM's frozen memories
+then count in proportion to the steps timed (they are computed once for every step's examples).
 
 On CUDA each run also reports its peak allocated GPU memory, over the whole process and from the
 start of training on (the counter is reset once the model is built), and whether activation
@@ -126,6 +127,7 @@ def run_worker(config_json: str, result_path: str) -> None:
         measured["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
         if cuda:
             measured["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20  # the model's build
+            measured["model_cuda_mib"] = torch.cuda.memory_allocated() / 2**20  # weights, adapter, gate
             _warm_up(model, config.get("micro_batch_size", 4), min(config.get("max_length", 512), 64))
             torch.cuda.reset_peak_memory_stats()
         measured["reset"] = _reset_peak_rss()
@@ -145,7 +147,8 @@ def run_worker(config_json: str, result_path: str) -> None:
             f"bench train: {summary['steps']} steps, none after the {bench['warmup_steps']} warm-up steps; "
             "train on more examples or take fewer warm-up steps"
         )
-    seconds = measured["step_seconds"] + summary["frozen_cache_seconds"]
+    frozen_seconds = summary["frozen_cache_seconds"] * measured["steps"] / summary["steps"]
+    seconds = measured["step_seconds"] + frozen_seconds
     result = {
         "tokens": measured["tokens"],
         "steps": summary["steps"],
@@ -164,6 +167,7 @@ def run_worker(config_json: str, result_path: str) -> None:
     }
     if cuda:
         result["training_peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["model_cuda_mib"] = measured["model_cuda_mib"]
         result["peak_cuda_mib"] = max(measured["peak_cuda_mib"], result["training_peak_cuda_mib"])
         result["gpu"] = torch.cuda.get_device_name(0)
     Path(result_path).write_text(json.dumps(result))
@@ -211,7 +215,7 @@ def bench_train(
         )
     if all("training_peak_cuda_mib" in r for name in VARIANTS for r in runs[name]):
         for name in VARIANTS:
-            for key in ("peak_cuda_mib", "training_peak_cuda_mib"):
+            for key in ("peak_cuda_mib", "training_peak_cuda_mib", "model_cuda_mib"):
                 summary[f"{name}_{key}"] = statistics.median(r[key] for r in runs[name])
         summary["cuda_peak_memory_ratio"] = summary["imsm_peak_cuda_mib"] / summary["vanilla_peak_cuda_mib"]
     return summary
