@@ -306,3 +306,16 @@ def test_a_run_without_checkpointing_or_a_missing_file_is_refused_and_nothing_wr
     assert paper_scale_main(argv) == 2
     assert "decode_b8.json' does not exist; run the bench that writes it first" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_gradient_checkpointing_is_memory_not_identity():
+    # Recomputed activations give the same gradients: an experiment's cells keep their names (and
+    # their finished results) whether it is on or off, and a run may resume with it switched.
+    from imsm.experiment.spec import Cell
+    from imsm.train.config import TrainConfig
+
+    config = TrainConfig(task="mrpc", output="-").to_dict()
+    config.pop("output")
+    assert Cell({**config, "gradient_checkpointing": True}).name == Cell(config).name
+    other = {k: v for k, v in config.items() if k != "gradient_checkpointing"}  # a cell resolved before the option
+    assert Cell(other).name == Cell(config).name
