@@ -60,6 +60,7 @@ grep -E "^torch |^WARNING" "$LOG"
 
 for shape in $SHAPES; do
     architecture="$ARCHITECTURES/$shape.json"
+    [ -f "$architecture" ] || { echo "== $shape: no $architecture; skipped" | tee -a "$LOG"; STATUS=1; continue; }
     figures="$OUT/paper_scale_$shape.json"; [ "$shape" = llama3-8b ] && figures="$OUT/paper_scale.json"
     step "$TRAIN_SECONDS" "$shape train" "$PYTHON" -m imsm bench train --random-weights --model "$architecture" \
         --peft "$PEFT" --dtype "$DTYPE" --gradient-checkpointing --sequence-length "$SEQUENCE_LENGTH" \
