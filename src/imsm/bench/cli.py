@@ -11,7 +11,7 @@ from imsm.bench.choice import KNOWLEDGE_TASKS, bench_choice
 from imsm.bench.decode import bench_decode
 from imsm.bench.eval import bench_eval
 from imsm.bench.output import write_json
-from imsm.bench.train import bench_train
+from imsm.bench.train import bench_train, write_synthetic_task
 from imsm.cli.options import (
     add_command,
     check_options,
@@ -34,6 +34,14 @@ def _output_option():
     return option(None, help="write the results JSON here")
 
 
+def _random_weights_option():
+    return option(
+        False,
+        help="--model is a config.json (or its directory): build that architecture with random weights "
+        "on the device (speed does not depend on them), e.g. configs/architectures/llama3-8b.json",
+    )
+
+
 @dataclass
 class BenchTrainOptions:
     """`imsm bench train`: training throughput and peak memory, vanilla peft against IMSM."""
@@ -51,9 +59,37 @@ class BenchTrainOptions:
     dtype: str = dtype_option()
     repeats: int = option(1, positive=True, help="runs of each variant, alternating")
     output: Path | None = _output_option()
+    random_weights: bool = _random_weights_option()
+    sequence_length: int | None = option(
+        None,
+        positive=True,
+        help="train on --limit synthetic examples of exactly this many tokens (random text, the answer "
+        "--answer-tokens long) instead of a task: no data set or tokenizer needed",
+    )
+    answer_tokens: int = option(128, positive=True, help="with --sequence-length: the labelled answer's length")
+    gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass, both variants")
+    warmup_steps: int = option(0, help="leave the first N optimizer steps of each run out of the timing")
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.sequence_length is not None and self.task is not None:
+            raise IMSMError(
+                "--sequence-length trains on synthetic examples; leave --task out or drop --sequence-length"
+            )
+        if self.sequence_length is not None and self.answer_tokens + 8 > self.sequence_length:
+            raise IMSMError(
+                f"--answer-tokens {self.answer_tokens} leaves no room for a prompt in --sequence-length "
+                f"{self.sequence_length}; give a shorter answer or a longer sequence"
+            )
+        if self.warmup_steps < 0:
+            raise IMSMError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        steps = self.epochs * -(-self.limit // self.batch_size)
+        if self.warmup_steps >= steps:
+            raise IMSMError(
+                f"--warmup-steps {self.warmup_steps} leaves none of the {steps} optimizer steps "
+                f"(--limit {self.limit} x --epochs {self.epochs} / --batch-size {self.batch_size}) to time; "
+                "take fewer warm-up steps or more examples"
+            )
 
 
 @dataclass
@@ -70,11 +106,7 @@ class BenchDecodeOptions:
     prompt_repeat: int = option(1, positive=True, help="repeat each prompt k times")
     naive_tokens: int = option(16, positive=True, help="tokens for the naive decoder")
     skip: list[str] = option(default_factory=list, help=f"decoders not to run: any of {', '.join(DECODERS_TO_SKIP)}")
-    random_weights: bool = option(
-        False,
-        help="--model is a config.json (or its directory): build that architecture with random weights "
-        "(speed does not depend on them), e.g. configs/architectures/llama3-8b.json",
-    )
+    random_weights: bool = _random_weights_option()
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -218,7 +250,9 @@ def cmd_bench_train(options: BenchTrainOptions) -> int:
     data_dir = resolve_data_dir(options.data_dir)
     with tempfile.TemporaryDirectory(prefix="imsm-bench-data-") as generated:
         task = options.task
-        if task is None:
+        if options.sequence_length is not None:
+            task = str(write_synthetic_task(Path(generated), options.limit, options.answer_tokens))
+        elif task is None:
             task = "mrpc" if data_dir else str(write_demo_tasks(Path(generated), options.limit, 1, 1)["train"])
         config = {
             "task": task,
@@ -230,7 +264,12 @@ def cmd_bench_train(options: BenchTrainOptions) -> int:
             "batch_size": options.batch_size,
             "micro_batch_size": options.micro_batch_size,
             "dtype": options.dtype,
+            "gradient_checkpointing": options.gradient_checkpointing,
+            "random_weights": options.random_weights,
+            "warmup_steps": options.warmup_steps,
         }
+        if options.sequence_length is not None:
+            config["max_length"] = options.sequence_length  # every prompt is cut to fit: all this long
         print(
             f"imsm bench train: {options.peft} on {Path(task).stem}, {options.limit} examples x {options.epochs} epochs"
         )
@@ -239,18 +278,23 @@ def cmd_bench_train(options: BenchTrainOptions) -> int:
             print(
                 f"  {name:<8} run {repeat + 1}/{options.repeats}: {result['tokens_per_s']:.1f} tokens/s, "
                 f"{result['seconds']:.1f} s (frozen memories {result['frozen_cache_seconds']:.1f} s), "
-                f"peak {result['peak_rss_mib']:.0f} MiB (in training {result['training_peak_rss_mib'] or 0:.0f} MiB)",
+                f"peak {result['peak_rss_mib']:.0f} MiB (in training {result['training_peak_rss_mib'] or 0:.0f} MiB)"
+                + (f", GPU {result['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in result else ""),
                 flush=True,
             )
 
         summary = bench_train(config, options.repeats, on_result=report)
     training_ratio = summary.get("training_peak_memory_ratio")
+    cuda_ratio = summary.get("cuda_peak_memory_ratio")
     print(
         f"IMSM / vanilla: throughput {summary['throughput_ratio']:.3f}, peak memory {summary['peak_memory_ratio']:.3f}"
         + (f", peak memory in training {training_ratio:.3f}" if training_ratio else "")
+        + (f", peak GPU memory {cuda_ratio:.3f}" if cuda_ratio else "")
     )
     if options.output:
         settings = {**config, "task": Path(config["task"]).stem, "repeats": options.repeats}
+        if options.sequence_length is not None:
+            settings.update(sequence_length=options.sequence_length, answer_tokens=options.answer_tokens)
         payload = {"benchmark": "train", **provenance_header(settings=settings), **summary}
         write_json(options.output, payload)
         print(f"results: {options.output}")

@@ -75,7 +75,10 @@ TOP_LEVEL = {
 # Options a grid may not set: the runner owns them.
 RUNNER_OWNED = {"output", "resume", "overwrite", "model", "data_dir", "frozen_cache_dir"}
 # Fields that do not change what a cell computes, so they are left out of its identity.
-NOT_IDENTITY = {"output", "resume", "overwrite", "checkpoint_every", "data_dir", "snapshot_steps", "frozen_cache_dir"}
+NOT_IDENTITY = {
+    "output", "resume", "overwrite", "checkpoint_every", "data_dir", "snapshot_steps", "frozen_cache_dir",
+    "gradient_checkpointing",  # the same gradients, recomputed: memory, not numbers
+}  # fmt: skip
 GRID_KEYS = {"evaluate", "variants"}  # what a grid may hold besides `imsm train` options
 # The peft methods whose change `adapter_scale` scales exactly (imsm.model.adapter_scale).
 SCALABLE_METHODS = ("lora", "adalora", "ia3", "loramoe")

@@ -76,6 +76,11 @@ class TrainConfig:
     peft_options: dict[str, Any] = option(default_factory=dict, help="any other field of the peft config, e.g. r=8")
     dtype: str = dtype_option()
     chat_template: str = chat_template_option()
+    gradient_checkpointing: bool = option(
+        False,
+        help="recompute the decoder layers' activations in the backward pass (transformers' own, "
+        "non-reentrant): less memory for a longer step",
+    )
     cache_frozen: bool = option(True, help="compute the frozen branch once per example and reuse it every epoch")
     frozen_cache_dir: str | None = option(
         None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -93,13 +94,18 @@ def _announce(plan: TrainingPlan, task: Task, split: str) -> None:
 
 
 def train(
-    config: TrainConfig, progress: bool = True, accelerator=None, hooks: TrainingHooks | None = None
+    config: TrainConfig,
+    progress: bool = True,
+    accelerator=None,
+    hooks: TrainingHooks | None = None,
+    load_model: Callable[..., tuple[Any, Any]] = load_model_and_tokenizer,
 ) -> dict[str, Any]:
     """Run (or resume) the training described by `config`; returns the run summary.
 
     `--resume` on a run that has already finished touches nothing and returns its summary, so the
     same command can be run again after a crash at any moment. `hooks` let a caller watch the
-    run (`imsm bench train` times its steps).
+    run (`imsm bench train` times its steps). `load_model(model, dtype, device, trust_remote_code)`
+    returns (model, tokenizer); `imsm bench train --random-weights` builds an architecture instead.
     """
 
     # Everything that can be checked without the model is checked first.
@@ -119,7 +125,7 @@ def train(
     accelerator.wait_for_everyone()
 
     seed_everything(config.seed)
-    base, tokenizer = load_model_and_tokenizer(config.model, config.dtype, accelerator.device, config.trust_remote_code)
+    base, tokenizer = load_model(config.model, config.dtype, accelerator.device, config.trust_remote_code)
     formatter = PromptFormatter.for_tokenizer(tokenizer, config.chat_template)
     data = tokenize_examples(task, records, formatter, config.max_length)
     batch_size = config.batch_size or method.batch_size
@@ -130,6 +136,8 @@ def train(
     imsm_config = IMSMConfig(gate_rank=config.gate_rank, fusion=config.fusion, gate_dropout=config.gate_dropout)
     seed_everything(config.seed)  # adapter and gate initialisation depend on the seed only
     model = get_imsm_model(base, peft_config, imsm_config)
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_enable()  # acts in training mode, which the loop sets
     learning_rate = config.learning_rate or method.learning_rate
     plan = TrainingPlan(
         config, model, data, formatter.pad_id, method.optimizer, learning_rate, batch_size, total_steps, {}

@@ -18,7 +18,7 @@ METRICS_LOG = "metrics.jsonl"
 FROZEN_CACHE_DIR = "frozen-memories"  # the default --frozen-cache-dir (imsm.train.frozen_cache)
 
 # Options that may differ between a run and its resumption (none changes a number).
-_RESUMABLE_CHANGES = {"resume", "overwrite", "checkpoint_every", "frozen_cache_dir"}
+_RESUMABLE_CHANGES = {"resume", "overwrite", "checkpoint_every", "frozen_cache_dir", "gradient_checkpointing"}
 
 
 def check_output_directory(config: TrainConfig) -> Path:
