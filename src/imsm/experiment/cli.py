@@ -16,7 +16,9 @@ from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.runner import cell_state, evaluations_left, run_experiment
 from imsm.experiment.spec import load_experiment
 from imsm.experiment.workers import run_workers
+from imsm.metrics import GENERATED_ANSWER_TYPES
 from imsm.registry import unknown_name_message
+from imsm.tasks import get_task
 
 
 @dataclass
@@ -146,6 +148,14 @@ def cmd_experiment(options: ExperimentOptions) -> int:
             print(f"{cell.name}: {state}; {_evaluation_progress(experiment, cell)} ({', '.join(cell.grids)})")
         summary = ", ".join(f"{n} {state}" for state, n in counts.items())
         print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
+        tasks = dict.fromkeys([*(task for cell in cells for _, task in cell.evaluations()), *experiment.original])
+        quiet = [
+            t
+            for t in tasks
+            if not experiment.eval_options.generates(t) and get_task(t).answer_type in GENERATED_ANSWER_TYPES
+        ]
+        if quiet:
+            print(f"evaluated without generation (the teacher-forced pass alone, gold NLL): {', '.join(quiet)}")
         return 0
     log = lambda line: print(f"imsm experiment: {line}", flush=True)  # noqa: E731
     if options.workers > 1:
