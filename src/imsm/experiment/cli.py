@@ -73,7 +73,9 @@ class FrontierOptions:
     )
     task: str | None = option(None, help="the target (training) task, where the experiment trains on several")
     metric: str | None = option(
-        None, help="the target's metric (default: the first of accuracy, exact_match, contains, hit@5 it has)"
+        None,
+        help="the target's metric, over the experiment file's frontier.metric (default: the first of accuracy, "
+        "exact_match, contains, hit@5 it has); a lower-is-better one (gold_nll) is read as its gain Base − arm",
     )
 
 

@@ -53,7 +53,7 @@ from imsm.cli.options import (
 )
 from imsm.config import GATED_FUSIONS
 from imsm.errors import IMSMError
-from imsm.experiment.frontier_settings import FrontierSettings, read_frontier
+from imsm.experiment.frontier_settings import FrontierSettings, metric_evaluation_problem, read_frontier
 from imsm.experiment.variants import Variant, parse_variants
 from imsm.peft_methods.builders import PEFT_METHODS
 from imsm.tasks import get_task
@@ -387,6 +387,14 @@ def _baseline_problems(frontier: FrontierSettings, cells: list[Cell]) -> list[st
     ]
 
 
+def _metric_problems(settings: CheckedSettings, cells: list[Cell]) -> list[str]:
+    """The file's `frontier.metric` where the evaluation never gives a training task that score."""
+    metric, options = settings.frontier.metric, settings.eval_options
+    tasks = dict.fromkeys(str(cell.config["task"]) for cell in cells) if metric else {}
+    found = [metric_evaluation_problem(metric, t, options.generates(t), options.likelihood) for t in tasks]
+    return [f"frontier.metric: {problem}" for problem in dict.fromkeys(found) if problem]
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read, check and expand an experiment file; raise one IMSMError listing every problem."""
     path = Path(path)
@@ -400,7 +408,7 @@ def load_experiment(path: str | Path) -> Experiment:
     model = str(raw.get("model", DEFAULT_MODEL))
     cells = expand_grids(grids, settings, model, problems)
     if cells:
-        problems += _baseline_problems(settings.frontier, cells)
+        problems += _baseline_problems(settings.frontier, cells) + _metric_problems(settings, cells)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise IMSMError(f"experiment file {str(path)!r} has {len(problems)} problem(s):\n{listing}")
