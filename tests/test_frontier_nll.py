@@ -156,3 +156,9 @@ def test_the_command_lines_metric_overrides_the_files(study_path, tmp_path, caps
 def test_a_bad_frontier_metric_is_refused_with_the_field_and_the_fix(tmp_path, metric, changes, message):
     with pytest.raises(IMSMError, match=message):
         load_experiment(write_experiment(tmp_path, frontier={**FRONTIER, "metric": metric}, **changes))
+
+
+def test_a_file_metric_the_results_lack_is_refused_with_both_ways_to_fix_it(tmp_path):
+    study = load_experiment(nll_study(tmp_path, metric="yes_no_auc"))  # a target score, but mrpc's rows lack it
+    with pytest.raises(IMSMError, match=r"metric 'yes_no_auc' is not among mrpc's metrics .*frontier.metric"):
+        collect_study(study)

@@ -344,7 +344,8 @@ def _target_metric(target: str, points: list[Point], base: Point | None, chosen:
     if chosen is not None:
         if present and chosen not in present:
             raise IMSMError(
-                f"metric {chosen!r} is not among {target}'s metrics ({', '.join(present)}); pick one with --metric"
+                f"metric {chosen!r} is not among {target}'s metrics ({', '.join(present)}); pick one with --metric "
+                "or the experiment file's frontier.metric"
             )
         return chosen
     return next((m for m in TARGET_METRICS if m in present), present[0] if present else get_task(target).metrics[0])
