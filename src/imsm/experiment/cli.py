@@ -9,6 +9,7 @@ from imsm.atomic_write import write_atomically
 from imsm.cli.options import add_command, check_options, option
 from imsm.errors import IMSMError
 from imsm.experiment.device.pack import PackOptions, pack_for_device
+from imsm.experiment.frontier_settings import target_metric_problem
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
 from imsm.experiment.report.frontier import render_frontier
@@ -77,6 +78,10 @@ class FrontierOptions:
         help="the target's metric, over the experiment file's frontier.metric (default: the first of accuracy, "
         "exact_match, contains, hit@5 it has); a lower-is-better one (gold_nll) is read as its gain Base − arm",
     )
+
+    def __post_init__(self) -> None:
+        if self.metric is not None and (problem := target_metric_problem(self.metric)):
+            raise IMSMError(f"--metric: {problem}")
 
 
 def add_experiment_parsers(commands) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 
 from imsm.checked_files import read_json_lines
 from imsm.errors import IMSMError
-from imsm.experiment.frontier_settings import target_metric_problem
 from imsm.experiment.questions import values_by_question
 from imsm.experiment.report.grid import METHOD_LABELS
 from imsm.experiment.runner import original_path, read_cell_result, read_original_row
@@ -178,14 +177,12 @@ class Study:
 
     @property
     def lower_is_better(self) -> bool:
-        """Whether the target's score falls as the target is learned (an NLL): then learning is its
-        gain Base − arm."""
+        """Whether the target's score falls as the target is learned (an NLL)."""
         return self.metric in LOWER_IS_BETTER
 
     def learning(self, value: float) -> float:
-        """A target score (as stored) along the axis of learning, larger = learned more: the score
-        itself, or for a lower-is-better score its gain over Base, Base − value (0 at Base). The λ
-        line, the matching at equal gain and the plots read the target this way."""
+        """A target score along the axis of learning (larger = learned more), as the λ line, the matching
+        and the plots read it: the score itself, or where lower is better its gain Base − value."""
         if not self.lower_is_better:
             return value
         base = self.base.metrics.get(self.target, {}).get(self.metric) if self.base is not None else None
@@ -355,8 +352,6 @@ def collect_study(experiment: Experiment, target: str | None = None, metric: str
     """Every point of the cells trained on `target` (default: the experiment's only training task),
     read from their results; missing cells and evaluations are listed, never fatal. `metric` (else
     the experiment file's `frontier.metric`, else `_target_metric`'s default) scores the target."""
-    if metric is not None and (problem := target_metric_problem(metric)):
-        raise IMSMError(f"--metric: {problem}")
     metric = metric if metric is not None else experiment.frontier.metric
     tasks = list(dict.fromkeys(str(c.config["task"]) for c in experiment.cells))
     if target is None:
