@@ -747,8 +747,8 @@ def test_without_a_frontier_section_arms_get_general_names_and_no_baselines(tmp_
 @pytest.mark.parametrize(
     ("frontier", "message"),
     [
-        ("arms", r"frontier: must be a mapping with labels and/or baselines"),
-        ({"colours": {}}, r"frontier: unknown field 'colours' \(known: labels, baselines\)"),
+        ("arms", r"frontier: must be a mapping with metric, labels and/or baselines"),
+        ({"colours": {}}, r"frontier: unknown field 'colours' \(known: metric, labels, baselines\)"),
         ({"labels": {"gated": "G"}}, r"frontier.labels: unknown fusion 'gated' \(known: imsm, no-query, mean, none\)"),
         ({"labels": {"imsm": ""}}, r"frontier.labels.imsm: must be a non-empty string"),
         ({"labels": {"imsm": "IMSM-{peft}"}}, r"frontier.labels.imsm: 'IMSM-\{peft\}' names a placeholder other"),

@@ -24,6 +24,10 @@ from imsm.registry import Registry
 # Answers the model generates, and how they are compared; then the tasks scored by log-likelihood.
 GENERATED_ANSWER_TYPES = ("text", "yes_no", "number")
 ANSWER_TYPES = (*GENERATED_ANSWER_TYPES, "multiple_choice", "drift")
+# The scores where lower is better: negative log-likelihoods and KL divergences, in nats (the gold
+# answer's NLL per token, and drift's NLL and KL). Every other score, metrics and likelihood scores
+# alike (the gold option's log-likelihood, yes/no AUC), is higher-is-better. Said here once.
+LOWER_IS_BETTER = frozenset({"gold_nll", "drift_nll", "drift_kl"})
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 

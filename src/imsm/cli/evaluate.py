@@ -15,6 +15,7 @@ from imsm.cli.options import (
     dtype_option,
     eval_batch_size_option,
     eval_limit_option,
+    generate_option,
     likelihood_option,
     max_new_tokens_option,
     model_option,
@@ -61,6 +62,7 @@ class EvalOptions(ModelOptions):
     chat_template: str = chat_template_option()
     system: str | None = system_option()
     likelihood: bool = likelihood_option()
+    generate: bool = generate_option()
     resume: bool = option(
         True,
         help="after an interruption, evaluate only the examples the journal (OUTPUT-stem.TASK.partial.jsonl) "
@@ -75,6 +77,13 @@ class EvalOptions(ModelOptions):
     def __post_init__(self) -> None:
         check_options(self)
         _check_json_output(self.output)
+        if not self.generate and not self.likelihood:
+            raise IMSMError(
+                "--no-generate leaves only the teacher-forced pass, which --no-likelihood turns off: "
+                "nothing would be evaluated; drop one of them"
+            )
+        if not self.generate and self.max_new_tokens is not None:
+            raise IMSMError("--max-new-tokens caps generated answers, and --no-generate generates none; drop one")
         if (
             self.frozen_states is not None
             and Path(self.frozen_states).exists()
@@ -129,6 +138,7 @@ def cmd_eval(options: EvalOptions) -> int:
         limit=options.limit,
         batch_size=options.batch_size,
         likelihood=options.likelihood,
+        generate=options.generate,
     )
     # What shapes the answers, for the resume journals: a journal made under other settings is
     # started afresh. The batch size is left out: greedy answers do not depend on it.
@@ -155,6 +165,7 @@ def cmd_eval(options: EvalOptions) -> int:
             journal_path=journal,
             run_settings=run_settings,
             frozen_states=store,
+            generate=options.generate,
         )
         if result.resumed_examples:
             print(f"imsm: {task.name}: {result.resumed_examples} examples came from an interrupted run ({journal})")

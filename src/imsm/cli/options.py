@@ -174,6 +174,14 @@ def likelihood_option() -> Any:
     return option(True, help="also run the teacher-forced pass (gold NLL, yes/no margin and AUC)")
 
 
+def generate_option() -> Any:
+    return option(
+        True,
+        help="generate answers for generated-answer tasks; off, only the teacher-forced pass runs (gold NLL, "
+        "yes/no margin) and no answer is scored (multiple-choice and drift tasks never generate)",
+    )
+
+
 def check_options(options: Any) -> None:
     """Refuse a value outside its field's `choices`, or a `positive` field below 1; call from
     `__post_init__`, so values from a YAML file are held to what argparse checks on the command line."""

@@ -6,10 +6,12 @@ metrics score. A teacher-forced reading of the task's target answer gives its li
 mean negative log-likelihood per token, and for yes/no tasks the first-token margin
 log p(yes) - log p(no), whose AUC over the corpus ignores any global yes/no bias. Both read the
 same prompt, so one `IMSMModel.score_continuations` call per batch encodes it once and returns
-the answer and the scores together. For a gated IMSM model the teacher-forced reading also takes
-the gate: the mean weight g it gives the frozen branch (h = g h_frozen + (1 - g) h_tuned) over the
-target's tokens and features, which says how much of each answer comes from the base model's
-memory. Turning the per-example outcomes into a task's metrics is `task_metrics`, a pure function.
+the answer and the scores together. Without generation (`Generation.generate` False) only the
+teacher-forced reading runs: nothing is decoded, and the task has no answers to score. For a gated
+IMSM model the teacher-forced reading also takes the gate: the mean weight g it gives the frozen
+branch (h = g h_frozen + (1 - g) h_tuned) over the target's tokens and features, which says how
+much of each answer comes from the base model's memory. Turning the per-example outcomes into a
+task's metrics is `task_metrics`, a pure function.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from imsm.errors import IMSMError
 from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.results import rounded
 from imsm.generate import left_padded
@@ -41,13 +44,13 @@ class ExampleOutcome:
     """What evaluating one example gave: its answer and, when scored, its target's scores.
 
     Attributes:
-        prediction: The greedy answer, stripped.
+        prediction: The greedy answer, stripped; None where nothing was generated.
         gold_nll: Mean negative log-likelihood per target token; None when not scored.
         yes_no_margin: log p(yes) - log p(no) at the answer's first token, for yes/no tasks.
         frozen_weight: The gate's mean weight on the frozen branch over the target's tokens.
     """
 
-    prediction: str
+    prediction: str | None
     gold_nll: float | None = None
     yes_no_margin: float | None = None
     frozen_weight: float | None = None
@@ -80,7 +83,8 @@ def _evaluate_batches(
     """Answer (when `max_new_tokens`) and score (when `targets`) each prompt from one prefill.
 
     Prompts are batched by length, longest first, so little padding is decoded. An empty target
-    has no likelihood: its scores stay None.
+    has no likelihood: its scores stay None. With `targets` and no `max_new_tokens` nothing is
+    decoded, and the predictions are None.
     """
     tokenizer = formatter.tokenizer
     pad_id = formatter.pad_id
@@ -115,7 +119,7 @@ def _evaluate_batches(
                 pad_token_id=pad_id,
             )
             sequences = scores.sequences
-        texts = [""] * len(rows)
+        texts: list[str | None] = [None] * len(rows)
         if sequences is not None:
             texts = [t.strip() for t in tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)]
         batch = []
@@ -177,19 +181,27 @@ def answer_and_score(
 
 
 def task_metrics(
-    task: Task, golds: Sequence[Sequence[str]], outcomes: Sequence[ExampleOutcome], likelihood: bool
+    task: Task,
+    golds: Sequence[Sequence[str]],
+    outcomes: Sequence[ExampleOutcome],
+    likelihood: bool,
+    generated: bool = True,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """A task's corpus metrics, and each metric's per-example scores, from the examples' outcomes."""
+    """A task's corpus metrics, and each metric's per-example scores, from the examples' outcomes.
+
+    Without `generated` answers there is nothing for the task's metrics to score: only the
+    teacher-forced scores are reported, never an accuracy of empty answers."""
     predictions = [o.prediction for o in outcomes]
-    metric_names = list(task.metrics)
-    if task.answer_type == "text" and "hit@5" not in metric_names:
+    metric_names = list(task.metrics) if generated else []
+    if generated and task.answer_type == "text" and "hit@5" not in metric_names:
         metric_names.append("hit@5")  # the length-independent companion of "contains"
     per_example = {
         name: [METRICS.get(name).score(p, g, task.answer_type) for p, g in zip(predictions, golds, strict=True)]
         for name in metric_names
     }
     metrics = {name: METRICS.get(name).aggregate(values) for name, values in per_example.items()}
-    metrics["answer_chars"] = mean([len(p) for p in predictions])
+    if generated:
+        metrics["answer_chars"] = mean([len(p) for p in predictions])
     if likelihood:
         metrics["gold_nll"] = mean([o.gold_nll for o in outcomes if o.gold_nll is not None])
         weights = [o.frozen_weight for o in outcomes if o.frozen_weight is not None]
@@ -197,7 +209,8 @@ def task_metrics(
             metrics["gate_frozen_weight"] = mean(weights)
     if task.answer_type == "yes_no":
         gold_yes = [int(yes_no_label(g[0]) == "yes") for g in golds]
-        metrics["predicted_yes_rate"] = mean([float(yes_no_label(p) == "yes") for p in predictions])
+        if generated:
+            metrics["predicted_yes_rate"] = mean([float(yes_no_label(p) == "yes") for p in predictions])
         metrics["gold_yes_rate"] = mean([float(y) for y in gold_yes])
         if likelihood:
             margins = [o.yes_no_margin for o in outcomes]
@@ -214,36 +227,49 @@ class Generation(TaskKind):
     Attributes:
         max_new_tokens: The answer's cap; the task's own when None.
         likelihood: Whether to score the target answer teacher-forced too.
+        generate: Whether to generate answers at all; False runs the teacher-forced pass alone
+            (the target's NLL, and the yes/no margin where it applies), so `likelihood` must be on.
     """
 
     max_new_tokens: int | None = None
     likelihood: bool = True
+    generate: bool = True
 
     unit: ClassVar[str] = "ex"
     row_type: ClassVar[type] = ExampleOutcome
     journal_format: ClassVar[int] = JOURNAL_FORMAT
 
     def __post_init__(self) -> None:
+        if not (self.generate or self.likelihood):
+            raise IMSMError(
+                f"{self.task.name}: without generation and without the likelihood pass nothing is evaluated; "
+                "turn one of them on"
+            )
         self.max_new_tokens = self.max_new_tokens or self.task.max_new_tokens
         self.prompts = [self.task.prompt(r) for r in self.records]
         self.golds = [self.task.golds(r) for r in self.records]
         self.targets = [self.task.target(r) for r in self.records] if self.likelihood else None
 
+    @property
+    def generated(self) -> bool:
+        return self.generate
+
     def journal_key(self) -> tuple[dict[str, Any], list[str]]:
-        details = {"max_new_tokens": self.max_new_tokens, "likelihood": self.likelihood}
+        details: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "likelihood": self.likelihood}
+        if not self.generate:  # said only when off, so the journals of generating runs keep their fingerprint
+            details = {"likelihood": True, "generate": False}
         return details, self.prompts + (self.targets or [])
 
     def run(self, todo: list[int], keep) -> None:
         yes_no = self.task.answer_type == "yes_no"
         targets = None if self.targets is None else [self.targets[i] for i in todo]
         prompts = [self.prompts[i] for i in todo]
-        answer_and_score(
-            self.model, self.formatter, prompts, targets, self.max_new_tokens, self.batch_size, yes_no, keep
-        )
+        max_new_tokens = self.max_new_tokens if self.generate else 0  # 0: the teacher-forced pass alone
+        answer_and_score(self.model, self.formatter, prompts, targets, max_new_tokens, self.batch_size, yes_no, keep)
 
     def report(self, done: dict[int, ExampleOutcome]) -> tuple[dict[str, float], list[dict[str, Any]]]:
         outcomes = [done[i] for i in range(len(self.records))]
-        metrics, per_example = task_metrics(self.task, self.golds, outcomes, self.likelihood)
+        metrics, per_example = task_metrics(self.task, self.golds, outcomes, self.likelihood, self.generate)
         examples = [
             {
                 "index": i,

@@ -59,6 +59,11 @@ class TaskKind:
             return None
         return self.frozen_states.open(self.model, self.task.name)
 
+    @property
+    def generated(self) -> bool | None:
+        """Whether answers were generated (None: this kind never generates, it scores given texts)."""
+        return None
+
     def items(self) -> Sequence[int]:
         """The indices of the records to evaluate: all of them unless a kind says otherwise."""
         return range(len(self.records))

@@ -26,6 +26,7 @@ class TaskResult:
     seconds: float
     resumed_examples: int = 0  # answered by an earlier, interrupted run (from its journal)
     chat_template: bool | None = None  # whether the task's prompts went through the chat template
+    generated: bool | None = None  # whether answers were generated (None: a kind that never generates)
 
     def summary(self) -> dict[str, Any]:
         summary = {
@@ -39,6 +40,8 @@ class TaskResult:
         }
         if self.chat_template is not None:
             summary["chat_template"] = self.chat_template
+        if self.generated is False:  # the teacher-forced pass alone: said, as no answer was scored
+            summary["generated"] = False
         if self.resumed_examples:
             # `seconds` covers this run only, so a throughput over all examples would mislead.
             summary.update(resumed_examples=self.resumed_examples, examples_per_s=None)

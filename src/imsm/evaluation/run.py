@@ -54,7 +54,7 @@ def run_task(
     done, resumed = _run_journaled(kind, journal, progress_bar)
     metrics, examples = kind.report(done)
     seconds = time.perf_counter() - started
-    return TaskResult(task, split, metrics, examples, seconds, resumed, kind.chat_template)
+    return TaskResult(task, split, metrics, examples, seconds, resumed, kind.chat_template, kind.generated)
 
 
 def _run_journaled(kind: TaskKind, journal: EvalJournal | None, progress: dict[str, Any]) -> tuple[dict[int, Any], int]:
@@ -104,10 +104,13 @@ def evaluate_task(
     journal_path: Path | None = None,
     run_settings: dict[str, Any] | None = None,
     frozen_states: FrozenStateStore | None = None,
+    generate: bool = True,
 ) -> TaskResult:
     """Evaluate and aggregate one task, as its `answer_type` says (`KINDS`, else generation).
 
-    `max_new_tokens` and `likelihood` concern generated answers only. The journal works as
+    `max_new_tokens`, `likelihood` and `generate` concern generated-answer tasks only (multiple
+    choice and drift never generate); `generate` False runs their teacher-forced pass alone, which
+    needs `likelihood`. The journal works as
     `run_task` says. With `frozen_states`, multiple-choice and drift tasks read the frozen
     branch's states from that store (computing and adding those it lacks) and run the tuned
     branch alone; the results are the same (to float rounding) as without it.
@@ -117,6 +120,14 @@ def evaluate_task(
         kind = KINDS[task.answer_type](model, formatter, task, records, batch_size, frozen_states=frozen_states)
     else:
         kind = Generation(
-            model, formatter, task, records, batch_size, max_new_tokens, likelihood, frozen_states=frozen_states
+            model,
+            formatter,
+            task,
+            records,
+            batch_size,
+            max_new_tokens,
+            likelihood,
+            generate,
+            frozen_states=frozen_states,
         )
     return run_task(kind, split, progress, journal_path, run_settings, started)

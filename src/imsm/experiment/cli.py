@@ -9,6 +9,7 @@ from imsm.atomic_write import write_atomically
 from imsm.cli.options import add_command, check_options, option
 from imsm.errors import IMSMError
 from imsm.experiment.device.pack import PackOptions, pack_for_device
+from imsm.experiment.frontier_settings import target_metric_problem
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
 from imsm.experiment.report.frontier import render_frontier
@@ -16,7 +17,9 @@ from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.runner import cell_state, evaluations_left, run_experiment
 from imsm.experiment.spec import load_experiment
 from imsm.experiment.workers import run_workers
+from imsm.metrics import GENERATED_ANSWER_TYPES
 from imsm.registry import unknown_name_message
+from imsm.tasks import get_task
 
 
 @dataclass
@@ -71,8 +74,14 @@ class FrontierOptions:
     )
     task: str | None = option(None, help="the target (training) task, where the experiment trains on several")
     metric: str | None = option(
-        None, help="the target's metric (default: the first of accuracy, exact_match, contains, hit@5 it has)"
+        None,
+        help="the target's metric, over the experiment file's frontier.metric (default: the first of accuracy, "
+        "exact_match, contains, hit@5 it has); a lower-is-better one (gold_nll) is read as its gain Base − arm",
     )
+
+    def __post_init__(self) -> None:
+        if self.metric is not None and (problem := target_metric_problem(self.metric)):
+            raise IMSMError(f"--metric: {problem}")
 
 
 def add_experiment_parsers(commands) -> None:
@@ -146,6 +155,14 @@ def cmd_experiment(options: ExperimentOptions) -> int:
             print(f"{cell.name}: {state}; {_evaluation_progress(experiment, cell)} ({', '.join(cell.grids)})")
         summary = ", ".join(f"{n} {state}" for state, n in counts.items())
         print(f"{len(cells)} cells ({summary}); original row on {', '.join(experiment.original) or 'nothing'}")
+        tasks = dict.fromkeys([*(task for cell in cells for _, task in cell.evaluations()), *experiment.original])
+        quiet = [
+            t
+            for t in tasks
+            if not experiment.eval_options.generates(t) and get_task(t).answer_type in GENERATED_ANSWER_TYPES
+        ]
+        if quiet:
+            print(f"evaluated without generation (the teacher-forced pass alone, gold NLL): {', '.join(quiet)}")
         return 0
     log = lambda line: print(f"imsm experiment: {line}", flush=True)  # noqa: E731
     if options.workers > 1:

@@ -1,7 +1,9 @@
-"""The `frontier:` section of an experiment file: what `imsm frontier` calls each arm, and which
-variants of the vanilla adapter are the free baselines every gated arm is tested against.
+"""The `frontier:` section of an experiment file: what `imsm frontier` calls each arm, which
+variants of the vanilla adapter are the free baselines every gated arm is tested against, and which
+score of the target measures learning.
 
     frontier:
+      metric: gold_nll                    # the target's score (default: its first of accuracy, ...)
       labels: {none: "{method}", imsm: "IMSM-{method}", mean: IMSM-mean}   # per trained fusion
       baselines:                          # variants of the vanilla adapter (fusion none), final length
         - {adapter_scale: 0.5}            # its change scaled by λ = 0.5
@@ -19,9 +21,11 @@ from typing import Any
 from imsm.config import FUSION_MODES, GATED_FUSIONS
 from imsm.errors import IMSMError
 from imsm.experiment.variants import Variant
+from imsm.metrics import GENERATED_ANSWER_TYPES, METRICS
 from imsm.model.intruders import check_mitigation_lambda
+from imsm.registry import unknown_name_message
 
-FIELDS = ("labels", "baselines")
+FIELDS = ("metric", "labels", "baselines")
 BASELINE_FIELDS = ("fusion", "adapter_scale", "intruders", "label")
 # An arm's name per fusion it trained with, where the file names none; {method} is the peft method's label.
 # The grid report names its rows the same way.
@@ -34,6 +38,33 @@ DEFAULT_LABELS = {
 # The fusions a vanilla adapter can be read with: they need no trained gate.
 UNGATED = tuple(fusion for fusion in FUSION_MODES if fusion not in GATED_FUSIONS)
 EXAMPLE = "[{adapter_scale: 0.5}, {fusion: mean, label: untrained mix}]"
+# A target's scores from its teacher-forced pass, beside the metrics of its generated answers.
+TEACHER_FORCED = ("gold_nll", "yes_no_auc")
+
+
+def target_metrics() -> list[str]:
+    """Every score a target (a generated-answer task) can be read by: the metrics of generated
+    answers, then the teacher-forced scores."""
+    generated = [n for n in METRICS.names() if any(METRICS.get(n).applies_to(t) for t in GENERATED_ANSWER_TYPES)]
+    return generated + list(TEACHER_FORCED)
+
+
+def target_metric_problem(metric: Any) -> str | None:
+    """Why `metric` names no score of a target (`target_metrics`), with the nearest name; or None."""
+    if not isinstance(metric, str) or not metric:
+        return f"must name a score of the target such as accuracy or gold_nll, got {metric!r}"
+    if metric not in target_metrics():
+        return unknown_name_message("target metric", metric, target_metrics())
+    return None
+
+
+def metric_evaluation_problem(metric: str, task: str, generates: bool, likelihood: bool) -> str | None:
+    """Why the evaluation settings never give `task` the score `metric`, or None."""
+    if metric in TEACHER_FORCED and not likelihood:
+        return f"{metric} comes from the likelihood pass, which eval.likelihood: false turns off"
+    if metric not in TEACHER_FORCED and not generates:
+        return f"{metric} scores generated answers, but {task} is evaluated without generation; use gold_nll"
+    return None
 
 
 @dataclass(frozen=True)
@@ -58,6 +89,7 @@ class FrontierSettings:
 
     labels: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LABELS))
     baselines: tuple[Baseline, ...] = ()
+    metric: str | None = None  # the target's score (`imsm frontier --metric` wins); None: the report's default
 
     def trained_label(self, method: str, fusion: str) -> str:
         """An arm's name from its peft method's label and the fusion it trained with."""
@@ -136,7 +168,7 @@ def read_frontier(raw: Any, problems: list[str]) -> FrontierSettings:
     if raw is None:
         return FrontierSettings()
     if not isinstance(raw, dict):
-        problems.append("frontier: must be a mapping with labels and/or baselines (see docs/experiments.md)")
+        problems.append("frontier: must be a mapping with metric, labels and/or baselines (see docs/experiments.md)")
         return FrontierSettings()
     for key in sorted(set(raw) - set(FIELDS), key=str):
         problems.append(f"frontier: unknown field {key!r} (known: {', '.join(FIELDS)})")
@@ -145,7 +177,19 @@ def read_frontier(raw: Any, problems: list[str]) -> FrontierSettings:
         problems.append(f"frontier.baselines: must be a list of variants of the vanilla adapter, e.g. {EXAMPLE}")
         baselines = []
     checked = [_baseline(entry, f"frontier.baselines[{i}]", problems) for i, entry in enumerate(baselines)]
-    return FrontierSettings(_labels(raw.get("labels"), problems), tuple(b for b in checked if b is not None))
+    metric = raw.get("metric")
+    if metric is not None and (problem := target_metric_problem(metric)):
+        problems.append(f"frontier.metric: {problem}")
+        metric = None
+    labels = _labels(raw.get("labels"), problems)
+    return FrontierSettings(labels, tuple(b for b in checked if b is not None), metric)
 
 
-__all__ = ["Baseline", "FrontierSettings", "read_frontier"]
+__all__ = [
+    "Baseline",
+    "FrontierSettings",
+    "metric_evaluation_problem",
+    "read_frontier",
+    "target_metric_problem",
+    "target_metrics",
+]

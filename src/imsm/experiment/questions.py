@@ -35,7 +35,8 @@ def question_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     Fields that are missing on every row (e.g. the yes/no margin of a QA task) are left out, and so
     are metrics that only mean something over the whole corpus (MCC, F1). Multiple-choice rows
     keep accuracy, accuracy_norm, the gold option's probability among the options, its margin over
-    the best wrong option and its log-likelihood, and have no answer length."""
+    the best wrong option and its log-likelihood, and have no answer length; nor have drift rows
+    (no answer) and the rows of a task evaluated without generation (prediction None)."""
     columns: dict[str, list[Any]] = {"index": [row["index"] for row in rows]}
     metric_names = list(dict.fromkeys(name for row in rows for name in row.get("scores", {})))
     for name in metric_names:
@@ -50,7 +51,8 @@ def question_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
             columns[name] = values
     if rows and all("log_likelihoods" in row and isinstance(row.get("gold"), int) for row in rows):
         columns[GOLD_LOG_LIKELIHOOD] = [_round(float(row["log_likelihoods"][row["gold"]])) for row in rows]
-    if not any(isinstance(row.get("prediction"), int) for row in rows):  # answers, not option indices
+    # Generated answers only: not option indices, nor the None of a task evaluated without generation.
+    if any(isinstance(row.get("prediction"), str) for row in rows):
         columns[ANSWER_CHARS] = [len(row.get("prediction") or "") for row in rows]
     return columns
 

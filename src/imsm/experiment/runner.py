@@ -173,6 +173,7 @@ def _evaluate(
         journal_path=journal,
         run_settings=settings,
         frozen_states=frozen_states,
+        generate=experiment.eval_options.generates(name),
     )
     rows = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.examples)
     journal.parent.mkdir(parents=True, exist_ok=True)

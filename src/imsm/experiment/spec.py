@@ -9,6 +9,7 @@
     method_options: {lora: {learning_rate: 1e-3}}   # per peft method, over `train`
     task_options: {ropes: {limit: 64}}              # per training task, over both
     eval: {limit: 200, batch_size: 16, limits: {freebaseqa: 300}}  # unset: as `imsm eval`
+                                              # also: generate: false, no_generate: [gsm8k]
     original: [mrpc, cola, ropes]             # the base model's row: these tasks, untrained
     grids:
       table1:                                 # every combination of the listed values
@@ -45,13 +46,14 @@ from imsm.cli.options import (
     check_options,
     eval_batch_size_option,
     eval_limit_option,
+    generate_option,
     likelihood_option,
     max_new_tokens_option,
     option,
 )
 from imsm.config import GATED_FUSIONS
 from imsm.errors import IMSMError
-from imsm.experiment.frontier_settings import FrontierSettings, read_frontier
+from imsm.experiment.frontier_settings import FrontierSettings, metric_evaluation_problem, read_frontier
 from imsm.experiment.variants import Variant, parse_variants
 from imsm.peft_methods.builders import PEFT_METHODS
 from imsm.tasks import get_task
@@ -96,6 +98,10 @@ class EvalSettings:
     batch_size: int = eval_batch_size_option()
     max_new_tokens: int | None = max_new_tokens_option()
     likelihood: bool = likelihood_option()
+    generate: bool = generate_option()
+    no_generate: list[str] = option(
+        default_factory=list, help="generated-answer tasks evaluated without generation, over generate"
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -104,6 +110,13 @@ class EvalSettings:
         for task, limit in self.limits.items():
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise IMSMError(f"limits.{task} must be a positive integer, got {limit!r}")
+        if not isinstance(self.no_generate, list) or not all(isinstance(t, str) for t in self.no_generate):
+            raise IMSMError(f"no_generate must list task names, e.g. [gsm8k], got {self.no_generate!r}")
+        if not self.likelihood and (not self.generate or self.no_generate):
+            raise IMSMError(
+                "a task evaluated without generation has only the likelihood pass, which likelihood: false turns "
+                "off; drop one of them"
+            )
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -111,6 +124,10 @@ class EvalSettings:
 
     def limit_for(self, task: str) -> int | None:
         return self.limits.get(task, self.limit)
+
+    def generates(self, task: str) -> bool:
+        """Whether a generated-answer task's answers are generated (multiple choice and drift never are)."""
+        return self.generate and task not in self.no_generate
 
 
 @dataclass
@@ -239,11 +256,14 @@ class CheckedSettings:
     frontier: FrontierSettings
 
 
-def _task_problem(name: Any, where: str) -> str | None:
+def _task_problem(name: Any, where: str, generated: bool = False) -> str | None:
+    """Why `name` is no task (or, with `generated`, no task that generates answers), or None."""
     try:
-        get_task(str(name))
+        kind = get_task(str(name)).answer_type
     except IMSMError as error:
         return f"{where}: {error}"
+    if generated and kind in ("multiple_choice", "drift"):
+        return f"{where}: {name} is a {kind} task, which never generates; list generated-answer tasks only"
     return None
 
 
@@ -278,6 +298,7 @@ def check_settings(raw: dict[str, Any], problems: list[str]) -> CheckedSettings:
     original = [str(t) for t in _as_list(raw.get("original") or [])]
     tasks = [(task, "eval.limits") for task in eval_options.limits] + [(task, "original") for task in original]
     problems += [problem for task, where in tasks if (problem := _task_problem(task, where))]
+    problems += [p for task in eval_options.no_generate if (p := _task_problem(task, "eval.no_generate", True))]
     frontier = read_frontier(raw.get("frontier"), problems)
     return CheckedSettings(train, eval_settings, eval_options, method_options, task_options, original, frontier)
 
@@ -366,6 +387,14 @@ def _baseline_problems(frontier: FrontierSettings, cells: list[Cell]) -> list[st
     ]
 
 
+def _metric_problems(settings: CheckedSettings, cells: list[Cell]) -> list[str]:
+    """The file's `frontier.metric` where the evaluation never gives a training task that score."""
+    metric, options = settings.frontier.metric, settings.eval_options
+    tasks = dict.fromkeys(str(cell.config["task"]) for cell in cells) if metric else {}
+    found = [metric_evaluation_problem(metric, t, options.generates(t), options.likelihood) for t in tasks]
+    return [f"frontier.metric: {problem}" for problem in dict.fromkeys(found) if problem]
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read, check and expand an experiment file; raise one IMSMError listing every problem."""
     path = Path(path)
@@ -379,7 +408,7 @@ def load_experiment(path: str | Path) -> Experiment:
     model = str(raw.get("model", DEFAULT_MODEL))
     cells = expand_grids(grids, settings, model, problems)
     if cells:
-        problems += _baseline_problems(settings.frontier, cells)
+        problems += _baseline_problems(settings.frontier, cells) + _metric_problems(settings, cells)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise IMSMError(f"experiment file {str(path)!r} has {len(problems)} problem(s):\n{listing}")

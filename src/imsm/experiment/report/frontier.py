@@ -15,6 +15,8 @@ from typing import Any
 from imsm.experiment.report.frontier_cells import (
     STRONG_T,
     difference_cells,
+    learning_label,
+    metric_description,
     score_header,
     seed_test_cells,
     signed,
@@ -34,6 +36,7 @@ from imsm.experiment.report.frontier_plot import PLOT_SUFFIXES, save_frontier_pl
 from imsm.experiment.report.frontier_study import (
     CHANCE_MARGIN,
     FORGETTING,
+    LEARNING,
     POOL,
     POOLED,
     PROBE_SCORES,
@@ -45,6 +48,7 @@ from imsm.experiment.report.frontier_study import (
     length_label,
     pooled_columns,
 )
+from imsm.experiment.report.grid import NATS
 from imsm.experiment.report.tables import markdown_table, spread_text
 from imsm.experiment.stats import paired_t_test
 from imsm.tasks import get_task
@@ -81,7 +85,7 @@ def settings_section(study: Study) -> list[str]:
     experiment = study.experiment
     finished = len({(p.arm.fusion, p.arm.setting, p.seed) for p in study.points if p.arm.is_trained})
     lines = [
-        f"Model `{experiment.model}`; target `{study.target}` scored by {study.metric}; {finished} of "
+        f"Model `{experiment.model}`; target `{study.target}` scored by {metric_description(study)}; {finished} of "
         f"{sum(str(c.config['task']) == study.target for c in experiment.cells)} cells with results; seeds "
         f"{', '.join(map(str, study.seeds))}; shared training options `{json.dumps(experiment.train)}`; evaluation "
         f"`{json.dumps(experiment.eval)}`.",
@@ -165,7 +169,10 @@ def base_tests_section(study: Study) -> list[str]:
     for (arm, length), points in study.groups().items():
         pooled = columns_by_seed(study, points, None)
         target = columns_by_seed(study, points, study.target)
-        tests = [compare_questions(target, {s: base_target for s in target} if base_target else {}, study.metric)]
+        base = {s: base_target for s in target} if base_target else {}
+        # Learning positive: arm − Base, or Base − arm (the gain) for a lower-is-better target score.
+        pair = (base, target) if study.lower_is_better else (target, base)
+        tests = [compare_questions(*pair, study.metric)]
         tests += [compare_questions(pooled, {s: base_pool for s in pooled} if base_pool else {}, n) for n in POOLED]
         used = {test.seeds for test in tests if test.seeds}
         # With partial results the target and the pool can rest on different seeds: then both are shown.
@@ -179,7 +186,8 @@ def base_tests_section(study: Study) -> list[str]:
         rows.append(entries)
     if not rows:
         return []
-    headers = ["arm", "steps", "seeds", "questions (target / pooled)", f"Δ {study.target} ± SE", "t"]
+    target = f"gain {study.target} (Base − arm)" if study.lower_is_better else f"Δ {study.target}"
+    headers = ["arm", "steps", "seeds", "questions (target / pooled)", f"{target} ± SE", "t"]
     headers += ["Δ pooled accuracy ± SE", "t", "Δ pooled gold prob. ± SE", "t", "right → wrong", "wrong → right"]
     return [
         "## Against Base, question by question",
@@ -188,7 +196,12 @@ def base_tests_section(study: Study) -> list[str]:
         "first (seeds: target / pooled where they differ); SE = standard error of the mean "
         f"difference over questions; **bold** t: |t| ≥ {STRONG_T:g}. Flips: pooled questions Base answers "
         "right and the arm wrong (and the reverse), mean over seeds. Question by question says whether a "
-        "difference holds across questions for these adapters, not across other seeds.",
+        "difference holds across questions for these adapters, not across other seeds."
+        + (
+            f" The target's {study.metric} is lower-is-better: its column is Base − arm in nats (positive = learned)."
+            if study.lower_is_better
+            else ""
+        ),
         "",
         *markdown_table(headers, rows),
         "",
@@ -263,10 +276,12 @@ def between_arms_section(study: Study) -> list[str]:
         treated, control = groups[(arm, length)], groups[(other, length)]
         held_out = [(probe.task, n) for probe in study.held_out for n in POOLED]
         for task, name in [(study.target, study.metric), *((None, n) for n in POOLED), *held_out]:
-            score = (task, name) if task else (POOL, name)
-            by_question = compare_questions(
-                columns_by_seed(study, treated, task), columns_by_seed(study, control, task), name
-            )
+            target = task == study.target
+            score = (LEARNING, name) if target else (task, name) if task else (POOL, name)
+            columns = [columns_by_seed(study, treated, task), columns_by_seed(study, control, task)]
+            if target and study.lower_is_better:  # the difference of the gains: control − arm
+                columns.reverse()
+            by_question = compare_questions(*columns, name)
             difference, t = difference_cells(by_question, name)
             mine, theirs = seed_values(study, treated, score), seed_values(study, control, score)
             seeds = sorted(set(mine) & set(theirs))
@@ -287,6 +302,7 @@ def between_arms_section(study: Study) -> list[str]:
     if not rows:
         return []
     headers = ["comparison", "steps", "score", "questions × seeds", "Δ ± SE", "t", "seeds", "Δ seed means", "t", "p"]
+    gains = study.lower_is_better
     return [
         "## Between arms, at the same length",
         "",
@@ -294,7 +310,8 @@ def between_arms_section(study: Study) -> list[str]:
         f"says how many of each; **bold** t: |t| ≥ {STRONG_T:g}), then the seed-level paired t-test of the "
         "arms' scores: seeds = the pairs it has (the two arms trained with the same seed), Δ seed means = "
         "the mean of their differences, two-sided p."
-        + (" Held-out probes (NAME@START) follow the pooled scores." if study.held_out else ""),
+        + (" Held-out probes (NAME@START) follow the pooled scores." if study.held_out else "")
+        + (" The target's row compares gains (Base − arm): positive = the first arm learned more." if gains else ""),
         "",
         *markdown_table(headers, rows),
         "",
@@ -313,7 +330,8 @@ def frontier_section(study: Study) -> list[str]:
             "Not computable yet: it needs Base on the target and on pooled probes, and the vanilla arm's results.",
             "",
         ]
-    target = f"{study.target} {study.metric}"
+    target = learning_label(study)
+    digits = 3 if study.metric in NATS else 1
     line_rows = []
     lambdas = sorted({lam for line in lines_by_score.values() for lam, _ in line})
     for lam in lambdas:
@@ -324,7 +342,7 @@ def frontier_section(study: Study) -> list[str]:
                 f"{lam:g}",
                 first.label,
                 str(first.seeds),
-                f"{first.target:.1f}",
+                f"{first.target:.{digits}f}",
                 *(f"{p.forgetting:.1f}" if p else "–" for p in entries.values()),
             ]
         )
@@ -349,7 +367,7 @@ def frontier_section(study: Study) -> list[str]:
             first.label,
             length_label(first.length),
             str(first.seeds),
-            with_spread(first.target, first.target_std, first.seeds),
+            with_spread(first.target, first.target_std, first.seeds, digits),
         ]
         for entry in entries:
             if entry is None:

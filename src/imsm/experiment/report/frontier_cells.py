@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from imsm.experiment.report.frontier_compare import QuestionTest
-from imsm.experiment.report.frontier_study import FORGETTING, POOL, Score, Study
+from imsm.experiment.report.frontier_study import FORGETTING, LEARNING, POOL, Score, Study
 from imsm.experiment.report.grid import scale
 from imsm.experiment.stats import PairedTest
 
@@ -34,10 +34,28 @@ def difference_cells(result: QuestionTest, metric: str) -> tuple[str, str]:
     return difference, f"**{t}**" if abs(test.t) >= STRONG_T else t
 
 
+def metric_description(study: Study) -> str:
+    """The target's score as the report names it, with its direction where lower is better."""
+    if not study.lower_is_better:
+        return study.metric
+    name = "gold NLL of the target" if study.metric == "gold_nll" else study.metric
+    return f"{name} (nats, lower is better; gain = Base − arm)"
+
+
+def learning_label(study: Study) -> str:
+    """The name of the axis of learning (`Study.learning`): the target's score, or its gain where
+    lower is better."""
+    if not study.lower_is_better:
+        return f"{study.target} {study.metric}"
+    return f"{study.target} {study.metric} gain (Base − arm)"
+
+
 def score_header(study: Study, score: Score) -> str:
     task, metric = score
+    if task == LEARNING:  # the target read along the axis of learning: its score, or its gain
+        return f"{learning_label(study)} (target)"
     if task == study.target:
-        return f"{task} {metric} (target)"
+        return f"{task} {metric} (target{', lower is better' if study.lower_is_better else ''})"
     if task == FORGETTING:
         return f"forgetting ({'accuracy' if metric == 'accuracy' else 'gold prob.'})"
     if task == POOL:
@@ -53,5 +71,5 @@ def seed_test_cells(test: PairedTest) -> tuple[str, str]:
     return ("–" if math.isnan(test.t) else f"{test.t:.2f}"), ("–" if math.isnan(test.p) else f"{test.p:.3f}")
 
 
-def with_spread(value: float, std: float, seeds: int) -> str:
-    return f"{value:.1f} ± {std:.1f}" if seeds > 1 else f"{value:.1f}"
+def with_spread(value: float, std: float, seeds: int, digits: int = 1) -> str:
+    return f"{value:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{value:.{digits}f}"

@@ -1,7 +1,9 @@
 """The λ line of a study, the free baseline its arms are set against: Base (λ = 0), the vanilla
 adapter's change scaled by λ, and the adapter as trained (λ = 1). Each arm is placed on the line of
 seed means at its own target score, and tested seed by seed against its own seed's line
-(`frontier_line` does the matching and the bootstrap).
+(`frontier_line` does the matching and the bootstrap). The target score is read along the axis of
+learning (`Study.learning`): for a lower-is-better score (the gold answer's NLL) its gain Base − arm,
+so that the line rises with learning and "the same gain" means the same drop in NLL.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from imsm.experiment.questions import values_by_question
 from imsm.experiment.report.frontier_compare import seed_mean, seed_values
 from imsm.experiment.report.frontier_line import LineComparison, SeedPair, compare_with_line, matched_score
-from imsm.experiment.report.frontier_study import FORGETTING, POOL, Arm, Point, Study, pooled_columns
+from imsm.experiment.report.frontier_study import FORGETTING, LEARNING, POOL, Arm, Point, Study, pooled_columns
 from imsm.experiment.report.grid import scale
 from imsm.experiment.stats import PairedTest, paired_t_test
 
@@ -24,7 +26,8 @@ TRAINED, BASELINE, ALONE = "trained", "baseline", "tuned alone"  # `FrontierPoin
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """A seed mean of one (arm, length) in display scale: target score and forgetting, with spreads."""
+    """A seed mean of one (arm, length) in display scale: target score (along the axis of learning,
+    `Study.learning`) and forgetting, with spreads."""
 
     label: str
     length: int | None
@@ -45,7 +48,7 @@ def _frontier_point(
 ) -> FrontierPoint | None:
     # Target and forgetting from the same seeds: a seed still being evaluated must not lend the point
     # one coordinate and not the other.
-    target_score, forgetting_score = (study.target, study.metric), (FORGETTING, name)
+    target_score, forgetting_score = (LEARNING, study.metric), (FORGETTING, name)
     seeds = set(seed_values(study, points, target_score)) & set(seed_values(study, points, forgetting_score))
     target = seed_mean(study, points, target_score, seeds)
     forgetting = seed_mean(study, points, forgetting_score, seeds)
@@ -83,8 +86,8 @@ def lambda_line(study: Study, name: str, vanilla: Arm | None = None) -> list[tup
     left out."""
     vanilla = vanilla or vanilla_arm(study)
     line: list[tuple[float, FrontierPoint | None]] = []
-    if (study.target, study.metric) in study.base_scores and (POOL, name) in study.base_scores:
-        base_target = scale(study.metric, study.base_scores[(study.target, study.metric)])
+    if (LEARNING, study.metric) in study.base_scores and (POOL, name) in study.base_scores:
+        base_target = scale(study.metric, study.base_scores[(LEARNING, study.metric)])
         line.append((0.0, FrontierPoint("Base", 0, 1, base_target, 0.0, 0.0, 0.0)))
     if vanilla is not None:
         for arm in _scaled_arms(study, vanilla):
@@ -164,8 +167,10 @@ class LineTest:
 
 
 def _per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, float], dict[Any, float]] | None:
-    """(target score, pooled `name`) per question of one point, or None where either is missing."""
-    target = values_by_question(point.questions.get(study.target) or {}, study.metric)
+    """(target score along the axis of learning, pooled `name`) per question of one point, or None
+    where either is missing."""
+    scores = values_by_question(point.questions.get(study.target) or {}, study.metric)
+    target = {question: study.learning(value) for question, value in scores.items()}
     pooled = pooled_columns(point, study.pooled_tasks)
     probes = values_by_question(pooled, name) if pooled is not None else {}
     return (target, probes) if target and probes else None

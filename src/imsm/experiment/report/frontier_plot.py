@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imsm.atomic_write import atomic_path
+from imsm.experiment.report.frontier_cells import learning_label
 from imsm.experiment.report.frontier_lambda import (
     ALONE,
     BASELINE,
@@ -14,6 +15,7 @@ from imsm.experiment.report.frontier_lambda import (
     lambda_line,
 )
 from imsm.experiment.report.frontier_study import Study, length_label
+from imsm.experiment.report.grid import UNSCALED
 
 # Pooled score -> the suffix of its plot's file name, after the report's own name (frontier.md:
 # frontier.png, frontier-gold.png), so two reports in one folder keep their own plots.
@@ -21,10 +23,10 @@ PLOT_SUFFIXES = {"accuracy": "", "gold_probability": "-gold"}
 
 
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
-    """Target score against forgetting of the pooled `name`: the λ line, each trained arm over its
-    lengths (arrows in training order), the baselines off the line, gated adapters' tuned branches read alone,
-    Base; error bars = std over seeds. False, and no file, where there is nothing to draw (no Base
-    or no probe pool)."""
+    """Target score (its gain Base − arm where lower is better) against forgetting of the pooled
+    `name`: the λ line, each trained arm over its lengths (arrows in training order), the baselines
+    off the line, gated adapters' tuned branches read alone, Base; error bars = std over seeds.
+    False, and no file, where there is nothing to draw (no Base or no probe pool)."""
     line = lambda_line(study, name)
     rows = frontier_rows(study, name)
     if not line and not rows:
@@ -84,7 +86,10 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
     axis.axvline(0.0, color="black", linewidth=0.6, linestyle=":")
     score = "accuracy" if name == "accuracy" else "gold-option probability"
     axis.set_xlabel(f"forgetting: Base − arm, pooled multiple-choice {score} (points; right = forgets more)")
-    axis.set_ylabel(f"{study.target} {study.metric} (×100)")
+    if study.lower_is_better:  # the gain, so that up is learned more here too
+        axis.set_ylabel(f"{learning_label(study)}, nats (up = learned more)")
+    else:
+        axis.set_ylabel(f"{study.target} {study.metric}" + ("" if study.metric in UNSCALED else " (×100)"))
     probes = ", ".join(study.pooled_tasks) or "no probes"
     axis.set_title(
         f"{study.experiment.model}: learning {study.target} vs forgetting ({probes})\nmean ± std over seeds",

@@ -5,8 +5,11 @@ A point is one arm read at one training length for one seed: the base model (0 s
 as trained at each snapshot and at the end, or a post-hoc variant of a trained adapter (read with
 another fusion, or its change scaled by λ). Forgetting is Base − point on the multiple-choice
 probes the base model answers above chance, pooled question by question; a slice of a probe
-(`piqa@300`) is held out of the pool and reported on its own. What the arms are called
-and which variants are the free baselines come from the experiment file (`frontier_settings`).
+(`piqa@300`) is held out of the pool and reported on its own. Learning is the target's score, read
+along the axis where more is learned (`Study.learning`): the score itself, or for a lower-is-better
+score such as the gold answer's NLL its gain Base − point. What the arms are called, which variants
+are the free baselines and which score measures learning come from the experiment file
+(`frontier_settings`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from imsm.experiment.report.grid import METHOD_LABELS
 from imsm.experiment.runner import original_path, read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
 from imsm.experiment.variants import Variant
+from imsm.metrics import LOWER_IS_BETTER
 from imsm.tasks import get_task
 
 BASE = "base"  # the `Arm.fusion` of the untrained model
@@ -36,6 +40,7 @@ TARGET_METRICS = ("accuracy", "exact_match", "contains", "hit@5")  # the first t
 POOLED = ("accuracy", "gold_probability")  # the pooled scores, each question of each pooled probe weighted equally
 POOL = "pooled"
 FORGETTING = "forgetting"
+LEARNING = "learning"  # the target's score along the axis of learning (`Study.learning`), as a Score's task
 # Per kind of probe: the score the curves show, then the likelihood scores shown beside them.
 PROBE_SCORES = {
     "drift": ("drift_kl", "drift_nll"),
@@ -169,6 +174,19 @@ class Study:
     @property
     def held_out(self) -> list[Probe]:
         return [p for p in self.probes if p.held_out]
+
+    @property
+    def lower_is_better(self) -> bool:
+        """Whether the target's score falls as the target is learned (an NLL)."""
+        return self.metric in LOWER_IS_BETTER
+
+    def learning(self, value: float) -> float:
+        """A target score along the axis of learning (larger = learned more), as the λ line, the matching
+        and the plots read it: the score itself, or where lower is better its gain Base − value."""
+        if not self.lower_is_better:
+            return value
+        base = self.base.metrics.get(self.target, {}).get(self.metric) if self.base is not None else None
+        return (0.0 if base is None else base) - value
 
     def arms(self) -> list[Arm]:
         return sorted({p.arm for p in self.points}, key=lambda arm: arm.order)
@@ -323,7 +341,8 @@ def _target_metric(target: str, points: list[Point], base: Point | None, chosen:
     if chosen is not None:
         if present and chosen not in present:
             raise IMSMError(
-                f"metric {chosen!r} is not among {target}'s metrics ({', '.join(present)}); pick one with --metric"
+                f"metric {chosen!r} is not among {target}'s metrics ({', '.join(present)}); pick one with --metric "
+                "or the experiment file's frontier.metric"
             )
         return chosen
     return next((m for m in TARGET_METRICS if m in present), present[0] if present else get_task(target).metrics[0])
@@ -331,7 +350,9 @@ def _target_metric(target: str, points: list[Point], base: Point | None, chosen:
 
 def collect_study(experiment: Experiment, target: str | None = None, metric: str | None = None) -> Study:
     """Every point of the cells trained on `target` (default: the experiment's only training task),
-    read from their results; missing cells and evaluations are listed, never fatal."""
+    read from their results; missing cells and evaluations are listed, never fatal. `metric` (else
+    the experiment file's `frontier.metric`, else `_target_metric`'s default) scores the target."""
+    metric = metric if metric is not None else experiment.frontier.metric
     tasks = list(dict.fromkeys(str(c.config["task"]) for c in experiment.cells))
     if target is None:
         if len(tasks) > 1:
@@ -390,6 +411,7 @@ def point_scores(study: Study, point: Point) -> dict[Score, float]:
     target = point.metrics.get(study.target, {}).get(study.metric)
     if target is not None:
         scores[(study.target, study.metric)] = target
+        scores[(LEARNING, study.metric)] = study.learning(target)
     pooled = pooled_columns(point, study.pooled_tasks)
     base_pool = pooled_columns(study.base, study.pooled_tasks) if study.base and point.arm != BASE_ARM else None
     for name in POOLED:
