@@ -1,0 +1,124 @@
+"""How close two computations of the same numbers must be, from the dtype and the computation's depth.
+
+The model tests run in fp32 on a CPU by default, and in bf16 or on CUDA when conftest's
+IMSM_TEST_DTYPE / IMSM_TEST_DEVICE say so. Every float comparison of a model test takes its
+tolerance from `tolerance` and every greedy decode compared with another way of computing it goes
+through `assert_same_tokens_until_a_near_tie`, so one run covers every dtype without a test knowing
+which it runs in.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rounding budget, in units of the working epsilon, for one "layer" of depth: per computation a
+# decoder layer chains about four rounded reductions (a norm, attention, its output projection, the
+# MLP), each off by at most about half an epsilon relative (round to nearest; Higham's gamma_n ~ n*u,
+# u = eps/2); two computations are compared, and a factor two of margin is kept: 4 * 0.5 * 2 * 2 = 8.
+# Measured on the model tests (CPU, 2026-12-06): the largest difference found was about 7.5 eps in
+# fp32 (one adapted layer, a difference of differences) and under 2 eps in bf16, relative to
+# 1 + |expected|. In fp32 this gives the tiny two-layer models' logits (depth 3) 24 eps = 2.9e-6 on
+# top of 2.9e-6 * |expected|, about 1e-5 at their largest logits, where the tests allowed 2e-5.
+ULPS_PER_LAYER = 8
+
+# Depths of the computations the tests compare: decoder layers, plus one for the final norm, the
+# fusion and the head. conftest's tiny models have two layers, its deep models four.
+TINY_DEPTH = 3
+DEEP_DEPTH = 5
+
+
+def effective_eps(dtype: torch.dtype | None = None) -> float:
+    """The relative rounding step of `dtype` (the default dtype when None) as the arithmetic runs.
+
+    fp32 matrix products on CUDA with TF32 allowed round their inputs to 10 mantissa bits, so the
+    effective epsilon there is 2**-10, not fp32's 2**-23. conftest pins full fp32 for the model
+    tests, so this only matters for a run that turns TF32 back on, which then gets a tolerance to
+    match instead of failures that say nothing about the library.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    if dtype == torch.float32 and torch.get_default_device().type == "cuda" and _tf32_allowed():
+        return 2.0**-10
+    return torch.finfo(dtype).eps
+
+
+def _tf32_allowed() -> bool:
+    return torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+
+
+def tolerance(depth: int = TINY_DEPTH, dtype: torch.dtype | None = None) -> dict[str, float]:
+    """rtol and atol for comparing two computations of the same values, `depth` layers deep.
+
+    Both are ULPS_PER_LAYER * depth * eps: the values pass when |actual - expected| <=
+    bound * (1 + |expected|), so large values are held to a relative bound and values near zero to
+    an absolute one. Pass as keywords: `torch.testing.assert_close(a, b, **tolerance(3))`.
+
+    Args:
+        depth: Layers the compared values went through separately in the two computations
+            (TINY_DEPTH for a tiny model's logits; 1 for one layer or the gate alone).
+        dtype: The dtype the computation rounds to; the tests' default dtype when None.
+    """
+    bound = ULPS_PER_LAYER * depth * effective_eps(dtype)
+    return {"rtol": bound, "atol": bound}
+
+
+def greedy_step_logits(model, sequences: torch.Tensor, attention_mask: torch.Tensor | None, prompt_length: int):
+    """The fused logits that chose each new token of `sequences` [B, T + N], from one forward of
+    the whole sequence with the prompt as query (what naive recomputation computes step by step)
+    -> [B, N, V] in fp32."""
+    B, total = sequences.shape
+    if attention_mask is None:
+        attention_mask = torch.ones(B, prompt_length, dtype=torch.long)
+    new = total - prompt_length
+    mask = torch.cat([attention_mask, attention_mask.new_ones(B, new)], dim=1)  # new tokens are attended
+    query_mask = torch.cat([attention_mask.bool(), torch.zeros(B, new, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        logits = model(sequences, attention_mask=mask, query_mask=query_mask).logits  # [B, T + N, V]
+    return logits[:, prompt_length - 1 : -1].float()
+
+
+def model_depth(model) -> int:
+    """The depth of an IMSM model's logits: its decoder layers, plus one for norm, fusion and head."""
+    return len(model.decoder_layers) + 1
+
+
+def assert_same_tokens_until_a_near_tie(
+    actual: torch.Tensor, expected: torch.Tensor, step_logits: torch.Tensor, depth: int = TINY_DEPTH
+) -> None:
+    """Greedy tokens [B, N] of two computations that round differently (a cache against full
+    recomputation, a padded batch against one prompt) agree up to the first step where the
+    expected decode's two best logits are closer than the two computations can tell apart; from
+    there on either may take the other token, and nothing after it is compared.
+
+    Args:
+        actual, expected: The new tokens of the two decodes, [B, N].
+        step_logits: [B, N, V], the logits that chose `expected` (`greedy_step_logits`).
+        depth: The logits' depth, for `tolerance`.
+    """
+    assert actual.shape == expected.shape, f"{tuple(actual.shape)} != {tuple(expected.shape)}"
+    bound = tolerance(depth)
+    top = step_logits.topk(2, dim=-1).values  # [B, N, 2]
+    # Each logit may be off by atol + rtol * |logit| in either computation: a gap below twice that
+    # can flip the argmax.
+    near_tie = top[..., 0] - top[..., 1] < 2 * (bound["atol"] + bound["rtol"] * top[..., 0].abs())  # [B, N]
+    for row in range(actual.shape[0]):
+        for step in range(actual.shape[1]):
+            if near_tie[row, step]:
+                break
+            got, wanted = int(actual[row, step]), int(expected[row, step])
+            assert got == wanted, (
+                f"row {row}, new token {step}: {got} != {wanted}, and the expected decode's top-2 logit gap "
+                f"{float(top[row, step, 0] - top[row, step, 1]):.3g} is no near-tie"
+            )
+
+
+def assert_decodes_agree_until_a_near_tie(
+    model, actual: torch.Tensor, expected: torch.Tensor, attention_mask: torch.Tensor | None, prompt_length: int
+) -> None:
+    """`assert_same_tokens_until_a_near_tie` for two decodes [B, T + N] by `model` of the same
+    prompts (`attention_mask` [B, T], None for unpadded ones), the expected decode's logits
+    recomputed in one forward."""
+    assert actual.shape == expected.shape, f"{tuple(actual.shape)} != {tuple(expected.shape)}"
+    T = prompt_length
+    assert torch.equal(actual[:, :T], expected[:, :T])
+    logits = greedy_step_logits(model, expected, attention_mask, T)
+    assert_same_tokens_until_a_near_tie(actual[:, T:], expected[:, T:], logits, model_depth(model))
