@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch lies on these machines' disk; naming it keeps pip from pulling CUDA.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast test-gpu lint clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ test: setup
 # The suite without the tests marked slow: a couple of minutes, for the edit-test loop.
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The model tests on a GPU, in fp32 then in bf16, tolerances following the dtype
+# (scripts/model_tests.sh; IMSM_TEST_DEVICE, TEST_DTYPES, LOG_DIR and PYTEST_ARGS override). Refuses
+# in one line when torch sees no CUDA device. On a device machine without the internet,
+# scripts/gpu_generation_checks.sh runs them without this virtual environment.
+test-gpu: setup
+	PYTHON=$(BIN)/python scripts/model_tests.sh
 
 lint: setup
 	$(BIN)/ruff check src tests

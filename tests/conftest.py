@@ -26,11 +26,23 @@ from imsm.peft_methods.loramoe import LoRAMoEConfig
 
 # The model tests on an accelerator or in another dtype, opt-in (a GPU machine; CI runs neither):
 #   IMSM_TEST_DEVICE=cuda IMSM_TEST_DTYPE=bf16 python -m pytest tests/test_decode.py ...
-# Every tensor and model the tests build then lands there by default. Tolerances written for fp32
-# on a CPU may fail in bf16; such a run is for seeing where, not a gate.
+# (`make test-gpu` runs them on CUDA in fp32, then bf16.) Every tensor and model the tests build
+# then lands there by default, and every float comparison takes its tolerance from the dtype
+# (tests/tolerance.py), so they pass in each.
 _TEST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 if os.environ.get("IMSM_TEST_DEVICE"):
     torch.set_default_device(os.environ["IMSM_TEST_DEVICE"])
+    # Full fp32 in matrix products and convolutions: TF32 (Ampere and later) would round their
+    # inputs to 10 mantissa bits, so an fp32 run would check the library no closer than 2**-10,
+    # 8192 times fp32's epsilon, and an fp32 test would stop telling fp32 bugs from rounding.
+    # Likewise bf16/fp16 products are summed in fp32, as on the CPU, not partly in their own
+    # precision (cuBLAS's default). The library leaves these settings to its user; the tests check
+    # its arithmetic, and tests/tolerance.py reads whatever is in force, so a run that turns them
+    # back on gets tolerances to match.
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 if os.environ.get("IMSM_TEST_DTYPE"):
     torch.set_default_dtype(_TEST_DTYPES[os.environ["IMSM_TEST_DTYPE"]])
 

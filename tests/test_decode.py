@@ -11,6 +11,13 @@ import torch
 from conftest import peft_config, perturb_adapter, random_batch, tiny_model
 from imsm import IMSMConfig, get_imsm_model
 from imsm.model.decode import naive_generate
+from tolerance import (
+    assert_decodes_agree_until_a_near_tie,
+    assert_same_tokens_until_a_near_tie,
+    greedy_step_logits,
+    model_depth,
+    tolerance,
+)
 
 
 def build(architecture: str, method: str, fusion: str = "imsm"):
@@ -34,28 +41,35 @@ def test_fusion_none_decodes_like_peft_generate():
         eos_token_id=None,
         pad_token_id=0,
     )
-    assert torch.equal(ours, theirs)
+    # Not bit-identical by construction: transformers runs the head on the last position only.
+    assert_decodes_agree_until_a_near_tie(model, ours, theirs, attention_mask, input_ids.shape[1])
 
 
 def test_a_prompt_decodes_the_same_alone_and_in_a_padded_batch(architecture, method):
     model = build(architecture, method)
     input_ids, attention_mask = random_batch()
     batched = model.generate(input_ids, attention_mask, max_new_tokens=8, eos_token_id=[])
+    assert_alone_decodes_like_the_batch(model, input_ids, attention_mask, batched)
+
+
+def assert_alone_decodes_like_the_batch(model, input_ids, attention_mask, batched):
+    """Each prompt decoded alone gives its row of the padded batch's decode `batched`, up to the
+    first near-tie: one row and a padded batch are products of other shapes, which may round
+    differently."""
     T = input_ids.shape[1]
+    alone = []
     for row in range(input_ids.shape[0]):
         prompt = input_ids[row][attention_mask[row].bool()][None]
-        alone = model.generate(prompt, max_new_tokens=8, eos_token_id=[])
-        assert torch.equal(alone[0, prompt.shape[1] :], batched[row, T:])
+        alone.append(model.generate(prompt, max_new_tokens=batched.shape[1] - T, eos_token_id=[])[0, prompt.shape[1] :])
+    step_logits = greedy_step_logits(model, batched, attention_mask, T)
+    assert_same_tokens_until_a_near_tie(torch.stack(alone), batched[:, T:], step_logits, model_depth(model))
 
 
 def test_right_padded_prompts_decode_like_left_padded_ones():
     model = build("qwen2", "lora")
     input_ids, attention_mask = random_batch(padding="right")
     right = model.generate(input_ids, attention_mask, max_new_tokens=6, eos_token_id=[])
-    T = input_ids.shape[1]
-    for row in range(input_ids.shape[0]):
-        prompt = input_ids[row][attention_mask[row].bool()][None]
-        assert torch.equal(model.generate(prompt, max_new_tokens=6, eos_token_id=[])[0, -6:], right[row, T:])
+    assert_alone_decodes_like_the_batch(model, input_ids, attention_mask, right)
 
 
 def test_rows_stop_at_eos_and_are_padded_after_it():
@@ -112,10 +126,11 @@ def test_targets_scored_from_the_prefill_leave_decoding_unchanged(sliding_window
     scores = model.score_continuations(
         input_ids, attention_mask, [[t] for t in targets], first_token_log_probs=True, max_new_tokens=4, eos_token_id=[]
     )
-    ids = scores.sequences
-    assert torch.equal(ids, naive_generate(model, input_ids, attention_mask, max_new_tokens=4, eos_token_id=[]))
+    naive = naive_generate(model, input_ids, attention_mask, max_new_tokens=4, eos_token_id=[])
+    # Cached against full recomputation: up to the first near-tie.
+    assert_decodes_agree_until_a_near_tie(model, scores.sequences, naive, attention_mask, input_ids.shape[1])
     for row, target in enumerate(targets):
         expected, first = _reference_log_probs(model, input_ids, attention_mask, row, target)
-        assert torch.allclose(scores.log_probs[row][0], expected, atol=1e-4)
-        assert torch.allclose(scores.first_log_probs[row][0], first, atol=1e-4)
+        torch.testing.assert_close(scores.log_probs[row][0], expected, **tolerance(model_depth(model)))
+        torch.testing.assert_close(scores.first_log_probs[row][0], first, **tolerance(model_depth(model)))
     assert all(0 < w < 1 for [w] in scores.frozen_weights)

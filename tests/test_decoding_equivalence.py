@@ -30,6 +30,7 @@ from conftest import (
 )
 from imsm import FUSION_MODES, IMSMConfig, get_imsm_model
 from imsm.model.decode import naive_generate
+from tolerance import assert_decodes_agree_until_a_near_tie
 
 NEW_TOKENS = 10
 
@@ -127,6 +128,9 @@ def test_cached_decoding_equals_naive_recomputation(case):
     cached = model.generate(input_ids, attention_mask, max_new_tokens=NEW_TOKENS, **stop)
     model.share_lower_layers = False  # the reference shares nothing and caches nothing
     naive = naive_generate(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, **stop)
-    assert torch.equal(cached, naive)
+    # Not bit-identical by construction: one step's products over the cache against products over
+    # the whole sequence, and a doubled batch against two, may round differently. The tokens agree
+    # up to the first step whose two best logits are closer than that rounding.
+    assert_decodes_agree_until_a_near_tie(model, cached, naive, attention_mask, input_ids.shape[1])
     if not case.stop:
         assert cached.shape == (input_ids.shape[0], input_ids.shape[1] + NEW_TOKENS)

@@ -9,6 +9,7 @@ from conftest import deep_model, layers_adapter_config, peft_config, perturb_ada
 from imsm import FUSION_MODES, IMSMConfig, get_imsm_model
 from imsm.model.decode import naive_generate
 from imsm.model.gate import FusionGate
+from tolerance import assert_decodes_agree_until_a_near_tie, model_depth, tolerance
 
 
 def build(fusion: str = "imsm", shared_layers: bool = False, architecture: str = "llama"):
@@ -47,8 +48,8 @@ def test_several_continuations_per_prompt_score_as_a_full_forward_does(fusion, s
         assert len(scores.log_probs[row]) == len(group)
         for index, continuation in enumerate(group):
             expected, first = forward_scores(model, prompt, continuation)
-            torch.testing.assert_close(scores.log_probs[row][index], expected, atol=1e-4, rtol=0)
-            torch.testing.assert_close(scores.first_log_probs[row][index], first, atol=1e-4, rtol=0)
+            torch.testing.assert_close(scores.log_probs[row][index], expected, **tolerance(model_depth(model)))
+            torch.testing.assert_close(scores.first_log_probs[row][index], first, **tolerance(model_depth(model)))
             weight = scores.frozen_weights[row][index]
             assert (weight is None) == (model.gate is None) and (weight is None or 0 < weight < 1)
 
@@ -59,7 +60,8 @@ def test_scoring_several_continuations_leaves_the_prompts_cache_for_decoding():
     continuations = [[[5, 6], [7, 8, 9]], [[10], [11], [12]]]
     scores = model.score_continuations(input_ids, attention_mask, continuations, max_new_tokens=5, eos_token_id=[])
     expected = naive_generate(model, input_ids, attention_mask, max_new_tokens=5, eos_token_id=[])
-    assert torch.equal(scores.sequences, expected)
+    # Cached against full recomputation: up to the first near-tie.
+    assert_decodes_agree_until_a_near_tie(model, scores.sequences, expected, attention_mask, input_ids.shape[1])
 
 
 def test_the_query_memory_of_a_scored_continuation_is_its_prompt():
@@ -69,7 +71,8 @@ def test_the_query_memory_of_a_scored_continuation_is_its_prompt():
     input_ids, attention_mask = random_batch(batch_size=1, length=6)
     alone = model.score_continuations(input_ids, attention_mask, [[[5, 6]]])
     beside_others = model.score_continuations(input_ids, attention_mask, [[[9, 9, 9, 9, 9], [5, 6], [7]]])
-    torch.testing.assert_close(beside_others.log_probs[0][1], alone.log_probs[0][0], atol=1e-5, rtol=0)
+    # Beside others the continuation runs in a longer, padded batch: products of another shape.
+    torch.testing.assert_close(beside_others.log_probs[0][1], alone.log_probs[0][0], **tolerance(model_depth(model)))
 
 
 def test_bad_continuations_are_refused():
@@ -91,8 +94,9 @@ def test_stand_in_gates_give_the_frozen_model_the_tuned_model_and_their_mix():
         states = model.branch_states(input_ids, attention_mask, query)
         frozen = model.causal_lm.lm_head(states.frozen)
         tuned = model.causal_lm.lm_head(states.tuned)
-        torch.testing.assert_close(model.fused_logits(states, gate=1.0).logits, frozen)
-        torch.testing.assert_close(model.fused_logits(states, gate=0.0).logits, tuned)
+        # g = 1 mixes h_M' + (h_M - h_M') in fp32, which may round; g = 0 is h_M' exactly.
+        torch.testing.assert_close(model.fused_logits(states, gate=1.0).logits, frozen, **tolerance(1))
+        torch.testing.assert_close(model.fused_logits(states, gate=0.0).logits, tuned, atol=0, rtol=0)
         half = model.fused_logits(states, gate=0.5)
         assert torch.all(half.gate == 0.5)
         own = model.fused_logits(states)
@@ -100,7 +104,7 @@ def test_stand_in_gates_give_the_frozen_model_the_tuned_model_and_their_mix():
         # Another gate with the model's own weights gives the model's own fusion.
         twin = FusionGate(model.hidden_size, model.imsm_config.gate_rank).eval()
         twin.load_state_dict(model.gate.state_dict())
-        torch.testing.assert_close(model.fused_logits(states, gate=twin).logits, own.logits)
+        torch.testing.assert_close(model.fused_logits(states, gate=twin).logits, own.logits, atol=0, rtol=0)
 
 
 def test_fused_logits_at_chosen_positions_equal_those_of_every_position():
@@ -111,8 +115,9 @@ def test_fused_logits_at_chosen_positions_equal_those_of_every_position():
         everywhere = model.fused_logits(states)
         rows, cols = torch.tensor([0, 2, 2]), torch.tensor([6, 3, 5])
         chosen = model.fused_logits(states, (rows, cols))
-    torch.testing.assert_close(chosen.logits, everywhere.logits[rows, cols])
-    torch.testing.assert_close(chosen.gate, everywhere.gate[rows, cols])
+    # The gate and the head over N positions rather than B x T: products of another shape.
+    torch.testing.assert_close(chosen.logits, everywhere.logits[rows, cols], **tolerance(1))
+    torch.testing.assert_close(chosen.gate, everywhere.gate[rows, cols], **tolerance(1, torch.float32))
 
 
 def test_a_stand_in_gate_needs_a_frozen_branch():

@@ -27,6 +27,13 @@ from conftest import (
 )
 from imsm import IMSMConfig, get_imsm_model
 from imsm.model.decode import naive_generate
+from tolerance import (
+    assert_decodes_agree_until_a_near_tie,
+    assert_same_tokens_until_a_near_tie,
+    greedy_step_logits,
+    model_depth,
+    tolerance,
+)
 
 _EMBEDDING = {"llama": "embed_tokens", "qwen2": "embed_tokens", "gpt2": "wte"}
 _NO_DROPOUT = {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0, "summary_first_dropout": 0.0}
@@ -84,8 +91,9 @@ def test_forward_with_shared_layers_gives_the_unshared_logits_and_loss(architect
     lowest, highest = RowsSeen(model, 0), RowsSeen(model, DEEP_LAYERS - 1)
     with torch.no_grad():
         unshared, shared = forward_both_ways(model, input_ids, attention_mask=attention_mask, labels=labels)
-    torch.testing.assert_close(shared.logits, unshared.logits, atol=1e-6, rtol=0)
-    torch.testing.assert_close(shared.loss, unshared.loss, atol=1e-6, rtol=0)
+    # The same arithmetic, layer k's input handed over: one layer's worth of slack.
+    torch.testing.assert_close(shared.logits, unshared.logits, **tolerance(1))
+    torch.testing.assert_close(shared.loss, unshared.loss, **tolerance(1))
     # Unshared, both branches run layer 0; shared, the frozen branch alone. Both run the top layer.
     assert lowest.rows == [3, 3] + [3] and highest.rows == [3, 3] + [3, 3]
 
@@ -106,10 +114,13 @@ def test_a_prompt_decodes_the_same_alone_and_in_a_padded_batch_with_shared_layer
     input_ids, attention_mask = random_batch()
     batched = model.generate(input_ids, attention_mask, max_new_tokens=8, eos_token_id=[])
     T = input_ids.shape[1]
+    alone = []
     for row in range(input_ids.shape[0]):
         prompt = input_ids[row][attention_mask[row].bool()][None]
-        alone = model.generate(prompt, max_new_tokens=8, eos_token_id=[])
-        assert torch.equal(alone[0, prompt.shape[1] :], batched[row, T:])
+        alone.append(model.generate(prompt, max_new_tokens=8, eos_token_id=[])[0, prompt.shape[1] :])
+    # One row against a padded batch: products of other shapes. Up to the first near-tie.
+    step_logits = greedy_step_logits(model, batched, attention_mask, T)
+    assert_same_tokens_until_a_near_tie(torch.stack(alone), batched[:, T:], step_logits, model_depth(model))
 
 
 def test_one_pass_scoring_with_shared_layers_reads_the_full_forwards_log_probs(architecture, method):
@@ -122,8 +133,9 @@ def test_one_pass_scoring_with_shared_layers_reads_the_full_forwards_log_probs(a
     scores = model.score_continuations(
         input_ids, attention_mask, [[t] for t in targets], first_token_log_probs=True, max_new_tokens=4, eos_token_id=[]
     )
-    ids = scores.sequences
-    assert torch.equal(ids, naive_generate(model, input_ids, attention_mask, max_new_tokens=4, eos_token_id=[]))
+    naive = naive_generate(model, input_ids, attention_mask, max_new_tokens=4, eos_token_id=[])
+    # Cached against full recomputation: up to the first near-tie.
+    assert_decodes_agree_until_a_near_tie(model, scores.sequences, naive, attention_mask, input_ids.shape[1])
     for row, target in enumerate(targets):
         prompt = input_ids[row][attention_mask[row].bool()].tolist()
         full = torch.tensor([prompt + target])
@@ -132,8 +144,8 @@ def test_one_pass_scoring_with_shared_layers_reads_the_full_forwards_log_probs(a
             logits = model(full, query_mask=query_mask).logits[0].float()  # [T, V]
         expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)  # the positions predicting the target
         gathered = expected.gather(1, torch.tensor(target)[:, None])[:, 0]
-        assert torch.allclose(scores.log_probs[row][0], gathered, atol=1e-4)
-        assert torch.allclose(scores.first_log_probs[row][0], expected[0], atol=1e-4)
+        torch.testing.assert_close(scores.log_probs[row][0], gathered, **tolerance(model_depth(model)))
+        torch.testing.assert_close(scores.first_log_probs[row][0], expected[0], **tolerance(model_depth(model)))
 
 
 def training_losses_and_gradients(model, frozen_memory: bool = False):
@@ -164,9 +176,11 @@ def test_training_gradients_are_the_same_with_shared_layers(architecture, method
     assert lowest.rows == [3, 3] + [3] + [3, 3]  # unshared: both branches; shared: once; memory: build + tuned
     (reference_loss, reference_gradients), *others = results
     for loss, gradients in others:
-        torch.testing.assert_close(loss, reference_loss, atol=1e-6, rtol=0)
+        # The same arithmetic, reorganised: one layer's worth of slack (the backward's index_put
+        # may accumulate in another order on CUDA).
+        torch.testing.assert_close(loss, reference_loss, **tolerance(1))
         for a, b in zip(gradients, reference_gradients, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(a, b, **tolerance(1))
     assert any(bool(g.abs().sum() > 0) for g in reference_gradients)
 
 

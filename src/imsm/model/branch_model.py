@@ -39,7 +39,9 @@ class FrozenMemory:
     """What training needs of the frozen branch, which depends on the input tokens alone.
 
     Attributes:
-        query: q_M, the frozen query memory, [B, d].
+        query: q_M, the frozen query memory, [B, d], fp32 as `masked_mean` makes it: the gate reads
+            the uncached q_M in fp32, so a cached one rounded to a bf16 model's dtype would train
+            on other numbers than the uncached computation.
         hidden: h_M at the labelled positions (those predicting a label), row-major, [N, d].
     """
 
@@ -218,7 +220,7 @@ class BranchModel(nn.Module):
         hidden = self.frozen_hidden_states(input_ids, attention_mask)  # [B, T, d]
         rows, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
         query = masked_mean(hidden, resolve_query_mask(attention_mask, query_mask, labels))  # [B, d]
-        return FrozenMemory(query=query.to(hidden.dtype), hidden=hidden[rows, cols])
+        return FrozenMemory(query=query, hidden=hidden[rows, cols])
 
     def branch_states(
         self,

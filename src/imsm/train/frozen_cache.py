@@ -30,7 +30,7 @@ from imsm.model.siamese import FrozenMemory, IMSMModel
 from imsm.train.examples import TokenizedSet, collate
 
 # Bumped when what a cache file holds changes meaning, so older files are never read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: q_M is kept in fp32 (it was rounded to a bf16 model's dtype)
 _SAMPLED_VALUES = 4096  # per weight tensor, for the fingerprint of the frozen weights
 _CHECKSUM_CHUNK = 1 << 22
 
