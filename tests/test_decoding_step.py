@@ -136,3 +136,13 @@ def test_the_command_line_compile_option_asks_for_a_static_compiled_decoder():
     options = DecodingOptions(compile=True).generation_options()
     assert options["cache_implementation"] == "static" and isinstance(options["compile_config"], CompileConfig)
     assert plan_decoding([2], **options).compiling(torch.device("cpu")) is not None
+
+
+def test_sliding_window_models_are_refused_a_static_cache():
+    config = tiny_model("qwen2").config.to_dict()
+    config.pop("layer_types", None)  # rebuilt from the window settings
+    config.update(use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    base = type(tiny_model("qwen2"))(type(tiny_model("qwen2")).config_class(**config)).eval()
+    model = get_imsm_model(base, peft_config("lora", "qwen2"), IMSMConfig()).eval()
+    with pytest.raises(IMSMError, match="sliding-window attention layers"):
+        model.generate(*random_batch(), max_new_tokens=3, **STATIC)

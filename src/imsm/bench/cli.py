@@ -101,17 +101,17 @@ class BenchDecodeOptions:
     dtype: str = dtype_option()
     repeats: int = option(3, positive=True, help="timed repetitions, medians")
     output: Path | None = _output_option()
+    summary: Path | None = option(
+        None,
+        help="also write issue 30's summary here (machine, model, tokens/s of IMSM compiled and eager and of "
+        "transformers' compiled generate), e.g. docs/results/perf/gpu/decode_compiled.json; batch 1",
+    )
     batch_size: int = option(1, positive=True, help="prompts decoded together")
     max_new_tokens: int = option(128, positive=True, help="tokens per prompt")
     prompt_repeat: int = option(1, positive=True, help="repeat each prompt k times")
     naive_tokens: int = option(16, positive=True, help="tokens for the naive decoder")
     skip: list[str] = option(default_factory=list, help=f"decoders not to run: any of {', '.join(DECODERS_TO_SKIP)}")
     random_weights: bool = _random_weights_option()
-    summary: Path | None = option(
-        None,
-        help="also write issue 30's summary here (machine, model, tokens/s of IMSM compiled and eager and of "
-        "transformers' compiled generate), e.g. docs/results/perf/gpu/decode_compiled.json; batch 1",
-    )
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import CompileConfig, StaticCache
 
+from imsm.errors import IMSMError
 from imsm.model.states import BranchStates, SiameseModel
 
 # A static cache holds prompt + new tokens rounded up to this, so calls whose lengths differ a
@@ -55,6 +56,13 @@ def static_cache(model: SiameseModel, rows: int, length: int) -> StaticCache:
     # Each layer allocates at its first update, sized by what reaches it: R rows in shared lower
     # layers, 2R (frozen | tuned) above them.
     cache = StaticCache(config=model.config, max_cache_len=length)
+    if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+        # A sliding layer's static cache is a ring of the window's length, which the one mask as
+        # wide as the cache (`DecodingStep`) does not describe; not tested, so not offered.
+        raise IMSMError(
+            "cache_implementation='static': this model has sliding-window attention layers, which IMSM's "
+            "static decoding does not support; decode with the default dynamic cache"
+        )
     _CACHES[model] = (key, cache)
     return cache
 
