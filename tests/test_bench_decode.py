@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,7 @@ from conftest import save_tiny_model
 from imsm.bench.decode import COMPILED_SUMMARY, compiled_summary
 from imsm.cli import main
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {
     "machine",
     "model",
@@ -49,3 +54,30 @@ def test_the_summary_needs_batch_1_and_the_compiled_rows(capsys):
         compiled_summary({k: v for k, v in row.items() if k != "hf_compiled_tokens_per_s"})
     assert main(["bench", "decode", "--summary", "s.json", "--skip", "compiled"]) == 2
     assert "--summary needs --batch-size 1 and the compiled" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_device_script_writes_the_summary_from_a_local_model(tmp_path):
+    """scripts/gpu_decode_compiled.sh on the CPU, a tiny local model in place of the packed GGUF:
+    the same commands the GPU runs, so only the device and the model differ there."""
+    save_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    environment = dict(
+        os.environ, OUT=str(out), ROOT=str(tmp_path / "root"), PYTHON=sys.executable, MODEL=str(tmp_path / "model"),
+        DTYPES="fp32", TOKENS="3", REPEATS="1",
+    )  # fmt: skip
+    done = subprocess.run(
+        ["bash", "scripts/gpu_decode_compiled.sh"], cwd=REPOSITORY, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = json.loads((out / "decode_compiled_fp32.json").read_text())
+    assert set(written) == SUMMARY_KEYS and written["decode_compiled_b1_tokens_per_s"] > 0
+    assert (out / "decode-fp32.json").is_file() and (out / "device.txt").read_text().startswith("torch")
+
+
+def test_the_device_script_stops_when_the_model_was_not_unpacked(tmp_path):
+    environment = dict(os.environ, OUT=str(tmp_path / "out"), ROOT=str(tmp_path / "root"), PACK=str(tmp_path / "none"))
+    done = subprocess.run(
+        ["bash", "scripts/gpu_decode_compiled.sh"], cwd=REPOSITORY, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 3 and "make the pack's earlier calls first" in done.stderr
