@@ -21,9 +21,12 @@ from conftest import (
     peft_config,
     perturb_adapter,
     random_batch,
+    save_tiny_model,
     tiny_model,
 )
 from imsm import IMSMConfig, get_imsm_model
+from imsm.cli import main
+from imsm.cli.options import DecodingOptions
 from imsm.errors import IMSMError
 from imsm.model.decoding_plan import plan_decoding
 from imsm.model.decoding_step import static_cache
@@ -130,8 +133,6 @@ def test_compiled_decoding_gives_the_eager_tokens(architecture, method, upper):
 
 
 def test_the_command_line_compile_option_asks_for_a_static_compiled_decoder():
-    from imsm.cli.options import DecodingOptions
-
     assert "cache_implementation" not in DecodingOptions().generation_options()
     options = DecodingOptions(compile=True).generation_options()
     assert options["cache_implementation"] == "static" and isinstance(options["compile_config"], CompileConfig)
@@ -146,3 +147,17 @@ def test_sliding_window_models_are_refused_a_static_cache():
     model = get_imsm_model(base, peft_config("lora", "qwen2"), IMSMConfig()).eval()
     with pytest.raises(IMSMError, match="sliding-window attention layers"):
         model.generate(*random_batch(), max_new_tokens=3, **STATIC)
+
+
+@pytest.mark.slow
+def test_imsm_generate_compile_prints_the_eager_answers(tmp_path, capsys):
+    """`imsm generate --compile` end to end (CUDA graphs' mode, which a CPU compiles without)."""
+    save_tiny_model(tmp_path / "model")
+    common = ["generate", "--model", str(tmp_path / "model"), "--dtype", "fp32", "--max-new-tokens", "5"]
+    common += ["--prompt", "w5 w6 w7", "--prompt", "w9"]
+    assert main(common) == 0
+    eager = capsys.readouterr().out
+    assert main([*common, "--compile"]) == 0
+    assert capsys.readouterr().out == eager
+    assert main([*common, "--compile", "--stream"]) == 0
+    assert capsys.readouterr().out.replace("\n\n", "\n") == eager.replace("\n\n", "\n")
