@@ -13,11 +13,15 @@
 #   imsm pack-for-device configs/forgetting.yaml --output .imsm-device     # 2 calls: the GGUF is 94 MiB
 #   call 1 (carry .imsm-device/call-1): python3 src/imsm/experiment/device/on_device.py unpack .imsm-device/call-1
 #   call 2 (carry .imsm-device/call-2): PACK=.imsm-device bash scripts/gpu_decode_compiled.sh
-# Every call folder carried in $PACK is unpacked first (already unpacked files are kept). With
-# MODEL=path (a local model directory) nothing is unpacked. Each run is capped at RUN_SECONDS.
+# Every call folder carried in $PACK is unpacked first (already unpacked files are kept), and the
+# carried wheels (gguf, and peft as pinned: a fresh machine's own peft is of unknown version) are
+# installed under $ROOT/site. With MODEL=path (a local model directory) nothing is unpacked: that is
+# how tests/test_bench_decode.py runs this script on the CPU. Each run is capped at RUN_SECONDS;
+# compiling the two compiled decoders is most of it.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; ROOT=${ROOT:-/root/imsm-study}; PYTHON=${PYTHON:-python3}; PACK=${PACK:-.imsm-device}
-MODEL=${MODEL:-smollm2-135m}; TOKENS=${TOKENS:-128}; REPEATS=${REPEATS:-3}; RUN_SECONDS=${RUN_SECONDS:-270}
+MODEL=${MODEL:-smollm2-135m}; TOKENS=${TOKENS:-128}; REPEATS=${REPEATS:-3}; RUN_SECONDS=${RUN_SECONDS:-260}
 DTYPES=${DTYPES:-"bf16 fp32"}
 mkdir -p "$OUT"
 export PYTHONPATH="$ROOT/site:$ROOT/files/model-site:$PWD/src" PYTHONUNBUFFERED=1 IMSM_CACHE_DIR="$ROOT/cache"
