@@ -71,7 +71,7 @@ grep -E "^model tests" "$OUT/model-tests.out"
 if [[ $DEVICE == cuda && -d $ROOT/files/model-site ]]; then
     export PYTHONPATH="$ROOT/site:$ROOT/files/model-site:$PYTHONPATH" IMSM_CACHE_DIR="$ROOT/cache"
     timeout "${BENCH_SECONDS:-120}" "$PYTHON" -m imsm bench decode --dtype bf16 --batch-size 8 --max-new-tokens 64 \
-        --repeats 5 --skip naive --output "$OUT/decode-bf16.json" 2>&1 | tail -12
+        --repeats 5 --skip naive,static,compiled,hf_compiled --output "$OUT/decode-bf16.json" 2>&1 | tail -12
 else
     echo "imsm bench decode skipped: no embedded model under $ROOT/files/model-site (imsm pack-for-device's calls unpack it there)"
 fi

@@ -70,7 +70,7 @@ for shape in $SHAPES; do
     for batch in 1 8; do
         step "$DECODE_SECONDS" "$shape decode b$batch" "$PYTHON" -m imsm bench decode --random-weights \
             --model "$architecture" --peft "$PEFT" --dtype "$DTYPE" --batch-size "$batch" \
-            --max-new-tokens "$NEW_TOKENS" --repeats "$DECODE_REPEATS" --skip naive,merged,sampled \
+            --max-new-tokens "$NEW_TOKENS" --repeats "$DECODE_REPEATS" --skip naive,merged,sampled,static,compiled,hf_compiled \
             --output "$RESULTS/${shape}_decode_b$batch.json"
     done
     step 60 "$shape figures" "$PYTHON" -m imsm.bench.paper_scale --train "$RESULTS/${shape}_train.json" \

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imsm.bench.choice import KNOWLEDGE_TASKS, bench_choice
-from imsm.bench.decode import bench_decode
+from imsm.bench.decode import DECODERS, bench_decode, compiled_summary
 from imsm.bench.eval import bench_eval
 from imsm.bench.output import write_json
 from imsm.bench.train import bench_train, write_synthetic_task
@@ -27,7 +27,7 @@ from imsm.demo.data import write_demo_tasks
 from imsm.errors import IMSMError
 from imsm.provenance import provenance_header
 
-DECODERS_TO_SKIP = ("merged", "doubled", "sampled", "naive")
+DECODERS_TO_SKIP = DECODERS
 
 
 def _output_option():
@@ -101,6 +101,11 @@ class BenchDecodeOptions:
     dtype: str = dtype_option()
     repeats: int = option(3, positive=True, help="timed repetitions, medians")
     output: Path | None = _output_option()
+    summary: Path | None = option(
+        None,
+        help="also write issue 30's summary here (machine, model, tokens/s of IMSM compiled and eager and of "
+        "transformers' compiled generate), e.g. docs/results/perf/gpu/decode_compiled.json; batch 1",
+    )
     batch_size: int = option(1, positive=True, help="prompts decoded together")
     max_new_tokens: int = option(128, positive=True, help="tokens per prompt")
     prompt_repeat: int = option(1, positive=True, help="repeat each prompt k times")
@@ -113,6 +118,8 @@ class BenchDecodeOptions:
         unknown = set(self.skip) - set(DECODERS_TO_SKIP)
         if unknown:
             raise IMSMError(f"--skip takes any of {', '.join(DECODERS_TO_SKIP)}, got {sorted(unknown)}")
+        if self.summary and (self.batch_size != 1 or {"compiled", "hf_compiled"} & set(self.skip)):
+            raise IMSMError("--summary needs --batch-size 1 and the compiled and hf_compiled decoders (not skipped)")
 
 
 @dataclass
@@ -218,7 +225,11 @@ def cmd_bench_decode(options: BenchDecodeOptions) -> int:
         include=tuple(x for x in DECODERS_TO_SKIP if x not in options.skip),
         random_weights=options.random_weights,
     )
-    return _finish(options, "decode", result)
+    code = _finish(options, "decode", result)
+    if options.summary:
+        write_json(options.summary, compiled_summary({**provenance_header(), **result}))
+        print(f"summary: {options.summary}")
+    return code
 
 
 def cmd_bench_eval(options: BenchEvalOptions) -> int:

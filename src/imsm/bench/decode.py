@@ -10,7 +10,13 @@ Every decoder but `sampled` is greedy, and all ignore EOS, so each decodes exact
 - sampled: `IMSMModel.generate` sampling (temperature 0.7, top-p 0.9 and transformers' default
   top-k 50 through its own warpers): what the options cost over greedy on the same cache;
 - naive: the authors' style, both branches recomputed over the whole sequence for every token, no
-  cache (timed on fewer tokens, reported per token).
+  cache (timed on fewer tokens, reported per token);
+- static: `IMSMModel.generate` with transformers' `StaticCache`, the step not compiled;
+- compiled: the same with the per-token step under `torch.compile` (mode "reduce-overhead", CUDA
+  graphs, on a GPU; the default mode on a CPU);
+- hf_compiled: transformers' own static-cache compiled `generate` on the same unmerged adapter
+  (peft's `generate`, `cache_implementation="static"`, the same compile settings; on a CPU too).
+The compiled rows compile in the warm-up round, untimed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import copy
 from typing import Any
 
 import torch
+from transformers import CompileConfig
 
 from imsm import IMSMConfig, get_imsm_model
 from imsm.bench.random_weights import random_model_and_tokenizer
@@ -28,6 +35,15 @@ from imsm.model.load import load_model_and_tokenizer
 from imsm.peft_methods.builders import build_peft_config
 from imsm.prompting import PromptFormatter
 from imsm.train.run import default_target_modules
+
+# The decoders beside `imsm` and `vanilla` (always run); `imsm bench decode --skip` names them.
+DECODERS = ("merged", "doubled", "sampled", "naive", "static", "compiled", "hf_compiled")
+# What docs/results/perf/gpu/decode_compiled.json holds (issue 30): the summary's key -> the row.
+COMPILED_SUMMARY = {
+    "decode_compiled_b1_tokens_per_s": "compiled_tokens_per_s",
+    "decode_eager_b1_tokens_per_s": "imsm_tokens_per_s",
+    "transformers_compiled_b1_tokens_per_s": "hf_compiled_tokens_per_s",
+}
 
 PROMPTS = [
     "Explain in detail how photosynthesis turns light into chemical energy.",
@@ -76,7 +92,7 @@ def bench_decode(
     repetitions: int = 3,
     naive_tokens: int = 16,
     prompt_repeat: int = 1,
-    include: tuple[str, ...] = ("merged", "doubled", "sampled", "naive"),
+    include: tuple[str, ...] = DECODERS,
     random_weights: bool = False,
 ) -> dict[str, Any]:
     model, tokenizer = adapted_model(model_name, dtype, peft, random_weights=random_weights)
@@ -95,7 +111,7 @@ def time_decoders(
     repetitions: int,
     naive_tokens: int = 16,
     prompt_repeat: int = 1,
-    include: tuple[str, ...] = ("merged", "doubled", "sampled", "naive"),
+    include: tuple[str, ...] = DECODERS,
 ) -> dict[str, Any]:
     """Tokens/s of each decoder on one batch shape, with an already built model (sweeps reuse it)."""
 
@@ -115,6 +131,7 @@ def time_decoders(
             return model.peft_model.generate(input_ids=ids, attention_mask=mask, **hf_greedy)
 
     functions = {"imsm": imsm, "vanilla": vanilla}
+    functions.update(_static_decoders(model, ids, mask, new, hf_greedy, include))
     if "sampled" in include:
 
         def sampled():
@@ -166,3 +183,46 @@ def time_decoders(
         result["naive_tokens"] = naive_tokens
     result["ratio"] = result["imsm_tokens_per_s"] / result["vanilla_tokens_per_s"]
     return result
+
+
+def compile_config_for(device: torch.device) -> CompileConfig:
+    """CUDA graphs on a GPU ("reduce-overhead"); inductor's default mode elsewhere, where there are
+    none. Given explicitly, so transformers' `generate` compiles on a CPU too."""
+    config = CompileConfig(mode="reduce-overhead" if device.type == "cuda" else "default")
+    config._compile_all_devices = True  # transformers' switch for compiling off accelerators
+    return config
+
+
+def _static_decoders(model, ids, mask, new: int, hf_greedy: dict, include) -> dict[str, Any]:
+    """The static-cache rows asked for in `include`: IMSM eager and compiled, transformers compiled."""
+    config = compile_config_for(model.device)
+    static = {"max_new_tokens": new, "eos_token_id": [], "cache_implementation": "static"}
+    functions = {}
+    if "static" in include:
+        functions["static"] = lambda: model.generate(ids, mask, disable_compile=True, **static)
+    if "compiled" in include:
+        functions["compiled"] = lambda: model.generate(ids, mask, compile_config=config, **static)
+    if "hf_compiled" in include:
+
+        def hf_compiled():
+            with torch.no_grad():
+                return model.peft_model.generate(
+                    input_ids=ids, attention_mask=mask, cache_implementation="static", compile_config=config,
+                    **hf_greedy,
+                )  # fmt: skip
+
+        functions["hf_compiled"] = hf_compiled
+    return functions
+
+
+def compiled_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Issue 30's figures from one `bench_decode` result at batch 1: the machine, the model, and
+    tokens/s of IMSM compiled, IMSM eager and transformers' compiled generate (vanilla)."""
+    if result.get("batch_size") != 1:
+        raise ValueError(f"the summary is of batch 1; this run decoded batch {result.get('batch_size')}")
+    missing = [row for row in COMPILED_SUMMARY.values() if row not in result]
+    if missing:
+        raise ValueError(f"the summary needs the rows {missing}; run without skipping them")
+    summary = {"machine": result["machine"], "model": result["model"]}
+    summary.update({key: result[row] for key, row in COMPILED_SUMMARY.items()})
+    return summary

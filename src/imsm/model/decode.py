@@ -7,10 +7,10 @@ there, once. Scoring then runs given continuations through the prompts' cache (s
 prompt side by side, each prompt's cache rows repeated for its continuations) and reads their
 log-probabilities (or, given the frozen branch's states from an earlier frozen-only pass,
 `frozen_continuation_states`, runs the tuned branch alone); decoding feeds each greedy token to
-both halves of the doubled batch. Every
-logit comes from `BranchModel.fused_logits`. `naive_generate` is the slow reference: both
-branches recomputed from scratch at every step through `IMSMModel.forward`, as in the authors'
-decoder.
+both halves of the doubled batch (`imsm.model.decoding_step`: a growing cache, or a static one
+whose step can be compiled). Every logit comes from `BranchModel.fused_logits`. `naive_generate`
+is the slow reference: both branches recomputed from scratch at every step through
+`IMSMModel.forward`, as in the authors' decoder.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from imsm.model.branches import FROZEN, SPLIT, TUNED
 from imsm.model.decoding_plan import DecodingPlan, plan_decoding
+from imsm.model.decoding_step import DecodingStep, compilable, last_positions, static_cache
 from imsm.model.gate import masked_mean
 from imsm.model.states import BranchStates, ContinuationScores, FrozenPromptStates, SiameseModel
 
@@ -95,9 +96,12 @@ class DecodingMixin:
 
         A row stops at its first stop token (or stop string); decoding stops when every row has, or
         at the cap. Sampling draws from torch's global generator, so `torch.manual_seed` repeats it.
+        `cache_implementation="static"` (with `compile_config` / `disable_compile`) fixes the shapes
+        so the per-token step can be compiled (`imsm.model.decoding_step`); the tokens are the same.
         """
         plan = plan_decoding(stop_token_ids(self.causal_lm), generation_config, streamer, tokenizer, **options)
-        return _run(self, input_ids, attention_mask, None, False, plan).sequences
+        with compilable(self, plan.compiling(self.device)):
+            return _run(self, input_ids, attention_mask, None, False, plan).sequences
 
     @torch.no_grad()
     def score_continuations(
@@ -189,11 +193,6 @@ def _check_frozen_states(frozen_states, continuations, plan) -> None:
         raise ValueError("frozen_states must hold one [L, d] tensor per continuation, L its length in tokens")
 
 
-def _last_positions(mask: torch.Tensor) -> torch.Tensor:
-    """Each row's position id of its last token, padding not counted -> [R, 1]."""
-    return (mask.long().sum(dim=-1, keepdim=True) - 1).clamp(min=0)
-
-
 def _run(
     model, input_ids, attention_mask, continuations, first_token_log_probs, plan: DecodingPlan | None, frozen=None
 ) -> ContinuationScores:
@@ -205,8 +204,11 @@ def _run(
     max_new_tokens = 0 if plan is None else plan.max_new_tokens
     # Prefill: both branches over the prompt, one forward; the query memory is the whole prompt.
     branches = SPLIT if frozen is None else TUNED
+    cache = None  # the backbone builds a DynamicCache
+    if plan is not None and plan.static_cache:  # decoding alone: continuations are scored on a DynamicCache
+        cache = static_cache(model, input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
     states, cache = model.cached_branch_states(
-        input_ids, attention_mask, None, query_mask=attention_mask.bool(), branches=branches
+        input_ids, attention_mask, None, cache, query_mask=attention_mask.bool(), branches=branches
     )
     if frozen is not None:  # the frozen branch's share, as it would have come out of the prefill
         states.query_frozen = torch.stack([prompt.query for prompt in frozen]).to(states.tuned.device)  # [B, d] fp32
@@ -297,7 +299,7 @@ def _continuation_states(
     states = last  # [R, 1, d] per branch
     if L > 1:
         fed_mask = torch.cat([mask, target_mask[:, : L - 1].to(mask.dtype)], dim=1)  # [R, T + L-1]
-        fed_positions = _last_positions(mask) + torch.arange(1, L, device=device)  # [R, L-1]
+        fed_positions = last_positions(mask) + torch.arange(1, L, device=device)  # [R, L-1]
         more, _ = model.cached_branch_states(target_ids[:, : L - 1], fed_mask, fed_positions, cache, branches=branches)
         grow = lambda a, b: None if a is None else torch.cat([a, b], dim=1)  # noqa: E731  [R, L, d]
         states = BranchStates(grow(last.frozen, more.frozen), grow(last.tuned, more.tuned))
@@ -360,15 +362,14 @@ def _decode(model, input_ids, mask, cache, last: BranchStates, plan: DecodingPla
     after the plan's processors, goes to both branches."""
     device = input_ids.device
     eos = torch.tensor(plan.eos_ids, device=device, dtype=input_ids.dtype)
-    position = _last_positions(mask)  # [B, 1]
+    step = DecodingStep(model, mask, cache, last, plan.compiling(device))
+    logits = model.fused_logits(last).logits[:, -1]  # [B, V], from the prefill's last position
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=device)
-    states = last
     new_tokens = []
     sequences = input_ids  # grown only when a processor or stopping criterion reads it
     if plan.streamer is not None:
         plan.streamer.put(input_ids.cpu())
     for _ in range(plan.max_new_tokens):
-        logits = model.fused_logits(states).logits[:, -1]  # [B, V]
         if plan.processors:
             logits = plan.processors(sequences, logits.float())
         if plan.do_sample:
@@ -387,11 +388,7 @@ def _decode(model, input_ids, mask, cache, last: BranchStates, plan: DecodingPla
             unfinished &= ~plan.stopping(sequences, logits).to(device)
         if not bool(unfinished.any()) or len(new_tokens) == plan.max_new_tokens:
             break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        position = position + 1
-        step, cache = model.cached_branch_states(token[:, None], mask, position, cache)
-        # The query memory stays the prompt's (Algorithm 1).
-        states = BranchStates(step.frozen, step.tuned, last.query_frozen, last.query_tuned)  # [B, 1, d]
+        logits = step(token)  # [B, V]: both branches read the token; the query memory stays the prompt's
     if plan.streamer is not None:
         plan.streamer.end()
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

@@ -9,6 +9,11 @@ IMSM decodes greedily unless asked otherwise, whatever a model's own `generation
 says (the paper's decoder is greedy, and evaluation must not start sampling because a checkpoint
 ships `do_sample: true`); only its stop and padding tokens are taken from the model.
 
+`cache_implementation="static"` decodes with transformers' `StaticCache` (shapes fixed for the
+whole call), and then, as transformers' `generate` does, compiles the per-token step on a GPU
+unless `disable_compile=True`; a `compile_config` compiles it on any device (on a CPU too, where
+transformers would not). `imsm.model.decoding_step` runs it.
+
 What the siamese decoder cannot do is refused by name, never ignored: beam search and its
 relatives, assisted and speculative decoding, several sequences per prompt, prefill chunking
 (the query memory is the mean over the whole prompt), scores or dicts as output.
@@ -20,7 +25,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+import torch
+from transformers import CompileConfig, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation import (
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
@@ -47,7 +53,11 @@ SUPPORTED = {
     "eos_token_id",
     "pad_token_id",
     "stop_strings",
+    "cache_implementation",  # "dynamic" (the default) or "static"
+    "compile_config",
+    "disable_compile",
 }
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 # Fields a model's generation_config.json carries that change nothing here, or that only restate
 # what this decoder does anyway.
 HARMLESS = {
@@ -62,7 +72,6 @@ HARMLESS = {
     "num_return_sequences",  # accepted when 1
     "return_dict_in_generate",  # accepted when False
     "output_scores",  # accepted when False
-    "cache_implementation",
 }
 # One-line reasons for the refusals users are most likely to meet.
 WHY_NOT = {
@@ -90,6 +99,19 @@ class DecodingPlan:
     eos_ids: list[int]
     pad_token_id: int
     streamer: BaseStreamer | None = None
+    static_cache: bool = False  # transformers' StaticCache instead of the growing DynamicCache
+    compile_config: CompileConfig | None = None  # given: compile the step on any device
+    disable_compile: bool = False
+
+    def compiling(self, device: torch.device) -> CompileConfig | None:
+        """How the per-token step is compiled on `device`, None for not at all: as transformers'
+        `generate` decides (a static cache on an accelerator, unless `disable_compile`), and on
+        any device when a `compile_config` was given."""
+        if not self.static_cache or self.disable_compile:
+            return None
+        if self.compile_config is not None:
+            return self.compile_config
+        return CompileConfig() if device.type == "cuda" else None
 
     @property
     def reads_sequences(self) -> bool:
@@ -152,6 +174,12 @@ def plan_decoding(
     eos_ids = [eos] if isinstance(eos, int) else list(eos)
     pad = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     do_sample = bool(config.do_sample)
+    cache = config.cache_implementation or "dynamic"
+    if cache not in CACHE_IMPLEMENTATIONS:
+        choices = ", ".join(CACHE_IMPLEMENTATIONS)
+        raise IMSMError(f"cache_implementation={cache!r}: IMSM's decoder takes one of {choices}")
+    if config.compile_config is not None and cache != "static":
+        raise IMSMError("compile_config needs cache_implementation='static': only fixed shapes are compiled")
 
     processors = LogitsProcessorList()
     if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
@@ -175,4 +203,7 @@ def plan_decoding(
         if tokenizer is None:
             raise IMSMError("stop_strings needs the tokenizer: pass tokenizer=... to generate")
         stopping.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=config.stop_strings))
-    return DecodingPlan(max_new_tokens, do_sample, processors, stopping, eos_ids, pad, streamer)
+    plan = DecodingPlan(max_new_tokens, do_sample, processors, stopping, eos_ids, pad, streamer)
+    plan.static_cache = cache == "static"
+    plan.compile_config, plan.disable_compile = config.compile_config, bool(config.disable_compile)
+    return plan
