@@ -15,13 +15,13 @@
 # Each bench runs under `timeout`; the defaults fit one 600 s call for the Llama shape (about
 # 5 minutes expected: four 8B trainings of 8 steps, two decoding runs); each further shape wants
 # its own call: SHAPES=qwen1.5-4b bash scripts/gpu_paper_scale.sh.
-# The device's peft: imsm wants 0.21.x. To carry it, here: `echo /.whl/ >> .git/info/exclude;
-# python3 -m pip download --no-deps peft==0.21.2 -d .whl`, then name `.whl` in the call's carry.
+# The device's peft: imsm wants 0.21.x. To carry it, make the wheel folder here once with
+# `scripts/gpu_generation_checks.sh --wheels` and name `.device-wheels` in the call's carry.
 # Dry run on a CPU (a tiny shape, about a minute):
 #   ARCHITECTURES=DIR SHAPES=tiny SEQUENCE_LENGTH=64 ANSWER_TOKENS=16 LIMIT=8 BATCH=4 MICRO=2 \
 #   REPEATS=1 NEW_TOKENS=8 DECODE_REPEATS=1 OUT=/tmp/out bash scripts/gpu_paper_scale.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; PYTHON=${PYTHON:-python3}; WHEELS=${WHEELS:-.whl}
+OUT=${OUT:-/tmp/out}; PYTHON=${PYTHON:-python3}; WHEELS=${WHEELS:-.device-wheels}
 ARCHITECTURES=${ARCHITECTURES:-configs/architectures}; SHAPES=${SHAPES:-llama3-8b}
 DTYPE=${DTYPE:-bf16}; PEFT=${PEFT:-lora}
 SEQUENCE_LENGTH=${SEQUENCE_LENGTH:-512}; ANSWER_TOKENS=${ANSWER_TOKENS:-128}
