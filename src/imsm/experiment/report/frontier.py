@@ -33,6 +33,7 @@ from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_gaps, l
 from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON
 from imsm.experiment.report.frontier_line_section import MATCHING, line_tests_section
 from imsm.experiment.report.frontier_plot import PLOT_SUFFIXES, save_frontier_plot
+from imsm.experiment.report.frontier_probes import pooled_cell, probe_tests_section
 from imsm.experiment.report.frontier_study import (
     CHANCE_MARGIN,
     FORGETTING,
@@ -42,7 +43,6 @@ from imsm.experiment.report.frontier_study import (
     PROBE_SCORES,
     Arm,
     Point,
-    Probe,
     Score,
     Study,
     length_label,
@@ -108,7 +108,7 @@ def settings_section(study: Study) -> list[str]:
                 "–" if probe.base_accuracy is None else f"{100 * probe.base_accuracy:.1f}",
                 f"{100 * probe.chance:.1f} ({probe.chance_source})" if mc and probe.chance is not None else "–",
                 f"{100 * margin:.1f}" if mc and margin is not None else "–",
-                _pooled_cell(probe),
+                pooled_cell(probe),
             ]
         )
     if rows:
@@ -122,14 +122,6 @@ def settings_section(study: Study) -> list[str]:
             "",
         ]
     return lines
-
-
-def _pooled_cell(probe: Probe) -> str:
-    if probe.held_out:
-        return "held out"
-    if probe.kind != "multiple_choice":
-        return "no: not multiple choice"
-    return "yes" if probe.pooled else f"no: {probe.exclusion}"
 
 
 def curves_section(study: Study) -> list[str]:
@@ -202,34 +194,6 @@ def base_tests_section(study: Study) -> list[str]:
             if study.lower_is_better
             else ""
         ),
-        "",
-        *markdown_table(headers, rows),
-        "",
-    ]
-
-
-def held_out_section(study: Study) -> list[str]:
-    """Every arm at every length against Base on each held-out probe (a slice), question by question."""
-    rows = []
-    for probe in study.held_out if study.base is not None else []:
-        base = study.base.questions.get(probe.task)
-        metric = PROBE_SCORES.get(probe.kind, ("accuracy",))[0]
-        for (arm, length), points in study.groups().items():
-            test = compare_questions(
-                columns_by_seed(study, points, probe.task), {s: base for s in points} if base else {}, metric
-            )
-            seeds_and_questions = f"{test.test.n} × {test.seeds}" if test.seeds else "–"
-            rows.append([probe.task, metric, study.label(arm), length_label(length), seeds_and_questions])
-            rows[-1] += difference_cells(test, metric)
-    if not rows:
-        return []
-    headers = ["held-out probe", "score", "arm", "steps", "questions × seeds", "Δ ± SE", "t"]
-    return [
-        "## Held-out probes against Base",
-        "",
-        "Arm − Base on each held-out probe (a slice NAME@START: questions of a probe other than those any "
-        "choice was made on), each question averaged over seeds first; SE = standard error of the mean "
-        f"difference over questions; **bold** t: |t| ≥ {STRONG_T:g}.",
         "",
         *markdown_table(headers, rows),
         "",
@@ -407,7 +371,7 @@ def render_frontier(
     lines += curves_section(study)
     lines += posthoc_section(study)
     lines += base_tests_section(study)
-    lines += held_out_section(study)
+    lines += probe_tests_section(study)
     lines += between_arms_section(study)
     lines += frontier_section(study)
     if plots is not None:
