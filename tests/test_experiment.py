@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny_model
-from imsm import IMSMError
+from imsm import IMSMError, provenance
 from imsm.cli import main
 from imsm.experiment import runner
 from imsm.experiment.claim import claimed
@@ -646,6 +647,35 @@ def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspac
     monkeypatch.setattr(evaluate_module, "evaluate_task", lambda *a, **k: evaluated.append(1) or real(*a, **k))
     runner.run_experiment(experiment, log=lambda line: None)
     assert len(evaluated) == 1 and runner.is_done(experiment, cell)
+
+
+def test_a_cell_trained_again_keeps_where_its_earlier_evaluations_ran(workspace, tmp_path, monkeypatch):
+    """A lost work directory means the adapter is trained again and reads only the evaluations still
+    owed; the result then says which machine made each evaluation and what trained the adapter before."""
+    facts = str(workspace / "facts.yaml")
+    path = write_config(workspace, tmp_path, grids=variant_grids(workspace, [{}, {"adapter_scale": 0.5}]))
+    experiment = load_experiment(path)
+    [cell] = experiment.cells
+    for module in (runner, provenance):  # the evaluations' stamp and the file's header
+        monkeypatch.setattr(module, "describe_machine", lambda: "machine A")
+        monkeypatch.setattr(module, "now", lambda: "2026-01-01T00:00:00+00:00")
+    runner.run_experiment(experiment, log=lambda line: None)
+    first = runner.read_cell_result(experiment, cell)
+    assert first["evaluation"][facts]["machine"] == "machine A" and "earlier_training" not in first
+
+    shutil.rmtree(experiment.work / cell.name)  # the adapter is gone; one evaluation is owed
+    del first["variants"]["adapter_scale=0.5"]
+    runner.cell_result_path(experiment, cell).write_text(runner.result_text(first))
+    for module in (runner, provenance):  # the evaluations' stamp and the file's header
+        monkeypatch.setattr(module, "describe_machine", lambda: "machine B")
+        monkeypatch.setattr(module, "now", lambda: "2026-01-02T00:00:00+00:00")
+    runner.run_experiment(experiment, log=lambda line: None)
+    second = runner.read_cell_result(experiment, cell)
+    assert second["evaluation"][facts]["machine"] == "machine A"  # kept, from the first adapter
+    assert second["variants"]["adapter_scale=0.5"]["evaluation"][facts]["machine"] == "machine B"
+    assert second["created"] == first["created"] and second["machine"] == "machine B"
+    [earlier] = second["earlier_training"]
+    assert earlier["machine"] == "machine A" and earlier["final_loss"] == first["training"]["final_loss"]
 
 
 def test_train_only_trains_every_cell_and_evaluates_nothing(workspace, tmp_path, monkeypatch, capsys):

@@ -45,7 +45,7 @@ from imsm.model.load import load_model_and_tokenizer
 from imsm.model.siamese import IMSMModel
 from imsm.model.variant import load_evaluated_model
 from imsm.prompting import PromptFormatter
-from imsm.provenance import provenance_header
+from imsm.provenance import describe_machine, now, provenance_header
 from imsm.tasks import get_task
 from imsm.train import run as training  # called through the module, so tests can stand in for `train`
 from imsm.train.checkpoint import latest_checkpoint
@@ -256,6 +256,28 @@ def _journal_stem(variant: Variant, task: str) -> str:
     return f"eval.{slug + '.' if slug else ''}{Path(task).stem}"
 
 
+def _keep_provenance(previous: dict[str, Any], result: dict[str, Any]) -> None:
+    """Where each kept evaluation ran, and what trained the adapter before, when a cell's result is
+    rewritten: by a later session on another machine, or after its adapter was trained again (its
+    work directory lost; the new adapter then reads only the evaluations still owed). A file's header
+    names the machine of its last write, so evaluations kept from before per-evaluation provenance
+    are stamped with the previous header's."""
+    if not previous:
+        return
+    earlier = {"machine": previous.get("machine"), "evaluated": previous.get("updated") or previous.get("created")}
+    for part in [previous, *previous.get("variants", {}).values()]:
+        for task, record in part.get("evaluation", {}).items():
+            part["evaluation"][task] = {**earlier, **record}
+    history = list(previous.get("earlier_training", []))
+    trained_before, trained_now = previous.get("training") or {}, result["training"]
+    # Another run, not the same one read again (a key older files lack compares as equal).
+    keys = ("trained", "steps", "final_loss", "seconds")
+    if trained_before and any(trained_before.get(k, trained_now.get(k)) != trained_now.get(k) for k in keys):
+        history.append({"machine": earlier["machine"], **trained_before})
+    if history:
+        result["earlier_training"] = history
+
+
 def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool = False) -> dict[str, Any] | None:
     """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json.
     With `train_only`, stop after training (the evaluations can run later, or on another machine)."""
@@ -271,22 +293,26 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
         "training": {
             k: summary.get(k)
             for k in ("steps", "final_loss", "seconds", "frozen_cache_seconds", "frozen_cache_read", "tokens_per_s")
-        },
+        }
+        | {"trained": summary.get("created"), "machine": summary.get("machine")},
         "examples": summary["resolved"]["examples"],
         "metrics": {},
         "evaluation": {},
         "questions": {},
     }
     previous = read_cell_result(experiment, cell) or {}
+    _keep_provenance(previous, result)
     for key in ("metrics", "evaluation", "questions"):
         result[key].update(previous.get(key, {}))
     if cell.variants or previous.get("variants"):
         result["variants"] = previous.get("variants", {})
     path = cell_result_path(experiment, cell)
+    first_written = previous.get("created")
 
     def write_result() -> None:
         header = provenance_header()  # this write's machine, versions and time
         result.update(header, updated=header["created"])  # "updated": the name earlier result files use
+        result["created"] = first_written or header["created"]
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, result_text(result))
 
@@ -322,7 +348,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
             task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings, store)
             target["metrics"][task] = task_summary.pop("metrics")
             target["questions"][task] = task_summary.pop("questions")
-            target["evaluation"][task] = task_summary
+            target["evaluation"][task] = {**task_summary, "machine": describe_machine(), "evaluated": now()}
             write_result()
             journal.unlink(missing_ok=True)
     return result
