@@ -78,8 +78,23 @@ def test_lambda_one_keeps_every_intruder_so_the_adapter_is_as_trained():
     """λ is the share kept: at 1 peft only refits B A at their own rank, which is exact."""
     peft_model = trained_looking()
     as_trained = logits(peft_model)
-    assert reduce_intruders(peft_model, 1.0) >= 2  # every adapted layer rewritten
+    found, rewritten = reduce_intruders(peft_model, 1.0)
+    assert rewritten >= 2 and found >= 1  # every adapted layer rewritten; trained_looking has intruders
     torch.testing.assert_close(logits(peft_model), as_trained, atol=1e-4, rtol=1e-4)
+
+
+def test_an_adapter_without_intruders_is_left_as_trained_and_the_user_is_told(capsys):
+    """A small change leaves W's top singular directions where they were: peft finds no intruder
+    dimension in any layer, so the "mitigated" variant is the adapter itself, and says so."""
+    peft_model = get_peft_model(tiny_model("llama"), peft_config("lora", "llama"))
+    perturb_adapter(peft_model, scale=1e-3)
+    model = IMSMModel(peft_model.eval(), IMSMConfig(fusion="none"))
+    as_trained = {n: p.clone() for n, p in model.named_parameters() if "lora_" in n}
+    apply_variant(model, reduce_intruders=0.5)
+    assert "found no intruder dimension in any of the adapter's 6 LoRA layers" in capsys.readouterr().err
+    for name, parameter in model.named_parameters():
+        if name in as_trained:
+            torch.testing.assert_close(parameter, as_trained[name], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,7 @@ def _reduce_function():
 
 
 @torch.no_grad()
-def reduce_intruders(peft_model: PeftModel, mitigation_lambda: float = PEFT_DEFAULT) -> int:
+def reduce_intruders(peft_model: PeftModel, mitigation_lambda: float = PEFT_DEFAULT) -> tuple[int, int]:
     """Apply peft's `reduce_intruder_dimension` to the model's one LoRA adapter, in place.
 
     Args:
@@ -104,17 +104,21 @@ def reduce_intruders(peft_model: PeftModel, mitigation_lambda: float = PEFT_DEFA
         mitigation_lambda: the share of each intruder direction kept (peft's `mitigation_lambda`).
 
     Returns:
-        How many LoRA layers were rewritten (peft refits every one, intruders found or not).
+        (layers with intruder dimensions, LoRA layers rewritten). peft refits every layer, but one
+        without intruders (none of W + ΔW's top 10 singular vectors below cosine 0.5 to all of W's)
+        keeps its B and A as trained, so with none found the adapter is unchanged.
     """
     mitigation_lambda = check_mitigation_lambda(mitigation_lambda)
     name = _check_peft_model(peft_model)
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    found: list[str] = []
     _reduce_function()(
         peft_model,
         old_adapter_name=name,
         new_adapter_name=SCRATCH_ADAPTER,
         mitigation_lambda=mitigation_lambda,
-        logging_sink=None,  # it prints a line per layer otherwise
+        # Its per-layer lines, kept rather than printed: "<layer>: Intruders: <k>" where it found some.
+        logging_sink=lambda line, *rest, **kw: found.append(str(line)) if ": Intruders:" in str(line) else None,
     )
     rewritten = 0
     for module in peft_model.modules():
@@ -125,7 +129,7 @@ def reduce_intruders(peft_model: PeftModel, mitigation_lambda: float = PEFT_DEFA
     # set_adapter makes the active adapter trainable; what was frozen stays frozen.
     for parameter_name, parameter in peft_model.named_parameters():
         parameter.requires_grad_(parameter_name in trainable)
-    return rewritten
+    return len(found), rewritten
 
 
 def _copy_back(layer: LoraLayer, name: str) -> int:

@@ -18,6 +18,7 @@ with that fusion. Everything is checked from the saved files before the slow mod
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,7 +140,13 @@ def apply_variant(
     if reduce_intruders is not None:
         if adapter_scale != 1:
             raise IMSMError("reduce_intruders and adapter_scale are two mitigations; choose one (leave the other out)")
-        intruders.reduce_intruders(model.peft_model, reduce_intruders)
+        found, layers = intruders.reduce_intruders(model.peft_model, reduce_intruders)
+        if not found:  # the variant then reads the adapter as trained: say so rather than let it pass for a baseline
+            print(
+                f"imsm: peft's reduce_intruder_dimension found no intruder dimension in any of the adapter's "
+                f"{layers} LoRA layers; the adapter is unchanged",
+                file=sys.stderr,
+            )
     if adapter_scale != 1:
         check_scalable(model.peft_model)
         scale_adapter(model.peft_model, adapter_scale)
