@@ -19,6 +19,7 @@ from imsm.cli import main
 from imsm.errors import IMSMError
 from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
+from imsm.experiment.report.frontier_chance import chance_accuracy
 from imsm.experiment.report.frontier_compare import flips
 from imsm.experiment.report.frontier_lambda import FrontierPoint, frontier_at, frontier_rows, line_tests
 from imsm.experiment.report.frontier_line import (
@@ -30,7 +31,7 @@ from imsm.experiment.report.frontier_line import (
     compare_with_line,
     matched_score,
 )
-from imsm.experiment.report.frontier_study import FORGETTING, POOL, chance_accuracy, collect_study, point_scores
+from imsm.experiment.report.frontier_study import FORGETTING, POOL, collect_study, point_scores
 from imsm.experiment.spec import load_experiment
 from imsm.tasks import get_task
 
@@ -414,7 +415,8 @@ def test_partial_results_are_listed_as_missing(tmp_path):
     assert rows[("IMSM-mean", STEPS)] == (pytest.approx(13.75), (pytest.approx(15), ON))
 
 
-def test_chance_comes_from_the_base_models_rows_where_kept(study_path, tmp_path):
+def test_chance_comes_from_the_base_models_rows_where_kept(study_path, tmp_path, monkeypatch):
+    monkeypatch.delenv("IMSM_DATA_DIR", raising=False)  # no data directory: the task's usual options
     experiment = load_experiment(write_experiment(tmp_path))
     assert chance_accuracy(experiment, "arc_easy") == (0.25, "usual options")
     experiment.work.mkdir(parents=True)
@@ -422,6 +424,25 @@ def test_chance_comes_from_the_base_models_rows_where_kept(study_path, tmp_path)
     (experiment.work / "original.arc_easy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     chance, source = chance_accuracy(experiment, "arc_easy")
     assert chance == pytest.approx((1 / 3 + 1 / 5) / 2) and source == "options of the questions"
+
+
+def test_without_the_base_models_rows_chance_comes_from_the_questions_in_the_data(tmp_path, monkeypatch):
+    """The rows stay on the machine that ran the study; the questions are data: the first eval-limit
+    of them (here 2 of 3) are read where the file's data directory has them."""
+    monkeypatch.delenv("IMSM_DATA_DIR", raising=False)
+    data = tmp_path / "data" / "arc_easy"
+    data.mkdir(parents=True)
+    questions = [["a", "b", "c"], ["a", "b", "c", "d", "e"], ["a", "b"]]
+    lines = [
+        {"id": str(i), "question": "q?", "choices": {"text": c, "label": list("ABCDE")[: len(c)]}, "answerKey": "A"}
+        for i, c in enumerate(questions)
+    ]
+    (data / "test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    path = write_experiment(tmp_path, data_dir=str(tmp_path / "data"), eval={"limit": 2})
+    chance, source = chance_accuracy(load_experiment(path), "arc_easy")
+    assert chance == pytest.approx((1 / 3 + 1 / 5) / 2) and source == "options of the questions"
+    # No data directory at all: the task's usual options.
+    assert chance_accuracy(load_experiment(write_experiment(tmp_path)), "arc_easy") == (0.25, "usual options")
 
 
 def test_damaged_base_rows_are_refused_with_the_files_to_delete(tmp_path):

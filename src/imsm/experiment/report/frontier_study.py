@@ -20,14 +20,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from imsm.checked_files import read_json_lines
 from imsm.errors import IMSMError
 from imsm.experiment.questions import values_by_question
+from imsm.experiment.report.frontier_chance import chance_accuracy
 from imsm.experiment.report.grid import METHOD_LABELS
-from imsm.experiment.runner import original_path, read_cell_result, read_original_row
+from imsm.experiment.runner import read_cell_result, read_original_row
 from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
 from imsm.experiment.variants import Variant
 from imsm.metrics import LOWER_IS_BETTER
@@ -293,23 +292,6 @@ def _base_point(experiment: Experiment, missing: list[str]) -> Point | None:
         if row.get("questions"):
             questions[task] = row["questions"]
     return Point(BASE_ARM, 0, None, True, metrics, questions) if metrics else None
-
-
-def chance_accuracy(experiment: Experiment, task: str) -> tuple[float | None, str]:
-    """A multiple-choice probe's chance accuracy and where it comes from: the mean of 1 / options over
-    the questions the base model answered where their rows are kept, else the task's own (`Task.chance`)."""
-    rows = experiment.work / f"original.{Path(task).stem}.jsonl"
-    if rows.is_file():
-        fix = (
-            f"delete it (the report then assumes the task's usual options), or delete it and "
-            f"{original_path(experiment, task)} and rerun imsm experiment to recompute both"
-        )
-        counts = [len(row.get("choices") or []) for row in read_json_lines(rows, fix=fix)]
-        counts = [n for n in counts if n]
-        if counts:
-            return sum(1 / n for n in counts) / len(counts), "options of the questions"
-    chance = get_task(task).chance
-    return (chance, "usual options") if chance is not None else (None, "unknown")
 
 
 def _column_mean(columns: Mapping[str, list[Any]] | None, name: str) -> tuple[float | None, int]:
