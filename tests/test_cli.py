@@ -235,3 +235,11 @@ def test_eval_checks_the_variant_once_and_loads_it_as_checked(capsys, model_dir,
         1.0,
         "float32",
     )
+
+
+def test_yaml_reads_an_exponent_without_a_dot_as_the_number_meant():
+    """PyYAML follows YAML 1.1, where `1e-4` is text; a learning rate written so must be a number."""
+    from imsm.yaml_file import load_yaml
+
+    text = "a: 1e-4\nb: -2E3\nc: 1.5e-3\nd: 1e\ne: '1e-4'\nf: 10\ng: 0x10\n"
+    assert load_yaml(text) == {"a": 1e-4, "b": -2000.0, "c": 1.5e-3, "d": "1e", "e": "1e-4", "f": 10, "g": 16}

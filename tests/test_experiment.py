@@ -16,6 +16,7 @@ from conftest import save_tiny_model
 from imsm import IMSMError, provenance
 from imsm.cli import main
 from imsm.experiment import runner
+from imsm.experiment.cell_result import journal_stem
 from imsm.experiment.claim import claimed
 from imsm.experiment.report import render_report
 from imsm.experiment.spec import load_experiment
@@ -266,8 +267,8 @@ def test_a_sliced_probe_is_checked_limited_and_names_its_files(workspace, tmp_pa
     experiment = load_experiment(path)
     assert experiment.cells[0].evaluate == [probe, "piqa@3"]
     assert (experiment.eval_limit("piqa@3"), experiment.eval_limit("piqa")) == (2, 4)
-    assert runner._journal_stem(Variant(), "piqa@3") == "eval.piqa@3"
-    assert runner._journal_stem(Variant(adapter_scale=0.5), "piqa@3") == "eval.adapter_scale-0.5.piqa@3"
+    assert journal_stem(Variant(), "piqa@3") == "eval.piqa@3"
+    assert journal_stem(Variant(adapter_scale=0.5), "piqa@3") == "eval.adapter_scale-0.5.piqa@3"
 
     # The base model's row: the slice's own file, named for it, holding questions 3 and 4 (limit 2).
     runner.run_original(experiment, data, log=lambda line: None)
@@ -647,6 +648,36 @@ def test_variants_read_snapshots_scaled_and_remixed_adapters_and_resume(workspac
     monkeypatch.setattr(evaluate_module, "evaluate_task", lambda *a, **k: evaluated.append(1) or real(*a, **k))
     runner.run_experiment(experiment, log=lambda line: None)
     assert len(evaluated) == 1 and runner.is_done(experiment, cell)
+
+
+def test_an_intruder_variant_that_changes_no_weight_reuses_the_adapter_s_evaluations(workspace, tmp_path, monkeypatch):
+    """peft finds no intruder dimension in a barely trained adapter, so its reduced variant computes
+    exactly what the adapter as trained does: the study takes those evaluations, saying so, instead
+    of running them again. A strongly trained adapter's reduction is evaluated as usual."""
+    facts = str(workspace / "facts.yaml")
+    grids = variant_grids(workspace, [{}, {"intruders": 0.5}])
+    grids["curve"]["learning_rate"] = [1e-7, 0.3]
+    experiment = load_experiment(write_config(workspace, tmp_path, grids=grids, original=[facts]))
+    import imsm.evaluation.run as evaluate_module
+
+    real, calls = evaluate_module.evaluate_task, []
+    monkeypatch.setattr(evaluate_module, "evaluate_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    runner.run_experiment(experiment, log=lambda line: None)
+    cells = {cell.config["learning_rate"]: cell for cell in experiment.cells}
+    slight, strong = (runner.read_cell_result(experiment, cells[lr]) for lr in (1e-7, 0.3))
+    reduced = slight["variants"]["intruders=0.5"]
+    assert reduced["metrics"][facts] == slight["metrics"][facts]
+    assert reduced["questions"][facts] == slight["questions"][facts]
+    record = reduced["evaluation"][facts]
+    assert record["reused_from"] == "as trained" and "bitwise as trained" in record["why"]
+    assert record["machine"] == slight["evaluation"][facts]["machine"]  # where the numbers were computed
+    run = experiment.work / cells[1e-7].name
+    assert (run / "eval.intruders-0.5.facts.jsonl").read_text() == (run / "eval.facts.jsonl").read_text()
+    strongly_reduced = strong["variants"]["intruders=0.5"]
+    assert "reused_from" not in strongly_reduced["evaluation"][facts]
+    assert strongly_reduced["questions"][facts]["gold_nll"] != strong["questions"][facts]["gold_nll"]
+    assert len(calls) == 4  # Base, each adapter as trained, the strong adapter reduced
+    assert runner.is_done(experiment, cells[1e-7]) and runner.is_done(experiment, cells[0.3])
 
 
 def test_a_cell_trained_again_keeps_where_its_earlier_evaluations_ran(workspace, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from imsm.cli import main
 from imsm.cli.model_options import ModelOptions
 from imsm.errors import IMSMError
 from imsm.model.intruders import reduce_intruders
+from imsm.model.persist import holds_saved_adapter
 from imsm.model.variant import apply_variant, check_variant, load_evaluated_model
 
 LAMBDAS = [0.75, 0.5]
@@ -127,6 +128,10 @@ def saved(tmp_path_factory):
     for method in ("lora", "dora", "ia3"):
         trained_looking(method).save_pretrained(root / method)
         paths[method] = str(root / method)
+    slight = get_peft_model(tiny_model("llama"), peft_config("lora", "llama"))
+    perturb_adapter(slight, scale=1e-3)  # too small a change to move W's top singular directions
+    slight.save_pretrained(root / "slight")
+    paths["slight"] = str(root / "slight")
     return paths
 
 
@@ -151,6 +156,18 @@ def test_the_variant_loads_from_disk_as_peft_reduces_it(saved):
     model, _ = load_evaluated_model(options)
     assert options.describe(model)["reduce_intruders"] == 0.5
     torch.testing.assert_close(logits(model), peft_reduced(trained_looking(), 0.5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("adapter", "reduces"), [("lora", True), ("slight", False)])
+def test_a_reduction_that_changed_no_weight_is_told_from_one_that_did(saved, adapter, reduces):
+    """What lets a study reuse the adapter's own evaluations for an intruder variant: every weight
+    bitwise as loaded from the saved file, or not."""
+    as_trained, _ = load_evaluated_model(ModelOptions(model=saved["model"], adapter=saved[adapter], dtype="fp32"))
+    assert holds_saved_adapter(as_trained.peft_model, saved[adapter])
+    options = ModelOptions(model=saved["model"], adapter=saved[adapter], reduce_intruders=0.5, dtype="fp32")
+    reduced, _ = load_evaluated_model(options)
+    assert holds_saved_adapter(reduced.peft_model, saved[adapter]) is not reduces
+    assert not holds_saved_adapter(reduced.peft_model, saved["dora"])  # another adapter's weights
 
 
 @pytest.mark.parametrize(("adapter", "message"), [("dora", "cannot reduce a DoRA adapter"), ("ia3", "not IA3")])

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from imsm.config import FUSION_MODES
 from imsm.errors import IMSMError
-from imsm.yaml_file import read_yaml_mapping
+from imsm.yaml_file import load_yaml, read_yaml_mapping
 
 DEFAULT_MODEL = "smollm2-135m"
 CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
@@ -233,7 +231,7 @@ def key_values(text: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-        values[key.strip()] = yaml.safe_load(value)
+        values[key.strip()] = load_yaml(value)
     return values
 
 

@@ -37,6 +37,7 @@ from imsm.errors import IMSMError
 from imsm.evaluation import run as evaluate  # called through the module, so tests can stand in for `evaluate_task`
 from imsm.evaluation.frozen_states import FrozenStateStore
 from imsm.evaluation.journal import directory_digest
+from imsm.experiment.cell_result import evaluated_part, journal_stem, keep_provenance, reuse_evaluation, unreduced_twin
 from imsm.experiment.claim import claimed
 from imsm.experiment.questions import question_columns
 from imsm.experiment.spec import Cell, Experiment
@@ -112,15 +113,10 @@ def read_original_row(experiment: Experiment, task: str) -> dict[str, Any] | Non
     return _read_result(original_path(experiment, task))
 
 
-def _evaluated(result: dict[str, Any], variant: Variant) -> dict[str, Any]:
-    """The part of a cell's result that holds one variant's metrics, evaluation and questions."""
-    return result if variant.is_default else result.get("variants", {}).get(variant.key, {})
-
-
 def evaluations_left(experiment: Experiment, cell: Cell) -> list[tuple[Variant, str]]:
     """The (variant, task) evaluations of `cell` whose metrics its result does not hold yet."""
     result = read_cell_result(experiment, cell) or {}
-    return [(v, task) for v, task in cell.evaluations() if task not in _evaluated(result, v).get("metrics", {})]
+    return [(v, task) for v, task in cell.evaluations() if task not in evaluated_part(result, v).get("metrics", {})]
 
 
 def is_done(experiment: Experiment, cell: Cell) -> bool:
@@ -250,34 +246,6 @@ def _adapter_for(run: Path, variant: Variant, summary: dict[str, Any]) -> Path:
     return snapshot
 
 
-def _journal_stem(variant: Variant, task: str) -> str:
-    """eval.TASK, or eval.<variant>.TASK for a variant (its key with file-name-safe separators)."""
-    slug = variant.key.replace(",", "_").replace("=", "-")
-    return f"eval.{slug + '.' if slug else ''}{Path(task).stem}"
-
-
-def _keep_provenance(previous: dict[str, Any], result: dict[str, Any]) -> None:
-    """Where each kept evaluation ran, and what trained the adapter before, when a cell's result is
-    rewritten: by a later session on another machine, or after its adapter was trained again (its
-    work directory lost; the new adapter then reads only the evaluations still owed). A file's header
-    names the machine of its last write, so evaluations kept from before per-evaluation provenance
-    are stamped with the previous header's."""
-    if not previous:
-        return
-    earlier = {"machine": previous.get("machine"), "evaluated": previous.get("updated") or previous.get("created")}
-    for part in [previous, *previous.get("variants", {}).values()]:
-        for task, record in part.get("evaluation", {}).items():
-            part["evaluation"][task] = {**earlier, **record}
-    history = list(previous.get("earlier_training", []))
-    trained_before, trained_now = previous.get("training") or {}, result["training"]
-    # Another run, not the same one read again (a key older files lack compares as equal).
-    keys = ("trained", "steps", "final_loss", "seconds")
-    if trained_before and any(trained_before.get(k, trained_now.get(k)) != trained_now.get(k) for k in keys):
-        history.append({"machine": earlier["machine"], **trained_before})
-    if history:
-        result["earlier_training"] = history
-
-
 def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool = False) -> dict[str, Any] | None:
     """Train (or resume, or reuse) the cell's adapter, evaluate what is missing, write result.json.
     With `train_only`, stop after training (the evaluations can run later, or on another machine)."""
@@ -301,7 +269,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
         "questions": {},
     }
     previous = read_cell_result(experiment, cell) or {}
-    _keep_provenance(previous, result)
+    keep_provenance(previous, result)
     for key in ("metrics", "evaluation", "questions"):
         result[key].update(previous.get(key, {}))
     if cell.variants or previous.get("variants"):
@@ -318,7 +286,7 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
 
     missing: dict[Variant, list[str]] = {}
     for variant, task in cell.evaluations():
-        if task not in _evaluated(result, variant).get("metrics", {}):
+        if task not in evaluated_part(result, variant).get("metrics", {}):
             missing.setdefault(variant, []).append(task)
     if not missing:
         write_result()
@@ -343,8 +311,14 @@ def run_cell(experiment: Experiment, cell: Cell, data_dir, log, train_only: bool
             target = result
         else:
             target = result["variants"].setdefault(variant.key, {"metrics": {}, "evaluation": {}, "questions": {}})
+        same_as = unreduced_twin(result, variant, model, adapters[variant])
         for task in tasks:  # each task's result is kept as soon as it is in
-            journal = run / f"{_journal_stem(variant, task)}.partial.jsonl"
+            if same_as is not None and task in evaluated_part(result, same_as).get("metrics", {}):
+                reuse_evaluation(result, target, same_as, variant, task, run)
+                log(f"{label}: {task}: the reduction left the adapter bitwise as trained; its evaluation reused")
+                write_result()
+                continue
+            journal = run / f"{journal_stem(variant, task)}.partial.jsonl"
             task_summary = _evaluate(experiment, model, tokenizer, task, data_dir, journal, settings, store)
             target["metrics"][task] = task_summary.pop("metrics")
             target["questions"][task] = task_summary.pop("questions")

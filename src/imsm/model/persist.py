@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from imsm.atomic_write import staged_directory
@@ -188,3 +188,14 @@ class PersistMixin:
         if not is_trainable:
             model.eval()
         return model
+
+
+def holds_saved_adapter(peft_model: PeftModel, directory: str | os.PathLike) -> bool:
+    """Whether `peft_model`'s adapter weights are bitwise those saved in `directory`, as loading them
+    gives (in the model's dtype and device): a post-hoc variant that left the adapter as trained
+    computes exactly what the adapter as trained does."""
+    saved = read_safetensors(Path(directory) / PEFT_WEIGHTS_FILE, fix="re-save the adapter")
+    current = get_peft_model_state_dict(peft_model)
+    if saved.keys() != current.keys():
+        return False
+    return all(torch.equal(saved[k].to(current[k].device, current[k].dtype), current[k]) for k in saved)

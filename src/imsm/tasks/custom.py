@@ -43,6 +43,7 @@ from imsm.metrics import ANSWER_TYPES, METRICS
 from imsm.registry import unknown_name_message
 from imsm.tasks import choice
 from imsm.tasks.base import Task
+from imsm.yaml_file import load_yaml
 
 REQUIRED = ("name", "data", "prompt", "answer", "metrics")
 OPTIONAL = ("answer_type", "max_new_tokens", "version", "description")
@@ -60,7 +61,7 @@ def _read_spec(path: Path) -> dict[str, Any]:
         if path.suffix == ".json":
             spec = json.loads(text)
         else:
-            spec = yaml.safe_load(text)  # refuses NUL bytes, so a zero-filled file too
+            spec = load_yaml(text)  # refuses NUL bytes, so a zero-filled file too
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise IMSMError(
             f"task spec {str(path)!r} cannot be parsed ({str(error).splitlines()[0]}); "
