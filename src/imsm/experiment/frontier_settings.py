@@ -9,6 +9,9 @@ score of the target measures learning.
         - {adapter_scale: 0.5}            # its change scaled by λ = 0.5
         - {fusion: mean, label: untrained mix}
         - {intruders: 0.5, label: "LoRA, intruders λ=0.5"}   # peft's reduce_intruder_dimension
+
+A label may name the peft method as {method}. In a study of several methods, a label without it that
+arms of more than one method would share gets the method's label in front ("DoRA, untrained mix").
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class Baseline:
 
     fusion: str | None = None  # None: the vanilla adapter's own (no gate)
     adapter_scale: float = 1.0
-    label: str | None = None  # None: named from the vanilla adapter's label
+    label: str | None = None  # None: named from the vanilla adapter's label; may name {method}
     intruders: float | None = None  # None: not reduced
 
     @property
@@ -91,14 +94,34 @@ class FrontierSettings:
     baselines: tuple[Baseline, ...] = ()
     metric: str | None = None  # the target's score (`imsm frontier --metric` wins); None: the report's default
 
-    def trained_label(self, method: str, fusion: str) -> str:
-        """An arm's name from its peft method's label and the fusion it trained with."""
-        return self.labels.get(fusion, "IMSM-{method} (" + fusion + ")").format(method=method)
+    def trained_label(self, method: str, fusion: str, shared: bool = False) -> str:
+        """An arm's name from its peft method's label and the fusion it trained with; `shared`: arms of
+        several methods train with that fusion (`method_label`)."""
+        return method_label(self.labels.get(fusion, "IMSM-{method} (" + fusion + ")"), method, shared)
 
     def baseline(self, mixed: str | None, scale: float, intruders: float | None = None) -> Baseline | None:
         """The declared baseline a variant (fusion, λ, intruders' λ) of the vanilla adapter is, or None."""
         wanted = (mixed, scale, intruders)
         return next((b for b in self.baselines if (b.fusion, b.adapter_scale, b.intruders) == wanted), None)
+
+
+def names_method(template: str) -> bool:
+    return any(name == "method" for _, name, _, _ in _fields(template))
+
+
+def method_label(template: str, method: str, shared: bool) -> str:
+    """A label from the file filled with the peft method's label. One that does not name {method}
+    but that arms of several methods would share (`shared`) is prefixed with the method, so that no
+    two arms of a study are called alike."""
+    label = template.format(method=method)
+    return f"{method}, {label}" if shared and not names_method(template) else label
+
+
+def _placeholder_problem(where: str, label: str) -> str | None:
+    """Why a label names a placeholder other than {method}, or None."""
+    if any(name not in (None, "method") for _, name, _, _ in _fields(label)):
+        return f"{where}: {label!r} names a placeholder other than {{method}}; write {{method}} or none"
+    return None
 
 
 def _labels(raw: Any, problems: list[str]) -> dict[str, str]:
@@ -114,8 +137,8 @@ def _labels(raw: Any, problems: list[str]) -> dict[str, str]:
             problems.append(f"frontier.labels: unknown fusion {fusion!r} (known: {', '.join(FUSION_MODES)})")
         elif not isinstance(label, str) or not label:
             problems.append(f"{where}: must be a non-empty string such as IMSM-{{method}}, got {label!r}")
-        elif any(name not in (None, "method") for _, name, _, _ in _fields(label)):
-            problems.append(f"{where}: {label!r} names a placeholder other than {{method}}; write {{method}} or none")
+        elif problem := _placeholder_problem(where, label):
+            problems.append(problem)
         else:
             labels[str(fusion)] = label
     return labels
@@ -156,6 +179,8 @@ def _baseline(entry: Any, where: str, problems: list[str]) -> Baseline | None:
         problems.append(f"{where}: adapter_scale must be a number >= 0 (0 = the base model), got {scale!r}")
     elif label is not None and (not isinstance(label, str) or not label):
         problems.append(f"{where}: label must be a non-empty string, got {label!r}")
+    elif label is not None and (problem := _placeholder_problem(f"{where}.label", label)):
+        problems.append(problem)
     elif fusion in (None, "none") and scale == 1.0 and intruders is None:
         problems.append(f"{where}: is the vanilla adapter as trained; give fusion: mean, an adapter_scale or intruders")
     else:
@@ -188,6 +213,7 @@ def read_frontier(raw: Any, problems: list[str]) -> FrontierSettings:
 __all__ = [
     "Baseline",
     "FrontierSettings",
+    "method_label",
     "metric_evaluation_problem",
     "read_frontier",
     "target_metric_problem",

@@ -220,14 +220,24 @@ def _option_table(raw, field_name, kind, problems, train_fields, lookup) -> dict
     return table
 
 
+def is_dora(config: dict[str, Any]) -> bool:
+    """Whether a cell trains DoRA, as a method of its own or as LoRA with use_dora."""
+    return config["peft"] == "dora" or bool((config.get("peft_options") or {}).get("use_dora"))
+
+
+def can_scale(config: dict[str, Any]) -> bool:
+    """Whether `adapter_scale` can scale the change of the adapter a cell trains."""
+    return not is_dora(config) and config["peft"] in SCALABLE_METHODS
+
+
 def _variant_problem(variants: list[Variant], config: dict[str, Any]) -> str | None:
     """Why a cell trained with `config` cannot give one of `variants`, or None."""
     for variant in variants:
         if variant.fusion in GATED_FUSIONS and variant.fusion != config["fusion"]:
             trained = config["fusion"]
             return f"variant fusion {variant.fusion!r} needs a gate trained that way; the cell trains {trained!r}"
-        dora = config["peft"] == "dora" or config.get("peft_options", {}).get("use_dora")
-        if variant.adapter_scale != 1.0 and (dora or config["peft"] not in SCALABLE_METHODS):
+        dora = is_dora(config)
+        if variant.adapter_scale != 1.0 and not can_scale(config):
             method = "dora" if dora else config["peft"]
             return f"adapter_scale cannot scale a {method} adapter (it scales {', '.join(SCALABLE_METHODS)})"
         if variant.intruders is not None and (dora or config["peft"] != "lora"):

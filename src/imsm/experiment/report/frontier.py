@@ -29,7 +29,13 @@ from imsm.experiment.report.frontier_compare import (
     seed_values,
 )
 from imsm.experiment.report.frontier_gate import gate_section
-from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_gaps, lambda_line
+from imsm.experiment.report.frontier_lambda import (
+    frontier_rows,
+    lambda_gaps,
+    lambda_line,
+    line_vanillas,
+    unscaled_methods,
+)
 from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON
 from imsm.experiment.report.frontier_line_section import MATCHING, line_tests_section
 from imsm.experiment.report.frontier_plot import PLOT_SUFFIXES, save_frontier_plot
@@ -83,7 +89,7 @@ def _score_table(study: Study, groups: Mapping[tuple[Arm, int | None], Mapping[A
 def settings_section(study: Study) -> list[str]:
     """What the numbers depend on, and which probes the pooled scores pool."""
     experiment = study.experiment
-    finished = len({(p.arm.fusion, p.arm.setting, p.seed) for p in study.points if p.arm.is_trained})
+    finished = len({(p.arm.method, p.arm.fusion, p.arm.setting, p.seed) for p in study.points if p.arm.is_trained})
     lines = [
         f"Model `{experiment.model}`; target `{study.target}` scored by {metric_description(study)}; {finished} of "
         f"{sum(str(c.config['task']) == study.target for c in experiment.cells)} cells with results; seeds "
@@ -282,37 +288,51 @@ def between_arms_section(study: Study) -> list[str]:
     ]
 
 
+def _line_rows(study: Study, digits: int) -> list[list[str]]:
+    """The rows of the λ line of each vanilla adapter that has one (Base's row heads each), by λ."""
+    rows = []
+    for vanilla in line_vanillas(study) or [None]:  # None: Base alone, until a vanilla adapter's results come
+        lines_by_score = {name: lambda_line(study, name, vanilla) for name in POOLED}
+        for lam in sorted({lam for line in lines_by_score.values() for lam, _ in line}):
+            entries = {name: dict(lines_by_score[name]).get(lam) for name in POOLED}
+            first = next(p for p in entries.values() if p is not None)
+            rows.append(
+                [
+                    f"{lam:g}",
+                    first.label,
+                    str(first.seeds),
+                    f"{first.target:.{digits}f}",
+                    *(f"{p.forgetting:.1f}" if p else "–" for p in entries.values()),
+                ]
+            )
+    return rows
+
+
+def _unscaled_note(study: Study) -> list[str]:
+    """One line per method whose arms have no λ line (DoRA's), or nothing."""
+    return [
+        f"{method}'s arms have no λ line (adapter_scale cannot scale a {method} adapter), so they are compared "
+        f"with {method}'s free baselines directly, under Between arms, and are not placed here."
+        for method in unscaled_methods(study)
+    ] + ([""] if unscaled_methods(study) else [])
+
+
 def frontier_section(study: Study) -> list[str]:
     """The λ line, then each trained arm's point against it: negative = forgets less than scaling the
     vanilla adapter to the same target score."""
-    lines_by_score = {name: lambda_line(study, name) for name in POOLED}
+    digits = 3 if study.metric in NATS else 1
+    line_rows = _line_rows(study, digits)
     rows_by_score = {name: frontier_rows(study, name) for name in POOLED}
-    if not any(lines_by_score.values()):
+    heading = ["## Against the λ frontier", "", *_unscaled_note(study)]
+    if not line_rows:
         return [
-            "## Against the λ frontier",
-            "",
+            *heading,
             "Not computable yet: it needs Base on the target and on pooled probes, and the vanilla arm's results.",
             "",
         ]
     target = learning_label(study)
-    digits = 3 if study.metric in NATS else 1
-    line_rows = []
-    lambdas = sorted({lam for line in lines_by_score.values() for lam, _ in line})
-    for lam in lambdas:
-        entries = {name: dict(lines_by_score[name]).get(lam) for name in POOLED}
-        first = next(p for p in entries.values() if p is not None)
-        line_rows.append(
-            [
-                f"{lam:g}",
-                first.label,
-                str(first.seeds),
-                f"{first.target:.{digits}f}",
-                *(f"{p.forgetting:.1f}" if p else "–" for p in entries.values()),
-            ]
-        )
     lines = [
-        "## Against the λ frontier",
-        "",
+        *heading,
         f"The λ line: Base (λ = 0), the vanilla adapter scaled by λ, as trained (λ = 1); seed means, {target}:",
         "",
         *markdown_table(["λ", "arm", "seeds", target, "forgetting (accuracy)", "forgetting (gold prob.)"], line_rows),

@@ -57,20 +57,25 @@ def _frontier_point(
     return FrontierPoint(study.label(arm), length, len(seeds), *target[:2], *forgetting[:2], _kind(study, arm))
 
 
+def line_vanillas(study: Study) -> list[Arm]:
+    """Every vanilla adapter a λ line scales: each vanilla arm read as trained at the end whose
+    adapter `adapter_scale` can scale (not DoRA's), in `Arm.order`."""
+    return [
+        a for a in study.arms() if a.is_trained and a.fusion == "none" and study.final(a) and study.has_lambda_line(a)
+    ]
+
+
 def vanilla_arm(study: Study, like: Arm | None = None) -> Arm | None:
-    """The vanilla adapter the λ line scales: the vanilla arm read as trained at the end, of the same
-    peft method and setting as `like` where given (else the first)."""
-    return next(
-        (
-            a
-            for a in study.arms()
-            if a.is_trained
-            and a.fusion == "none"
-            and study.final(a)
-            and (like is None or (a.method, a.setting) == (like.method, like.setting))
-        ),
-        None,
-    )
+    """The vanilla adapter the λ line scales, of the same peft method and setting as `like` where given
+    (else the first); None where there is none, or where that method has no λ line."""
+    mine = (a for a in line_vanillas(study) if like is None or (a.method, a.setting) == (like.method, like.setting))
+    return next(mine, None)
+
+
+def unscaled_methods(study: Study) -> list[str]:
+    """The methods (with their settings) whose arms have no λ line, as the report names them."""
+    arms = [a for a in study.arms() if not a.is_base and not study.has_lambda_line(a)]
+    return list(dict.fromkeys(a.method + (f" [{a.setting}]" if a.setting else "") for a in arms))
 
 
 def _scaled_arms(study: Study, vanilla: Arm) -> list[Arm]:
@@ -109,12 +114,10 @@ def frontier_at(
 
 
 def lambda_gaps(study: Study, name: str) -> list[str]:
-    """The λ variants that the line leaves out for want of results (labels)."""
-    vanilla = vanilla_arm(study)
-    if vanilla is None:
-        return []
+    """The λ variants that the lines leave out for want of results (labels)."""
     return [
         study.label(arm)
+        for vanilla in line_vanillas(study)
         for arm in _scaled_arms(study, vanilla)
         if _frontier_point(study, arm, None, study.final(arm), name) is None
     ]
@@ -122,13 +125,15 @@ def lambda_gaps(study: Study, name: str) -> list[str]:
 
 def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
     """The groups set against the λ line: every trained arm at every length, the declared baselines
-    off the line (read with another fusion or with intruders reduced), and a gated adapter's tuned branch read alone (an
-    adapter like any other, which a user could deploy)."""
+    off the line (read with another fusion or with intruders reduced), and a gated adapter's tuned branch
+    read alone (an adapter like any other, which a user could deploy); of the methods that have a λ
+    line only (not DoRA: another method's line says nothing of an adapter that cannot be scaled)."""
 
     def placed(arm: Arm) -> bool:
         # A declared baseline that is no point of the line: another fusion, or intruders reduced.
         off_the_line = study.is_baseline(arm) and (arm.mixed is not None or arm.intruders is not None)
-        return arm.is_trained or off_the_line or (arm.is_tuned_alone and arm.scale == 1.0 and arm.intruders is None)
+        alone = arm.is_tuned_alone and arm.scale == 1.0 and arm.intruders is None
+        return study.has_lambda_line(arm) and (arm.is_trained or off_the_line or alone)
 
     return {(arm, length): points for (arm, length), points in study.groups().items() if placed(arm)}
 

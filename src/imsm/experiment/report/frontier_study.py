@@ -14,7 +14,6 @@ are the free baselines and which score measures learning come from the experimen
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -23,11 +22,18 @@ from functools import cached_property
 from typing import Any
 
 from imsm.errors import IMSMError
+from imsm.experiment.frontier_settings import method_label
 from imsm.experiment.questions import values_by_question
 from imsm.experiment.report.frontier_chance import chance_accuracy
-from imsm.experiment.report.grid import METHOD_LABELS
+from imsm.experiment.report.frontier_methods import (
+    method_of,
+    methods_reading,
+    setting_of,
+    unscaled_arms,
+    varying_options,
+)
 from imsm.experiment.runner import read_cell_result, read_original_row
-from imsm.experiment.spec import GATE_OPTIONS, NOT_IDENTITY, Cell, Experiment
+from imsm.experiment.spec import Cell, Experiment
 from imsm.experiment.variants import Variant
 from imsm.metrics import LOWER_IS_BETTER
 from imsm.tasks import get_task
@@ -61,7 +67,7 @@ class Arm:
 
     method: str  # peft method's label ("LoRA"); "" for the base model
     fusion: str  # the fusion the cells trained with, or BASE
-    setting: str = ""  # other training options that tell arms apart, e.g. "learning_rate=0.001"
+    setting: str = ""  # options that tell arms of one method apart, e.g. "learning_rate=0.001"
     mixed: str | None = None  # a fusion applied after training (a `fusion` variant)
     scale: float = 1.0  # λ of an `adapter_scale` variant
     intruders: float | None = None  # λ of an `intruders` variant; None: not reduced
@@ -164,6 +170,7 @@ class Study:
     probes: list[Probe]
     seeds: list[int]  # every seed the target's cells train with
     missing: list[str] = field(default_factory=list)
+    unscaled: set[tuple[str, str]] = field(default_factory=set)  # (method, setting) adapter_scale cannot scale
     _scores: dict[int, dict[Score, float]] = field(default_factory=dict, repr=False)  # id(point) -> scores
 
     @property
@@ -208,19 +215,33 @@ class Study:
         length = self.final_length(arm)
         return {p.seed: p for p in self.points if p.arm == arm and p.final and p.length == length}
 
+    def has_lambda_line(self, arm: Arm) -> bool:
+        """Whether the arm's vanilla adapter can be scaled by λ (not DoRA's, say): else its method has
+        no λ line, and its arms are compared with its free baselines only."""
+        return (arm.method, arm.setting) not in self.unscaled
+
+    @cached_property
+    def _methods_reading(self) -> dict[tuple[str, str], set[str]]:
+        return methods_reading([c for c in self.experiment.cells if str(c.config["task"]) == self.target])
+
+    def _shared(self, fusion: str, key: str) -> bool:
+        """Whether arms of several peft methods are read with this fusion and variant key."""
+        return len(self._methods_reading.get((fusion, key), ())) > 1
+
     def label(self, arm: Arm) -> str:
         """The arm's name in tables and plots: the experiment file's label for its fusion (or for a
-        declared baseline), then its post-hoc variant and its setting."""
+        declared baseline), then its post-hoc variant and its setting. A label that arms of several
+        peft methods would share names the method (`frontier_settings.method_label`)."""
         if arm.is_base:
             return "Base"
         settings = self.experiment.frontier
         baseline = settings.baseline(arm.mixed, arm.scale, arm.intruders) if arm.fusion == "none" else None
-        trained = settings.trained_label(arm.method, arm.fusion)
+        trained = settings.trained_label(arm.method, arm.fusion, self._shared(arm.fusion, ""))
         scaled = (f" λ={arm.scale:g}" if arm.scale != 1.0 else "") + (
             f", intruders reduced λ={arm.intruders:g}" if arm.intruders is not None else ""
         )
         if baseline is not None and baseline.label:
-            core = baseline.label
+            core = method_label(baseline.label, arm.method, self._shared("none", baseline.variant_key))
         elif arm.mixed == "none":
             core = f"{trained}, {TUNED_ALONE}{scaled}"
         else:
@@ -246,17 +267,8 @@ class Study:
 # --- reading the results ---------------------------------------------------------------------------
 
 
-def _trained_arm(cell: Cell, varying: Sequence[str]) -> Arm:
-    config = cell.config
-    setting = ", ".join(f"{key}={config[key]}" for key in varying)
-    return Arm(METHOD_LABELS.get(config["peft"], str(config["peft"])), str(config["fusion"]), setting)
-
-
-def _varying(cells: Sequence[Cell]) -> list[str]:
-    """Training options other than seed and fusion that differ among the cells: they split arms."""
-    ignored = {"seed", "fusion", "task", "cache_frozen", *GATE_OPTIONS, *NOT_IDENTITY}
-    keys = sorted({key for cell in cells for key in cell.config} - ignored)
-    return [k for k in keys if len({json.dumps(c.config.get(k), sort_keys=True) for c in cells}) > 1]
+def _trained_arm(cell: Cell, varying: Mapping[str, Sequence[str]]) -> Arm:
+    return Arm(method_of(cell), str(cell.config["fusion"]), setting_of(cell, varying))
 
 
 def _cell_points(cell: Cell, result: dict[str, Any], arm: Arm, missing: list[str]) -> list[Point]:
@@ -343,7 +355,7 @@ def collect_study(experiment: Experiment, target: str | None = None, metric: str
     if target not in tasks:
         raise IMSMError(f"no cell of the experiment trains on {target!r}; pick one of {', '.join(tasks)} with --task")
     cells = [c for c in experiment.cells if str(c.config["task"]) == target]
-    varying = _varying(cells)
+    varying = varying_options(cells)
     missing: list[str] = []
     base = _base_point(experiment, missing)
     seen: set[tuple[Arm, int | None, int]] = set()
@@ -366,6 +378,7 @@ def collect_study(experiment: Experiment, target: str | None = None, metric: str
         probes=_probes(experiment, target, points, base),
         seeds=sorted({c.config["seed"] for c in cells}),
         missing=missing,
+        unscaled=unscaled_arms(cells, varying),
     )
 
 

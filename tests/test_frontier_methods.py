@@ -1,0 +1,197 @@
+"""`imsm frontier` on a study whose grids train more than one peft method: LoRA and DoRA, each
+vanilla and with IMSM, in one experiment file, as the GSM8K study trains them.
+
+adapter_scale cannot scale a DoRA adapter, so only LoRA has a λ line; DoRA's one free baseline is its
+untrained 50/50 mix. The numbers follow test_frontier.py's synthetic study (an arm answers the target's
+first `target × 20` questions right and loses `lost` of Base's 56 right pooled answers of 80), and
+DoRA's differ from LoRA's, so that an arm compared with the other method's would show.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imsm.errors import IMSMError
+from imsm.experiment import runner
+from imsm.experiment.report.frontier import render_frontier
+from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_line, line_tests
+from imsm.experiment.report.frontier_study import collect_study
+from imsm.experiment.spec import load_experiment
+from test_frontier import PLAN, PROBES, STEPS, evaluations, numbers, row, section, tables, write_experiment
+
+# DoRA's (trained fusion, variant key) -> (target accuracy, pooled right answers lost); LoRA's are PLAN's.
+DORA_PLAN = {
+    ("none", ""): (0.85, 20),
+    ("none", "step=10"): (0.65, 10),
+    ("none", "fusion=mean"): (0.50, 2),
+    ("imsm", ""): (0.80, 6),
+    ("imsm", "step=10"): (0.55, 3),
+}
+MIX = {"fusion": "mean", "label": "untrained mix"}
+
+
+def grid(peft: str, fusions: list[str], variants: list[dict]) -> dict:
+    return {
+        "task": ["mrpc"],
+        "peft": [peft],
+        "fusion": fusions,
+        "seed": [0, 1, 2],
+        "evaluate": ["target", *PROBES],
+        "variants": variants,
+    }
+
+
+def methods_experiment(tmp_path, baselines: list[dict], **changes) -> str:
+    """LoRA and DoRA trained vanilla and with IMSM; LoRA's vanilla adapter read at three λ and mixed
+    50/50 untrained, DoRA's mixed only (a scale of it would be refused)."""
+    scales = [{"adapter_scale": s} for s in (0.25, 0.5, 0.75)]
+    grids = {
+        "curves": {**grid("lora", ["none", "imsm"], [{}, {"step": 10}]), "peft": ["lora", "dora"]},
+        "posthoc-lora": grid("lora", ["none"], [*scales, {"fusion": "mean"}]),
+        "posthoc-dora": grid("dora", ["none"], [{"fusion": "mean"}]),
+    }
+    frontier = {"labels": {"none": "{method}", "imsm": "IMSM-{method}"}, "baselines": baselines}
+    return write_experiment(tmp_path, grids=grids, frontier=frontier, **changes)
+
+
+def write_method_results(path: str) -> None:
+    """The original rows and every cell's result.json, LoRA's cells from PLAN and DoRA's from DORA_PLAN."""
+    experiment = load_experiment(path)
+    metrics, questions = evaluations(0.5, 0, experiment.original)
+    for task in experiment.original:
+        file = runner.original_path(experiment, task)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(runner.result_text({"task": task, "metrics": metrics[task], "questions": questions[task]}))
+    for cell in experiment.cells:
+        plan = DORA_PLAN if cell.config["peft"] == "dora" else PLAN
+        result = {"cell": cell.name, "settings": cell.config, "training": {"steps": STEPS}, "variants": {}}
+        for key, tasks in [("", cell.evaluate), *cell.variants.items()]:
+            target, lost = plan[(cell.config["fusion"], key)]
+            part_metrics, part_questions = evaluations(target, lost, tasks)
+            part = {"metrics": part_metrics, "evaluation": {}, "questions": part_questions}
+            result.update(part) if not key else result["variants"].__setitem__(key, part)
+        file = runner.cell_result_path(experiment, cell)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(runner.result_text(result))
+
+
+def methods_study(tmp_path, baselines: list[dict] | None = None, **changes):
+    path = methods_experiment(tmp_path, [{"adapter_scale": 0.5}, MIX] if baselines is None else baselines, **changes)
+    write_method_results(path)
+    return collect_study(load_experiment(path))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return methods_study(tmp_path_factory.mktemp("frontier-methods"))
+
+
+@pytest.fixture(scope="module")
+def report(study):
+    return render_frontier(study, None)
+
+
+def test_the_peft_method_names_an_arm_once(study):
+    labels = {study.label(arm) for arm in study.arms()}
+    assert {"LoRA", "IMSM-LoRA", "DoRA", "IMSM-DoRA", "LoRA λ=0.5"} <= labels
+    assert not any("[" in label for label in labels)  # no "[peft=dora]", no per-method learning rate
+
+
+def test_a_baseline_both_methods_are_read_as_is_named_after_each(study):
+    mixes = {study.label(arm) for arm in study.arms() if arm.mixed == "mean"}
+    assert mixes == {"LoRA, untrained mix", "DoRA, untrained mix"}
+    assert len({study.label(arm) for arm in study.arms()}) == len(study.arms())  # no two arms share a label
+
+
+def test_a_baseline_label_may_name_the_method(tmp_path):
+    study = methods_study(tmp_path, [{"fusion": "mean", "label": "{method} mixed, untrained"}])
+    mixes = {study.label(arm) for arm in study.arms() if arm.mixed == "mean"}
+    assert mixes == {"LoRA mixed, untrained", "DoRA mixed, untrained"}
+
+
+def test_a_baseline_label_naming_another_placeholder_is_refused(tmp_path):
+    path = methods_experiment(tmp_path, [{"fusion": "mean", "label": "{peft} mix"}])
+    with pytest.raises(IMSMError, match=r"frontier.baselines\[0\].label: '\{peft\} mix' names a placeholder other"):
+        load_experiment(path)
+
+
+def test_a_trained_label_both_methods_would_share_names_the_method(tmp_path):
+    labels = {"none": "{method}", "imsm": "Gated"}
+    path = methods_experiment(tmp_path, [MIX])
+    config = json.loads(open(path).read())
+    open(path, "w").write(json.dumps({**config, "frontier": {**config["frontier"], "labels": labels}}))
+    write_method_results(path)
+    study = collect_study(load_experiment(path))
+    assert {study.label(a) for a in study.arms() if a.fusion == "imsm"} == {"LoRA, Gated", "DoRA, Gated"}
+
+
+def test_a_baseline_of_one_method_keeps_its_label_as_written(tmp_path):
+    study = methods_study(tmp_path, [{"adapter_scale": 0.5, "label": "half"}, MIX])
+    assert "half" in {study.label(arm) for arm in study.arms()}  # only LoRA's adapter is scaled
+
+
+def test_each_gated_arm_is_compared_within_its_own_method(report):
+    compared = {r["comparison"] for r in tables(section(report, "Between arms"))[0]}
+    assert compared == {
+        "IMSM-LoRA − LoRA",
+        "IMSM-LoRA − LoRA λ=0.5",
+        "IMSM-LoRA − LoRA, untrained mix",
+        "IMSM-DoRA − DoRA",
+        "IMSM-DoRA − DoRA, untrained mix",
+    }
+    between = section(report, "Between arms")
+    # IMSM-DoRA loses 6 answers where DoRA loses 20 and DoRA's mix 2: 17.5 points kept, 5 more lost.
+    vanilla = row(between, comparison="IMSM-DoRA − DoRA", steps="40", score="pooled accuracy")
+    mix = row(between, comparison="IMSM-DoRA − DoRA, untrained mix", steps="40", score="pooled accuracy")
+    assert numbers(vanilla["Δ ± SE"])[0] == 17.5 and numbers(mix["Δ ± SE"])[0] == -5.0
+    early = row(between, comparison="IMSM-DoRA − DoRA", steps="10", score="pooled accuracy")
+    assert numbers(early["Δ ± SE"])[0] == 8.75  # 3 lost against 10
+
+
+def test_only_the_method_with_a_lambda_line_is_placed_on_it(study, report):
+    placed = {p.label for name in ("accuracy", "gold_probability") for p, _ in frontier_rows(study, name)}
+    assert placed == {"LoRA", "IMSM-LoRA", "LoRA, untrained mix"}
+    assert {study.label(t.arm) for t in line_tests(study, "accuracy")} == placed
+    line = lambda_line(study, "accuracy")
+    assert [(lam, p.label) for lam, p in line][1:] == [(0.25, "LoRA λ=0.25"), (0.5, "LoRA λ=0.5"),
+                                                         (0.75, "LoRA λ=0.75"), (1.0, "LoRA")]  # fmt: skip
+    frontier = section(report, "Against the λ frontier")
+    assert "DoRA" not in "\n".join(line for line in frontier.splitlines() if line.startswith("|"))
+    assert "DoRA's arms have no λ line (adapter_scale cannot scale a DoRA adapter)" in frontier
+    assert numbers(row(frontier, table=1, arm="IMSM-LoRA", steps="40")["Δ (acc.)"]) == [-5.0]
+
+
+def test_the_report_shows_every_section_for_both_methods(study, report, tmp_path):
+    for heading in ("Curves", "Post hoc", "Against Base", "Each probe against Base", "Between arms"):
+        arms = {r["arm"] if "arm" in r else r["comparison"] for r in tables(section(report, heading))[0]}
+        assert any("DoRA" in arm for arm in arms) and any("LoRA" in arm for arm in arms), heading
+    assert "## Against the λ frontier" in report
+    assert "12 of 12 cells with results" in report  # one cell per method, fusion and seed
+    posthoc = {r["arm"] for r in tables(section(report, "Post hoc"))[0]}
+    assert {"DoRA", "DoRA, untrained mix", "LoRA, untrained mix", "LoRA λ=0.5"} <= posthoc
+    assert "Missing" not in report
+    render_frontier(study, tmp_path)  # the plots: LoRA's line and the arms placed on it
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
+def test_an_option_set_per_method_does_not_split_its_arms(tmp_path):
+    # DoRA trains at its own rate: constant within each method, so it tells no two arms apart.
+    study = methods_study(tmp_path, method_options={"dora": {"learning_rate": 3e-3}})
+    assert {a.setting for a in study.arms()} == {""}
+    assert {study.label(a) for a in study.arms() if a.is_trained} == {"LoRA", "IMSM-LoRA", "DoRA", "IMSM-DoRA"}
+
+
+def test_an_option_varying_within_one_method_still_splits_its_arms(tmp_path):
+    path = methods_experiment(tmp_path, [MIX])
+    config = json.loads(open(path).read())
+    config["grids"]["dora-rates"] = {**grid("dora", ["none"], [{}]), "learning_rate": [3e-3]}
+    open(path, "w").write(json.dumps(config))
+    write_method_results(path)
+    study = collect_study(load_experiment(path))
+    trained = {study.label(a) for a in study.arms() if a.is_trained}
+    # DoRA's two rates split DoRA's arms; LoRA trains at one rate, so its labels stay as they are.
+    assert {"LoRA", "IMSM-LoRA", "DoRA [learning_rate=0.003]"} <= trained
+    assert not any(label.startswith("LoRA [") or label.startswith("IMSM-LoRA [") for label in trained)
+    assert any(label.startswith("IMSM-DoRA [learning_rate=") for label in trained)
