@@ -195,3 +195,34 @@ def test_an_option_varying_within_one_method_still_splits_its_arms(tmp_path):
     assert {"LoRA", "IMSM-LoRA", "DoRA [learning_rate=0.003]"} <= trained
     assert not any(label.startswith("LoRA [") or label.startswith("IMSM-LoRA [") for label in trained)
     assert any(label.startswith("IMSM-DoRA [learning_rate=") for label in trained)
+
+
+def test_each_method_with_a_lambda_line_gets_its_own_in_the_plot(tmp_path, monkeypatch):
+    """LoRA and (IA)3 can both be scaled: each arm is set against its own method's line, and the plot
+    draws both lines, named by method, rather than the first alone."""
+    from imsm.experiment.report import frontier_plot
+
+    scales = [{"adapter_scale": s} for s in (0.25, 0.5, 0.75)]
+    grids = {
+        "curves": {**grid("lora", ["none", "imsm"], [{}, {"step": 10}]), "peft": ["lora", "ia3"]},
+        "posthoc": {**grid("lora", ["none"], [*scales, {"fusion": "mean"}]), "peft": ["lora", "ia3"]},
+    }
+    frontier = {"labels": {"none": "{method}", "imsm": "IMSM-{method}"}, "baselines": [MIX]}
+    path = write_experiment(tmp_path, grids=grids, frontier=frontier)
+    write_method_results(path)
+    study = collect_study(load_experiment(path))
+    drawn = []
+    real = frontier_plot._draw_lambda_line
+    monkeypatch.setattr(frontier_plot, "_draw_lambda_line", lambda *a: drawn.append((a[3], len(a[1]))) or real(*a))
+    assert frontier_plot.save_frontier_plot(study, tmp_path / "plot.png")
+    assert drawn == [("(IA)3 scaled by λ (free)", 5), ("LoRA scaled by λ (free)", 5)]  # Base, 3 λ, as trained
+
+
+def test_a_single_method_s_plot_keeps_its_one_line_as_before(study, tmp_path, monkeypatch):
+    from imsm.experiment.report import frontier_plot
+
+    drawn = []
+    real = frontier_plot._draw_lambda_line
+    monkeypatch.setattr(frontier_plot, "_draw_lambda_line", lambda *a: drawn.append(a[3]) or real(*a))
+    frontier_plot.save_frontier_plot(study, tmp_path / "plot.png")
+    assert drawn == ["vanilla scaled by λ (free)"]  # DoRA has no line, so LoRA's is the only one

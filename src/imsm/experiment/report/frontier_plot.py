@@ -13,6 +13,7 @@ from imsm.experiment.report.frontier_lambda import (
     FrontierPoint,
     frontier_rows,
     lambda_line,
+    line_vanillas,
 )
 from imsm.experiment.report.frontier_study import Study, length_label
 from imsm.experiment.report.grid import UNSCALED
@@ -22,12 +23,36 @@ from imsm.experiment.report.grid import UNSCALED
 PLOT_SUFFIXES = {"accuracy": "", "gold_probability": "-gold"}
 
 
+# The λ lines' colours: grays, so the trained arms (matplotlib's colour cycle) stand out from them.
+LINE_COLOURS = ("gray", "darkgray", "dimgray", "silver")
+
+
+def _draw_lambda_line(axis, line, colour: str, label: str) -> None:
+    """One method's λ line, dashed, each point marked with its λ."""
+    points = [p for _, p in line]
+    axis.errorbar(
+        [p.forgetting for p in points],
+        [p.target for p in points],
+        xerr=[p.forgetting_std for p in points],
+        yerr=[p.target_std for p in points],
+        fmt="--o",
+        color=colour,
+        capsize=2,
+        label=label,
+    )
+    for lam, point in line:
+        axis.annotate(f"λ={lam:g}", (point.forgetting, point.target), xytext=(5, -11), textcoords="offset points")
+
+
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
     """Target score (its gain Base − arm where lower is better) against forgetting of the pooled
     `name`: the λ line, each trained arm over its lengths (arrows in training order), the baselines
     off the line, gated adapters' tuned branches read alone, Base; error bars = std over seeds.
     False, and no file, where there is nothing to draw (no Base or no probe pool)."""
-    line = lambda_line(study, name)
+    vanillas = line_vanillas(study)
+    # One λ line per method that has one (LoRA and (IA)3 in one study), each drawn; none without any.
+    lines = [(v, lambda_line(study, name, v)) for v in vanillas] or [(None, lambda_line(study, name))]
+    line = lines[0][1]
     rows = frontier_rows(study, name)
     if not line and not rows:
         return False
@@ -38,20 +63,9 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 5.5))
-    lams = [lam for lam, _ in line]
-    points = [p for _, p in line]
-    axis.errorbar(
-        [p.forgetting for p in points],
-        [p.target for p in points],
-        xerr=[p.forgetting_std for p in points],
-        yerr=[p.target_std for p in points],
-        fmt="--o",
-        color="gray",
-        capsize=2,
-        label="vanilla scaled by λ (free)",
-    )
-    for lam, point in zip(lams, points, strict=True):
-        axis.annotate(f"λ={lam:g}", (point.forgetting, point.target), xytext=(5, -11), textcoords="offset points")
+    for (vanilla, each), colour in zip(lines, LINE_COLOURS, strict=False):
+        named = f"{study.label(vanilla)} " if vanilla is not None and len(lines) > 1 else "vanilla "
+        _draw_lambda_line(axis, each, colour, f"{named}scaled by λ (free)")
     arms: dict[str, list[FrontierPoint]] = {}
     for point, _ in rows:
         arms.setdefault(point.label, []).append(point)
