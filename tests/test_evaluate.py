@@ -224,14 +224,14 @@ def test_an_interrupted_evaluation_resumes_from_its_journal_with_identical_resul
     uninterrupted = _evaluate_with_journal(spec, tmp_path / "other.jsonl")
     real_pass = evaluate_module.answer_and_score
 
-    def killed_after_one_batch(*args):
+    def killed_after_one_batch(*args, **options):
         *arguments, on_batch_done = args
 
         def once(rows, outcomes):
             on_batch_done(rows, outcomes)
             raise KeyboardInterrupt  # the session ends mid-task
 
-        return real_pass(*arguments, once)
+        return real_pass(*arguments, once, **options)
 
     monkeypatch.setattr(evaluate_module, "answer_and_score", killed_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
@@ -240,9 +240,9 @@ def test_an_interrupted_evaluation_resumes_from_its_journal_with_identical_resul
         file.write('{"i": 5, "predic')  # a line cut short by the kill
     evaluated = []
 
-    def counting(model, formatter, prompts, *rest):
+    def counting(model, formatter, prompts, *rest, **options):
         evaluated.extend(prompts)
-        return real_pass(model, formatter, prompts, *rest)
+        return real_pass(model, formatter, prompts, *rest, **options)
 
     monkeypatch.setattr(evaluate_module, "answer_and_score", counting)
     resumed = _evaluate_with_journal(spec, journal)

@@ -225,13 +225,13 @@ def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(wor
 
     real_pass = evaluate_module.answer_and_score
 
-    def killed_in_facts(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, on_batch_done):
+    def killed_in_facts(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, on_batch_done, **kw):
         def once(rows, outcomes):
             on_batch_done(rows, outcomes)
             if prompts == facts_prompts:
                 raise KeyboardInterrupt  # the session ends in the second task, after one batch
 
-        return real_pass(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, once)
+        return real_pass(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, once, **kw)
 
     from imsm.data import load_examples
     from imsm.tasks import get_task
@@ -248,7 +248,7 @@ def test_a_cell_killed_while_evaluating_keeps_its_finished_tasks_and_batches(wor
     evaluated = []
     monkeypatch.setattr("imsm.train.run.train", lambda *a, **k: pytest.fail("a trained cell was trained again"))
     monkeypatch.setattr(
-        evaluate_module, "answer_and_score", lambda m, f, p, *a: evaluated.extend(p) or real_pass(m, f, p, *a)
+        evaluate_module, "answer_and_score", lambda m, f, p, *a, **k: evaluated.extend(p) or real_pass(m, f, p, *a, **k)
     )
     runner.run_experiment(experiment, log=lambda line: None)
     assert runner.is_done(experiment, cell) and len(evaluated) == 2  # the journal held the first batch

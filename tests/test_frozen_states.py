@@ -309,3 +309,57 @@ def test_imsm_eval_frozen_states_end_to_end(tmp_path, capsys):
         == 2
     )
     assert "--frozen-states must name a directory" in capsys.readouterr().err
+
+
+def _text_task(tmp_path):
+    from imsm.tasks import get_task
+    from test_no_generate import specs
+
+    return get_task(str(specs.__wrapped__(tmp_path)["text"]))
+
+
+def _teacher_forced(model, task, store=None):
+    from imsm.data import load_examples
+    from imsm.evaluation.run import evaluate_task
+    from imsm.prompting import PromptFormatter
+
+    formatter = PromptFormatter(tiny_tokenizer(), use_chat_template=False)
+    result = evaluate_task(
+        model, formatter, task, load_examples(task), "test", batch_size=2, progress=False,
+        run_settings={"model": "tiny"}, frozen_states=store, generate=False,
+    )  # fmt: skip
+    # Each row's gold NLL and gate weight (rounded to 5 decimals in the rows, hence the tolerance below).
+    return [value for row in result.examples for value in (row["gold_nll"], row.get("gate_frozen_weight"))]
+
+
+@pytest.mark.parametrize("fusion", ["imsm", "no-query", "mean"])
+def test_the_teacher_forced_pass_alone_reuses_the_store_and_equals_one_without(tmp_path, fusion):
+    """A generated-answer task read without generation (GSM8K's gold NLL) scores like a multiple-choice
+    option: the frozen branch's states come from the store, and the scores are the same."""
+    task = _text_task(tmp_path)
+    store = FrozenStateStore(tmp_path / "states")
+    reference = _teacher_forced(adapted(fusion), task)
+    first = _teacher_forced(adapted(fusion), task, store)  # builds the store
+    assert [p.name for p in store_files(tmp_path)] == ["text.safetensors"]
+    other_adapter = adapted(fusion, seed=5)
+    calls = count_frozen_runs(other_adapter)
+    later = _teacher_forced(other_adapter, task, store)
+    assert calls and FROZEN not in calls and "split" not in calls  # the frozen model never ran
+    assert first == pytest.approx(reference, abs=2e-5)
+    assert later == pytest.approx(_teacher_forced(adapted(fusion, seed=5), task), abs=2e-5)
+
+
+def test_generation_never_reads_the_store(tmp_path):
+    """Decoding needs the frozen branch at every new token, so a generating pass leaves the store alone."""
+    from imsm.data import load_examples
+    from imsm.evaluation.run import evaluate_task
+    from imsm.prompting import PromptFormatter
+
+    task = _text_task(tmp_path)
+    formatter = PromptFormatter(tiny_tokenizer(), use_chat_template=False)
+    store = FrozenStateStore(tmp_path / "states")
+    evaluate_task(
+        adapted("imsm"), formatter, task, load_examples(task), "test", batch_size=2, progress=False,
+        run_settings={"model": "tiny"}, frozen_states=store,
+    )  # fmt: skip
+    assert store_files(tmp_path) == []

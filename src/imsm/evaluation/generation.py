@@ -7,7 +7,9 @@ mean negative log-likelihood per token, and for yes/no tasks the first-token mar
 log p(yes) - log p(no), whose AUC over the corpus ignores any global yes/no bias. Both read the
 same prompt, so one `IMSMModel.score_continuations` call per batch encodes it once and returns
 the answer and the scores together. Without generation (`Generation.generate` False) only the
-teacher-forced reading runs: nothing is decoded, and the task has no answers to score. For a gated
+teacher-forced reading runs: nothing is decoded, and the task has no answers to score; it then
+reads the frozen branch's states from a study's store (`imsm.evaluation.frozen_states`) where one
+is given, as multiple-choice scoring does, since nothing has to be decoded token by token. For a gated
 IMSM model the teacher-forced reading also takes the gate: the mean weight g it gives the frozen
 branch (h = g h_frozen + (1 - g) h_tuned) over the target's tokens and features, which says how
 much of each answer comes from the base model's memory. Turning the per-example outcomes into a
@@ -24,8 +26,10 @@ from typing import Any, ClassVar
 import torch
 
 from imsm.errors import IMSMError
+from imsm.evaluation.frozen_states import TaskStates, state_key
 from imsm.evaluation.kind import TaskKind
 from imsm.evaluation.results import rounded
+from imsm.evaluation.scoring import add_frozen_states
 from imsm.generate import left_padded
 from imsm.metrics import METRICS, mean, roc_auc, yes_no_label
 from imsm.model.siamese import IMSMModel
@@ -79,12 +83,14 @@ def _evaluate_batches(
     batch_size: int,
     yes_no: bool,
     on_batch_done: Callable[[list[int], list[ExampleOutcome]], None] | None,
+    frozen_states: TaskStates | None = None,
 ) -> list[ExampleOutcome]:
     """Answer (when `max_new_tokens`) and score (when `targets`) each prompt from one prefill.
 
     Prompts are batched by length, longest first, so little padding is decoded. An empty target
     has no likelihood: its scores stay None. With `targets` and no `max_new_tokens` nothing is
-    decoded, and the predictions are None.
+    decoded, and the predictions are None; `frozen_states` then holds (or is given) the frozen
+    branch's states for each prompt and target, and only the tuned branch runs per batch.
     """
     tokenizer = formatter.tokenizer
     pad_id = formatter.pad_id
@@ -94,13 +100,21 @@ def _evaluate_batches(
     target_ids = [formatter.answer_ids(t) for t in targets] if targets is not None else None
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     outcomes: list[ExampleOutcome] = [ExampleOutcome("")] * len(prompts)
+    # A row without a target scores a one-token stand-in (free: it needs no forward) and
+    # discards it, so the batch stays one call.
+    scored = [target or [pad_id] for target in target_ids] if target_ids is not None else None
+    if scored is None or max_new_tokens > 0:
+        frozen_states = None  # decoding needs the frozen branch at every new token
+    if frozen_states is not None:
+        add_frozen_states(model, [[(encoded[i], scored[i])] for i in order], pad_id, frozen_states, batch_size)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         input_ids, attention_mask = left_padded([encoded[i] for i in rows], pad_id)
         width = input_ids.shape[1]
-        # A row without a target scores a one-token stand-in (free: it needs no forward) and
-        # discards it, so the batch stays one call.
-        continuations = [[target_ids[i] or [pad_id]] for i in rows] if target_ids is not None else None
+        continuations = [[scored[i]] for i in rows] if scored is not None else None
+        frozen = None
+        if frozen_states is not None:
+            frozen = [frozen_states.prompt_states([state_key(encoded[i], scored[i])]) for i in rows]
         if continuations is None:
             sequences = model.generate(
                 input_ids.to(model.device),
@@ -117,6 +131,7 @@ def _evaluate_batches(
                 first_token_log_probs=yes_no,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
+                frozen_states=frozen,
             )
             sequences = scores.sequences
         texts: list[str | None] = [None] * len(rows)
@@ -171,13 +186,17 @@ def answer_and_score(
     batch_size: int = 8,
     yes_no: bool = False,
     on_batch_done: Callable[[list[int], list[ExampleOutcome]], None] | None = None,
+    frozen_states: TaskStates | None = None,
 ) -> list[ExampleOutcome]:
     """Greedy answers and the targets' scores in one pass: each prompt is encoded once.
 
     `targets` None skips the scores. After each batch `on_batch_done(indices, outcomes)`
-    receives the batch's prompt indices and their whole outcomes.
+    receives the batch's prompt indices and their whole outcomes. `frozen_states` serves the
+    scores alone (`max_new_tokens` 0); with decoding it is not read.
     """
-    return _evaluate_batches(model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, on_batch_done)
+    return _evaluate_batches(
+        model, formatter, prompts, targets, max_new_tokens, batch_size, yes_no, on_batch_done, frozen_states
+    )
 
 
 def task_metrics(
@@ -265,7 +284,18 @@ class Generation(TaskKind):
         targets = None if self.targets is None else [self.targets[i] for i in todo]
         prompts = [self.prompts[i] for i in todo]
         max_new_tokens = self.max_new_tokens if self.generate else 0  # 0: the teacher-forced pass alone
-        answer_and_score(self.model, self.formatter, prompts, targets, max_new_tokens, self.batch_size, yes_no, keep)
+        states = None if self.generate else self.open_frozen_states()
+        answer_and_score(
+            self.model,
+            self.formatter,
+            prompts,
+            targets,
+            max_new_tokens,
+            self.batch_size,
+            yes_no,
+            keep,
+            frozen_states=states,
+        )
 
     def report(self, done: dict[int, ExampleOutcome]) -> tuple[dict[str, float], list[dict[str, Any]]]:
         outcomes = [done[i] for i in range(len(self.records))]
