@@ -24,8 +24,11 @@ from imsm.experiment.report.frontier_cells import (
 )
 from imsm.experiment.report.frontier_compare import (
     columns_by_seed,
+    compare_arms,
     compare_questions,
+    comparisons,
     flips,
+    score_of,
     seed_values,
 )
 from imsm.experiment.report.frontier_gate import gate_section
@@ -43,7 +46,6 @@ from imsm.experiment.report.frontier_probes import pooled_cell, probe_tests_sect
 from imsm.experiment.report.frontier_study import (
     CHANCE_MARGIN,
     FORGETTING,
-    LEARNING,
     POOL,
     POOLED,
     PROBE_SCORES,
@@ -54,9 +56,9 @@ from imsm.experiment.report.frontier_study import (
     length_label,
     pooled_columns,
 )
+from imsm.experiment.report.frontier_verdict import verdict_section
 from imsm.experiment.report.grid import NATS
 from imsm.experiment.report.tables import markdown_table, spread_text
-from imsm.experiment.stats import paired_t_test
 from imsm.tasks import get_task
 
 # How the line's forgetting at an arm's target score was found (`frontier_line.matched_score`).
@@ -206,56 +208,17 @@ def base_tests_section(study: Study) -> list[str]:
     ]
 
 
-def _comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
-    """(arm, arm it is tested against, length), both read at that length: at every length each gated
-    arm against the vanilla adapter of its method and setting, and the gated arms against each other;
-    at the final length also against the free baselines the experiment file declares (variants of
-    that vanilla adapter), and against its own tuned branch read alone, which is set against the
-    vanilla adapter in turn."""
-    groups = study.groups()
-    gated = [(a, n) for a, n in groups if a.is_trained and a.fusion != "none"]
-    pairs = []
-    for arm, length in gated:
-        vanilla = Arm(arm.method, "none", arm.setting)
-        if (vanilla, length) in groups:
-            pairs.append((arm, vanilla, length))
-        for other, other_length in gated:
-            same_kind = (other.method, other.setting) == (arm.method, arm.setting)
-            if same_kind and other_length == length and other.order > arm.order:
-                pairs.append((arm, other, length))
-        if length == study.final_length(arm):
-            for declared in study.experiment.frontier.baselines:
-                variant = (declared.fusion, declared.adapter_scale, declared.intruders)
-                baseline = Arm(arm.method, "none", arm.setting, *variant)
-                if (baseline, length) in groups:
-                    pairs.append((arm, baseline, length))
-            # What the gate does for its own adapter, and how far that adapter moved from a vanilla one.
-            alone = Arm(arm.method, arm.fusion, arm.setting, "none")
-            if (alone, length) in groups:
-                pairs.append((arm, alone, length))
-                if (vanilla, length) in groups:
-                    pairs.append((alone, vanilla, length))
-    return pairs
-
-
 def between_arms_section(study: Study) -> list[str]:
-    """Arms against each other at the same length (`_comparisons`): question by question and by seed."""
+    """Arms against each other at the same length (`comparisons`): question by question and by seed."""
     rows = []
     groups = study.groups()
-    for arm, other, length in _comparisons(study):
+    for arm, other, length in comparisons(study):
         treated, control = groups[(arm, length)], groups[(other, length)]
         held_out = [(probe.task, n) for probe in study.held_out for n in POOLED]
         for task, name in [(study.target, study.metric), *((None, n) for n in POOLED), *held_out]:
-            target = task == study.target
-            score = (LEARNING, name) if target else (task, name) if task else (POOL, name)
-            columns = [columns_by_seed(study, treated, task), columns_by_seed(study, control, task)]
-            if target and study.lower_is_better:  # the difference of the gains: control − arm
-                columns.reverse()
-            by_question = compare_questions(*columns, name)
+            score = score_of(study, task, name)
+            by_question, by_seed = compare_arms(study, treated, control, task, name)
             difference, t = difference_cells(by_question, name)
-            mine, theirs = seed_values(study, treated, score), seed_values(study, control, score)
-            seeds = sorted(set(mine) & set(theirs))
-            by_seed = paired_t_test([mine[s] for s in seeds], [theirs[s] for s in seeds])
             rows.append(
                 [
                     f"{study.label(arm)} − {study.label(other)}",
@@ -388,6 +351,7 @@ def render_frontier(
     if commands:
         lines += ["Made with:", "", "```bash", *commands, "```", ""]
     lines += settings_section(study)
+    lines += verdict_section(study)
     lines += curves_section(study)
     lines += posthoc_section(study)
     lines += base_tests_section(study)

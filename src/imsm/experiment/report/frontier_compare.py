@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from imsm.experiment.questions import paired_over_questions
-from imsm.experiment.report.frontier_study import Point, Score, Study, pooled_columns
+from imsm.experiment.report.frontier_study import LEARNING, POOL, Arm, Point, Score, Study, pooled_columns
 from imsm.experiment.report.grid import scale
-from imsm.experiment.stats import PairedTest, mean_std
+from imsm.experiment.stats import PairedTest, mean_std, paired_t_test
 
 
 def seed_values(study: Study, points: Mapping[Any, Point], score: Score) -> dict[Any, float]:
@@ -75,3 +75,56 @@ def columns_by_seed(study: Study, points: Mapping[Any, Point], task: str | None)
         if columns:
             out[seed] = columns
     return out
+
+
+def comparisons(study: Study) -> list[tuple[Arm, Arm, int | None]]:
+    """(arm, arm it is tested against, length), both read at that length: at every length each gated
+    arm against the vanilla adapter of its method and setting, and the gated arms against each other;
+    at the final length also against the free baselines the experiment file declares (variants of
+    that vanilla adapter), and against its own tuned branch read alone, which is set against the
+    vanilla adapter in turn."""
+    groups = study.groups()
+    gated = [(a, n) for a, n in groups if a.is_trained and a.fusion != "none"]
+    pairs = []
+    for arm, length in gated:
+        vanilla = Arm(arm.method, "none", arm.setting)
+        if (vanilla, length) in groups:
+            pairs.append((arm, vanilla, length))
+        for other, other_length in gated:
+            same_kind = (other.method, other.setting) == (arm.method, arm.setting)
+            if same_kind and other_length == length and other.order > arm.order:
+                pairs.append((arm, other, length))
+        if length == study.final_length(arm):
+            for declared in study.experiment.frontier.baselines:
+                variant = (declared.fusion, declared.adapter_scale, declared.intruders)
+                baseline = Arm(arm.method, "none", arm.setting, *variant)
+                if (baseline, length) in groups:
+                    pairs.append((arm, baseline, length))
+            # What the gate does for its own adapter, and how far that adapter moved from a vanilla one.
+            alone = Arm(arm.method, arm.fusion, arm.setting, "none")
+            if (alone, length) in groups:
+                pairs.append((arm, alone, length))
+                if (vanilla, length) in groups:
+                    pairs.append((alone, vanilla, length))
+    return pairs
+
+
+def score_of(study: Study, task: str | None, name: str) -> Score:
+    """The score two arms are compared on: the target along the axis of learning, a probe's own score,
+    or (task None) the pooled score `name`."""
+    return (LEARNING, name) if task == study.target else (task, name) if task else (POOL, name)
+
+
+def compare_arms(
+    study: Study, treated: Mapping[Any, Point], control: Mapping[Any, Point], task: str | None, name: str
+) -> tuple[QuestionTest, PairedTest]:
+    """treated − control on `task`'s `name` (task None: the pooled score), question by question and
+    seed by seed (the pairs of seeds both have). On a lower-is-better target the difference of the gains,
+    control − treated, so that positive says the treated arm learned more."""
+    columns = [columns_by_seed(study, treated, task), columns_by_seed(study, control, task)]
+    if task == study.target and study.lower_is_better:
+        columns.reverse()
+    score = score_of(study, task, name)
+    mine, theirs = seed_values(study, treated, score), seed_values(study, control, score)
+    seeds = sorted(set(mine) & set(theirs))
+    return compare_questions(*columns, name), paired_t_test([mine[s] for s in seeds], [theirs[s] for s in seeds])

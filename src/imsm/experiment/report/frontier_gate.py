@@ -22,6 +22,13 @@ def _weights(column) -> list[float]:
     return [float(v) for v in column or () if v is not None and not math.isnan(float(v))]
 
 
+def _cell(means: list[float], spreads: list[float]) -> str:
+    if not means:
+        return "–"
+    text = f"{fmean(means):.3f}"
+    return f"{text} ({fmean(spreads):.3f})" if spreads else text
+
+
 def gate_cell(points, task: str) -> str:
     """ "mean (spread)": the task's mean weight averaged over seeds, and in brackets the standard
     deviation of the weight across the task's questions, averaged over seeds; "–" without weights."""
@@ -33,10 +40,23 @@ def gate_cell(points, task: str) -> str:
         per_question = _weights((point.questions.get(task) or {}).get(GATE_SCORE))
         if len(per_question) > 1:
             spreads.append(pstdev(per_question))
-    if not means:
-        return "–"
-    text = f"{fmean(means):.3f}"
-    return f"{text} ({fmean(spreads):.3f})" if spreads else text
+    return _cell(means, spreads)
+
+
+def pooled_gate_cell(points, tasks) -> str:
+    """`gate_cell` over the questions of several probes taken as one (each question weighted equally,
+    as the pooled scores weigh them); "–" where a probe has no per-question weights."""
+    means, spreads = [], []
+    for point in points.values():
+        columns = [(point.questions.get(task) or {}).get(GATE_SCORE) for task in tasks]
+        if not tasks or any(column is None for column in columns):
+            continue
+        weights = [w for column in columns for w in _weights(column)]
+        if weights:
+            means.append(fmean(weights))
+            if len(weights) > 1:
+                spreads.append(pstdev(weights))
+    return _cell(means, spreads)
 
 
 def gate_section(study: Study) -> list[str]:

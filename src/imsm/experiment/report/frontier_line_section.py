@@ -33,7 +33,7 @@ def _freedom(seeds: list[int]) -> str:
     return "; ".join(parts) or "not possible with one seed"
 
 
-def _with_error(name: str, estimate: Estimate) -> list[str]:
+def with_error(name: str, estimate: Estimate) -> list[str]:
     """'Δ ± SE' and '[low, high]' of a bootstrapped mean, in display scale."""
     low, high = estimate.interval
     shown = f"{signed(name, estimate.mean)} ± {scale(name, estimate.standard_error):.2f}"
@@ -59,11 +59,11 @@ def line_tests_section(study: Study) -> list[str]:
                     *head,
                     str(len(comparison.deltas)),
                     "{} / {}".format(*comparison.questions),
-                    *_with_error(name, comparison.arm),
+                    *with_error(name, comparison.arm),
                     "; ".join(signed(name, d) for d in comparison.deltas),
                     *seed_test_cells(by_seed),
-                    " ".join(_with_error(name, comparison.control)),
-                    *_with_error(name, comparison.difference),
+                    " ".join(with_error(name, comparison.control)),
+                    *with_error(name, comparison.difference),
                     "; ".join(filter(None, [", ".join(places), left_out])),
                 ]
             )
