@@ -131,8 +131,10 @@ def evaluations(target: float, lost: int, tasks) -> tuple[dict, dict]:
     return {t: metrics[whole[t]] for t in tasks}, {t: questions[whole[t]] for t in tasks}
 
 
-def write_results(path: str, skip=lambda cell, key: False) -> None:
-    """The original rows and every cell's result.json; `skip(cell, key)` leaves an evaluation out."""
+def write_results(path: str, skip=lambda cell, key: False, plan_of=lambda cell: PLAN, seed_spread=True) -> None:
+    """The original rows and every cell's result.json; `skip(cell, key)` leaves an evaluation out,
+    `plan_of(cell)` gives the cell's plan (PLAN's keys), and `seed_spread` makes the vanilla
+    snapshot's forgetting differ by seed."""
     experiment = load_experiment(path)
     metrics, questions = evaluations(0.5, 0, experiment.original)
     for task in experiment.original:
@@ -145,8 +147,8 @@ def write_results(path: str, skip=lambda cell, key: False) -> None:
         for key, tasks in [("", cell.evaluate), *cell.variants.items()]:
             if skip(cell, key):
                 continue
-            target, lost = PLAN[(fusion, key)]
-            lost += seed - 1 if (fusion, key) == ("none", "step=10") else 0
+            target, lost = plan_of(cell)[(fusion, key)]
+            lost += seed - 1 if seed_spread and (fusion, key) == ("none", "step=10") else 0
             part_metrics, part_questions = evaluations(target, lost, tasks)
             part = {"metrics": part_metrics, "evaluation": {}, "questions": part_questions}
             result.update(part) if not key else result["variants"].__setitem__(key, part)

@@ -14,12 +14,11 @@ import json
 import pytest
 
 from imsm.errors import IMSMError
-from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_line, line_tests
 from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.spec import load_experiment
-from test_frontier import PLAN, PROBES, STEPS, evaluations, numbers, row, section, tables, write_experiment
+from test_frontier import PLAN, PROBES, numbers, row, section, tables, write_experiment, write_results
 
 # DoRA's (trained fusion, variant key) -> (target accuracy, pooled right answers lost); LoRA's are PLAN's.
 DORA_PLAN = {
@@ -58,23 +57,7 @@ def methods_experiment(tmp_path, baselines: list[dict], **changes) -> str:
 
 def write_method_results(path: str) -> None:
     """The original rows and every cell's result.json, LoRA's cells from PLAN and DoRA's from DORA_PLAN."""
-    experiment = load_experiment(path)
-    metrics, questions = evaluations(0.5, 0, experiment.original)
-    for task in experiment.original:
-        file = runner.original_path(experiment, task)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(runner.result_text({"task": task, "metrics": metrics[task], "questions": questions[task]}))
-    for cell in experiment.cells:
-        plan = DORA_PLAN if cell.config["peft"] == "dora" else PLAN
-        result = {"cell": cell.name, "settings": cell.config, "training": {"steps": STEPS}, "variants": {}}
-        for key, tasks in [("", cell.evaluate), *cell.variants.items()]:
-            target, lost = plan[(cell.config["fusion"], key)]
-            part_metrics, part_questions = evaluations(target, lost, tasks)
-            part = {"metrics": part_metrics, "evaluation": {}, "questions": part_questions}
-            result.update(part) if not key else result["variants"].__setitem__(key, part)
-        file = runner.cell_result_path(experiment, cell)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(runner.result_text(result))
+    write_results(path, plan_of=lambda cell: DORA_PLAN if cell.config["peft"] == "dora" else PLAN, seed_spread=False)
 
 
 def methods_study(tmp_path, baselines: list[dict] | None = None, **changes):
