@@ -88,6 +88,11 @@ def test_a_baseline_both_methods_are_read_as_is_named_after_each(study):
     assert len({study.label(arm) for arm in study.arms()}) == len(study.arms())  # no two arms share a label
 
 
+def test_one_method_s_trained_arms_are_listed_together_lora_first(study):
+    trained = [study.label(arm) for arm in study.arms() if arm.is_trained]
+    assert trained == ["LoRA", "IMSM-LoRA", "DoRA", "IMSM-DoRA"]  # not LoRA, DoRA, IMSM-LoRA, IMSM-DoRA
+
+
 def test_a_baseline_label_may_name_the_method(tmp_path):
     study = methods_study(tmp_path, [{"fusion": "mean", "label": "{method} mixed, untrained"}])
     mixes = {study.label(arm) for arm in study.arms() if arm.mixed == "mean"}
@@ -198,7 +203,7 @@ def test_each_method_with_a_lambda_line_gets_its_own_in_the_plot(tmp_path, monke
     real = frontier_plot._draw_lambda_line
     monkeypatch.setattr(frontier_plot, "_draw_lambda_line", lambda *a: drawn.append((a[3], len(a[1]))) or real(*a))
     assert frontier_plot.save_frontier_plot(study, tmp_path / "plot.png")
-    assert drawn == [("(IA)3 scaled by λ (free)", 5), ("LoRA scaled by λ (free)", 5)]  # Base, 3 λ, as trained
+    assert drawn == [("LoRA scaled by λ (free)", 5), ("(IA)3 scaled by λ (free)", 5)]  # Base, 3 λ, as trained
 
 
 def test_a_single_method_s_plot_keeps_its_one_line_as_before(study, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from typing import Any
 from imsm.errors import IMSMError
 from imsm.experiment.frontier_settings import method_label
 from imsm.experiment.questions import values_by_question
+from imsm.experiment.report.grid import METHOD_LABELS
 from imsm.experiment.report.frontier_chance import chance_accuracy
 from imsm.experiment.report.frontier_methods import (
     method_of,
@@ -89,16 +90,22 @@ class Arm:
     @property
     def order(self) -> tuple[Any, ...]:
         """Base, the trained arms, the scaled vanilla adapters by λ, the post-hoc mixes, then the
-        intruder-reduced adapters."""
+        intruder-reduced adapters; within each, one peft method's arms together (LoRA's first)."""
         kind = (
             0 if self.is_base else 1 if self.is_trained else 4 if self.intruders is not None else 3 if self.mixed else 2
         )
         fusion = FUSION_ORDER.index(self.fusion) if self.fusion in FUSION_ORDER else len(FUSION_ORDER)
         reduced = -1.0 if self.intruders is None else -self.intruders  # the mildest reduction first
-        return (kind, self.setting, fusion, self.method, self.scale, self.mixed or "", reduced)
+        return (kind, self.setting, _method_rank(self.method), fusion, self.scale, self.mixed or "", reduced)
 
 
 BASE_ARM = Arm("", BASE)
+
+
+def _method_rank(label: str) -> tuple[int, str]:
+    """Where a peft method's arms go: in `METHOD_LABELS`'s order, then any other by name."""
+    known = list(METHOD_LABELS.values())
+    return (known.index(label), "") if label in known else (len(known), label)
 
 
 @dataclass(frozen=True)
