@@ -171,6 +171,15 @@ def test_an_option_set_per_method_does_not_split_its_arms(tmp_path):
     assert {study.label(a) for a in study.arms() if a.is_trained} == {"LoRA", "IMSM-LoRA", "DoRA", "IMSM-DoRA"}
 
 
+def test_the_settings_line_names_what_each_method_sets_otherwise(tmp_path):
+    train = {"batch_size": 4, "learning_rate": 1e-3}
+    study = methods_study(tmp_path, train=train, method_options={"dora": {"learning_rate": 3e-3}})
+    line = render_frontier(study, None).split("shared training options")[1].split("\n")[0]
+    shared = json.loads(line.split("`")[1])
+    assert "learning_rate" not in shared and shared["batch_size"] == 4  # LoRA's rate is no longer shared
+    assert 'LoRA\'s own `{"learning_rate": 0.001}`' in line and 'DoRA\'s own `{"learning_rate": 0.003}`' in line
+
+
 def test_an_option_varying_within_one_method_still_splits_its_arms(tmp_path):
     path = methods_experiment(tmp_path, [MIX])
     config = json.loads(open(path).read())

@@ -41,6 +41,7 @@ from imsm.experiment.report.frontier_lambda import (
 )
 from imsm.experiment.report.frontier_line import BELOW, BEYOND, ON
 from imsm.experiment.report.frontier_line_section import MATCHING, line_tests_section
+from imsm.experiment.report.frontier_methods import training_options
 from imsm.experiment.report.frontier_plot import PLOT_SUFFIXES, save_frontier_plot
 from imsm.experiment.report.frontier_probes import pooled_cell, probe_tests_section
 from imsm.experiment.report.frontier_study import (
@@ -59,6 +60,7 @@ from imsm.experiment.report.frontier_study import (
 from imsm.experiment.report.frontier_verdict import verdict_section
 from imsm.experiment.report.grid import NATS
 from imsm.experiment.report.tables import markdown_table, spread_text
+from imsm.experiment.spec import GRID_KEYS
 from imsm.tasks import get_task
 
 # How the line's forgetting at an arm's target score was found (`frontier_line.matched_score`).
@@ -88,6 +90,17 @@ def _score_table(study: Study, groups: Mapping[tuple[Arm, int | None], Mapping[A
     return markdown_table(["arm", "steps", "seeds", *(score_header(study, s) for s in scores)], rows)
 
 
+def _training_options_text(study: Study) -> str:
+    """The training options all cells share, then what each method sets otherwise."""
+    cells = [c for c in study.experiment.cells if str(c.config["task"]) == study.target]
+    experiment = study.experiment
+    axes = [axis for grid in experiment.grids.values() for axis in grid if axis not in GRID_KEYS]
+    axes += [key for options in experiment.method_options.values() for key in options]
+    shared, own = training_options(cells, experiment.train, axes)
+    text = f"shared training options `{json.dumps(shared)}`"
+    return text + "".join(f"; {method}'s own `{json.dumps(options)}`" for method, options in own.items())
+
+
 def settings_section(study: Study) -> list[str]:
     """What the numbers depend on, and which probes the pooled scores pool."""
     experiment = study.experiment
@@ -95,7 +108,7 @@ def settings_section(study: Study) -> list[str]:
     lines = [
         f"Model `{experiment.model}`; target `{study.target}` scored by {metric_description(study)}; {finished} of "
         f"{sum(str(c.config['task']) == study.target for c in experiment.cells)} cells with results; seeds "
-        f"{', '.join(map(str, study.seeds))}; shared training options `{json.dumps(experiment.train)}`; evaluation "
+        f"{', '.join(map(str, study.seeds))}; {_training_options_text(study)}; evaluation "
         f"`{json.dumps(experiment.eval)}`.",
         "",
         "Scores in points (×100) except nats (KL, NLL, log-likelihood); mean ± sample std over seeds, seeds = "

@@ -50,3 +50,26 @@ def methods_reading(cells: Sequence[Cell]) -> dict[tuple[str, str], set[str]]:
 def unscaled_arms(cells: Sequence[Cell], varying: Mapping[str, Sequence[str]]) -> set[tuple[str, str]]:
     """(method, setting) of the arms whose adapters `adapter_scale` cannot scale (DoRA's)."""
     return {(method_of(c), setting_of(c, varying)) for c in cells if not can_scale(c.config)}
+
+
+def training_options(
+    cells: Sequence[Cell], train: Mapping[str, object], axes: Sequence[str]
+) -> tuple[dict[str, object], dict[str, dict]]:
+    """The file's training options (`train`) every cell trains with, and per method's label the options
+    of the file or its grids' `axes` that its cells share with each other but not with every cell (a
+    grid's own rate for (IA)3, say), so that a report does not call shared what one method overrides."""
+
+    def same(cell: Cell, key: str, value: object) -> bool:
+        return json.dumps(cell.config.get(key), sort_keys=True) == json.dumps(value, sort_keys=True)
+
+    shared = {key: value for key, value in train.items() if all(same(c, key, value) for c in cells)}
+    by_method: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_method.setdefault(method_of(cell), []).append(cell)
+    own = {}
+    for method, group in by_method.items():
+        keys = [k for k in dict.fromkeys([*train, *axes]) if k not in shared and k not in IGNORED]
+        options = {k: group[0].config.get(k) for k in keys if all(same(c, k, group[0].config.get(k)) for c in group)}
+        if options:
+            own[method] = options
+    return shared, own

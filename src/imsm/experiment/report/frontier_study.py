@@ -24,7 +24,6 @@ from typing import Any
 from imsm.errors import IMSMError
 from imsm.experiment.frontier_settings import method_label
 from imsm.experiment.questions import values_by_question
-from imsm.experiment.report.grid import METHOD_LABELS
 from imsm.experiment.report.frontier_chance import chance_accuracy
 from imsm.experiment.report.frontier_methods import (
     method_of,
@@ -33,6 +32,7 @@ from imsm.experiment.report.frontier_methods import (
     unscaled_arms,
     varying_options,
 )
+from imsm.experiment.report.grid import METHOD_LABELS
 from imsm.experiment.runner import read_cell_result, read_original_row
 from imsm.experiment.spec import Cell, Experiment
 from imsm.experiment.variants import Variant
