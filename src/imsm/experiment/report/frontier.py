@@ -92,8 +92,8 @@ def _score_table(study: Study, groups: Mapping[tuple[Arm, int | None], Mapping[A
 
 def _training_options_text(study: Study) -> str:
     """The training options all cells share, then what each method sets otherwise."""
-    cells = [c for c in study.experiment.cells if str(c.config["task"]) == study.target]
     experiment = study.experiment
+    cells = [c for c in experiment.cells if str(c.config["task"]) == study.target]
     axes = [axis for grid in experiment.grids.values() for axis in grid if axis not in GRID_KEYS]
     axes += [key for options in experiment.method_options.values() for key in options]
     shared, own = training_options(cells, experiment.train, axes)

@@ -66,9 +66,9 @@ def training_options(
     by_method: dict[str, list[Cell]] = {}
     for cell in cells:
         by_method.setdefault(method_of(cell), []).append(cell)
+    keys = [k for k in dict.fromkeys([*train, *axes]) if k not in shared and k not in IGNORED]
     own = {}
     for method, group in by_method.items():
-        keys = [k for k in dict.fromkeys([*train, *axes]) if k not in shared and k not in IGNORED]
         options = {k: group[0].config.get(k) for k in keys if all(same(c, k, group[0].config.get(k)) for c in group)}
         if options:
             own[method] = options
