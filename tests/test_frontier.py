@@ -178,7 +178,8 @@ def test_a_probe_at_chance_stays_out_of_the_pool(study_path):
 HELD_OUT = "arc_easy@40"
 
 
-def test_a_slice_of_a_probe_is_held_out_of_the_pool_and_measured_against_base(study_path, tmp_path):
+def write_held_out_study(tmp_path):
+    """The synthetic study with `HELD_OUT`, a slice of ARC-Easy, read by Base and every arm."""
     path = write_experiment(tmp_path)
     config = json.loads(open(path).read())
     config["original"].append(HELD_OUT)
@@ -186,7 +187,11 @@ def test_a_slice_of_a_probe_is_held_out_of_the_pool_and_measured_against_base(st
         grid["evaluate"].append(HELD_OUT)
     open(path, "w").write(json.dumps(config))
     write_results(path)
-    study = collect_study(load_experiment(path))
+    return path
+
+
+def test_a_slice_of_a_probe_is_held_out_of_the_pool_and_measured_against_base(study_path, tmp_path):
+    study = collect_study(load_experiment(write_held_out_study(tmp_path)))
     # Base answers 24 of its 40 questions (chance 25%): it would be pooled, were it not a slice.
     assert study.pooled_tasks == ["arc_easy", "sciq"]
     held = next(p for p in study.probes if p.task == HELD_OUT)

@@ -13,7 +13,18 @@ from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.spec import load_experiment
-from test_frontier import STEPS, row, section, tables, write_experiment, write_mechanism_study, write_results
+from test_frontier import (
+    HELD_OUT,
+    STEPS,
+    numbers,
+    row,
+    section,
+    tables,
+    write_experiment,
+    write_held_out_study,
+    write_mechanism_study,
+    write_results,
+)
 from test_frontier_methods import methods_study
 from test_frontier_nll import nll_study
 
@@ -127,3 +138,19 @@ def test_a_study_without_a_gated_arm_says_so_in_one_line(tmp_path):
     verdict = section(report, "Verdict").strip().splitlines()
     assert verdict[1:] == ["", "No gated arm to judge (no arm trained with a fusion other than none)."]
     assert "## Curves" in report and "## Against the λ frontier" in report
+
+
+def test_a_held_out_probe_s_comparison_is_in_the_verdict(report, tmp_path):
+    """The slice on which vanilla's losses are tested (GSM8K's `arc_easy@300`) is what the study asks
+    about, so the verdict shows each comparison on it, as Between arms computes it."""
+    held_out = render_frontier(collect_study(load_experiment(write_held_out_study(tmp_path))), None)
+    verdict, between = section(held_out, "Verdict"), section(held_out, "Between arms")
+    header = f"Δ {HELD_OUT} gold prob. ± SE (held out)"
+    summaries = tables(verdict)[0]
+    assert len(summaries) == 6 and "held-out probe" in verdict
+    for summary in summaries:
+        match = {"comparison": summary["comparison"], "steps": STEP}
+        assert summary[header] == row(between, score=f"{HELD_OUT} gold_probability", **match)["Δ ± SE"]
+    # IMSM-LoRA keeps the slice's questions that LoRA loses (see test_frontier.py's held-out test).
+    assert numbers(row(verdict, comparison="IMSM-LoRA − LoRA")[header])[0] > 0
+    assert not any(h.endswith("(held out)") for h in tables(section(report, "Verdict"))[0][0])

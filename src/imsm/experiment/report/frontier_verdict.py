@@ -1,7 +1,8 @@
 """`imsm frontier`'s verdict at the final length: each gated arm against its vanilla adapter and the free
-baselines of its method, against its method's λ line beside the vanilla adapter's own Δ, and its gate's
-weight on the frozen branch. Every number is gathered from the computation of the section that shows it
-in full (Between arms, the λ line's tests, The gate), so that the two always agree.
+baselines of its method (on the pool, and on each held-out probe slice), against its method's λ line
+beside the vanilla adapter's own Δ, and its gate's weight on the frozen branch. Every number is gathered
+from the computation of the section that shows it in full (Between arms, the λ line's tests, The gate),
+so that the two always agree.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _comparison_rows(study: Study, gated: list[tuple[Arm, int | None]]) -> tuple
             target, _ = compare_arms(study, treated, control, study.target, study.metric)
             pooled = {name: compare_arms(study, treated, control, None, name) for name in POOLED}
             gold, by_seed = pooled["gold_probability"]
+            held_out = [
+                compare_arms(study, treated, control, probe.task, "gold_probability")[0] for probe in study.held_out
+            ]
             rows.append(
                 [
                     f"{study.label(arm)} − {study.label(other)}",
@@ -52,6 +56,7 @@ def _comparison_rows(study: Study, gated: list[tuple[Arm, int | None]]) -> tuple
                     difference_cells(target, study.metric)[0],
                     difference_cells(gold, "gold_probability")[0],
                     difference_cells(pooled["accuracy"][0], "accuracy")[0],
+                    *(difference_cells(test, "gold_probability")[0] for test in held_out),
                     seed_test_cells(by_seed)[1],
                 ]
             )
@@ -106,7 +111,13 @@ def verdict_section(study: Study) -> list[str]:
         "",
         "Each gated arm at the end of training, in numbers taken from the sections below: Δ = the gated arm "
         "− the other, so a positive Δ on the target says it learned more and a positive Δ pooled that it "
-        "kept more.",
+        "kept more."
+        + (
+            " A held-out probe (NAME@START) is the slice on which vanilla's losses are tested, on questions "
+            "no choice was made on: a positive Δ there says the gated arm kept more of what vanilla loses."
+            if study.held_out
+            else ""
+        ),
         "",
     ]
     rows, notes = _comparison_rows(study, gated)
@@ -114,7 +125,9 @@ def verdict_section(study: Study) -> list[str]:
         notes.append("No pooled probes: nothing to set the gated arms' forgetting against.")
     if rows:
         headers = ["comparison", "steps", "seeds", f"Δ {learning_label(study)} ± SE"]
-        headers += ["Δ pooled gold prob. ± SE", "Δ pooled accuracy ± SE", "p (gold prob., by seed)"]
+        headers += ["Δ pooled gold prob. ± SE", "Δ pooled accuracy ± SE"]
+        headers += [f"Δ {probe.task} gold prob. ± SE (held out)" for probe in study.held_out]
+        headers += ["p (gold prob., by seed)"]
         lines += [*markdown_table(headers, rows), ""]
     lines += [*notes, ""] if notes else []
     headers = ["arm", "steps", "score", "seeds", "Δ from the λ line ± SE [95%]", "control: vanilla's own Δ"]
