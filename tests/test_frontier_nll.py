@@ -19,6 +19,7 @@ from imsm.cli import main
 from imsm.errors import IMSMError
 from imsm.experiment import runner
 from imsm.experiment.report.frontier import render_frontier
+from imsm.experiment.report.frontier_cells import signed, standard_error
 from imsm.experiment.report.frontier_lambda import frontier_rows, lambda_line, line_tests
 from imsm.experiment.report.frontier_line import BEYOND
 from imsm.experiment.report.frontier_study import LEARNING, collect_study, point_scores
@@ -123,6 +124,9 @@ def test_the_report_says_lower_is_better_and_shows_gains(study_path, tmp_path):
         score="mrpc gold_nll gain (Base − arm) (target)",
     )
     assert numbers(between["Δ ± SE"])[0] == pytest.approx(-0.4) and numbers(between["Δ seed means"]) == [-0.4]
+    # Differences in nats are written to 3 places, as the NLL itself is.
+    assert vanilla["gain mrpc (Base − arm) ± SE"].startswith("+0.800 ± ")
+    assert between["Δ ± SE"].startswith("-0.400 ± ") and between["Δ seed means"] == "-0.400"
     frontier = section(report, "Against the λ frontier")
     assert row(frontier, λ="1")["mrpc gold_nll gain (Base − arm)"] == "0.800"
     placed = row(frontier, table=1, arm="IMSM-LoRA", steps="40")
@@ -162,3 +166,10 @@ def test_a_file_metric_the_results_lack_is_refused_with_both_ways_to_fix_it(tmp_
     study = load_experiment(nll_study(tmp_path, metric="yes_no_auc"))  # a target score, but mrpc's rows lack it
     with pytest.raises(IMSMError, match=r"metric 'yes_no_auc' is not among mrpc's metrics .*frontier.metric"):
         collect_study(study)
+
+
+def test_a_difference_in_nats_keeps_its_thousandths_and_one_in_points_its_hundredths():
+    # GSM8K's gold NLL: IMSM-DoRA − DoRA was −0.03 nats with an SE of 0.004, which 2 places wrote "± 0.00".
+    assert signed("gold_nll", -0.0312) == "-0.031" and standard_error("gold_nll", 0.0042) == "0.004"
+    assert signed("drift_kl", 0.0) == "+0.000"
+    assert signed("accuracy", -0.0312) == "-3.12" and standard_error("accuracy", 0.0042) == "0.42"

@@ -7,17 +7,29 @@ import math
 
 from imsm.experiment.report.frontier_compare import QuestionTest
 from imsm.experiment.report.frontier_study import FORGETTING, LEARNING, POOL, Score, Study
-from imsm.experiment.report.grid import scale
+from imsm.experiment.report.grid import NATS, scale
 from imsm.experiment.stats import PairedTest
 
 STRONG_T = 3.0  # |t| at which a question-level difference is marked (z-type: about 3 standard errors)
 
 
+def decimals(metric: str) -> int:
+    """Places a difference of `metric` is written to: 2 for points (×100), 3 for nats, whose
+    differences and standard errors are hundredths (a gold-NLL SE of 0.004 must not read 0.00)."""
+    return 3 if metric in NATS else 2
+
+
 def signed(metric: str, value: float) -> str:
-    """A difference in display scale with its sign, to 2 decimals. Rounded to 9 first, so that one
-    value reached by two float paths (a mean of question means, a mean of seed means) reads alike;
-    + 0.0 so that it never reads "-0.00"."""
-    return f"{round(round(scale(metric, value), 9), 2) + 0.0:+.2f}"
+    """A difference in display scale with its sign, to `decimals(metric)` places. Rounded to 9 first,
+    so that one value reached by two float paths (a mean of question means, a mean of seed means)
+    reads alike; + 0.0 so that it never reads "-0.00"."""
+    places = decimals(metric)
+    return f"{round(round(scale(metric, value), 9), places) + 0.0:+.{places}f}"
+
+
+def standard_error(metric: str, value: float) -> str:
+    """A standard error in display scale, to as many places as `signed` writes the difference."""
+    return f"{scale(metric, value):.{decimals(metric)}f}"
 
 
 def difference_cells(result: QuestionTest, metric: str) -> tuple[str, str]:
@@ -27,7 +39,7 @@ def difference_cells(result: QuestionTest, metric: str) -> tuple[str, str]:
         return "–", "–"
     difference = signed(metric, test.mean_difference)
     if not math.isnan(result.standard_error):
-        difference += f" ± {scale(metric, result.standard_error):.2f}"
+        difference += f" ± {standard_error(metric, result.standard_error)}"
     if math.isnan(test.t):
         return difference, "–"
     t = "∞" if math.isinf(test.t) else f"{test.t:.1f}"

@@ -3,11 +3,10 @@ with the vanilla adapter's own Δ from the same bootstrap replicates beside it a
 
 from __future__ import annotations
 
-from imsm.experiment.report.frontier_cells import score_header, seed_test_cells, signed
+from imsm.experiment.report.frontier_cells import score_header, seed_test_cells, signed, standard_error
 from imsm.experiment.report.frontier_lambda import line_tests
 from imsm.experiment.report.frontier_line import BELOW, BEYOND, REPLICATES, Estimate
 from imsm.experiment.report.frontier_study import FORGETTING, POOLED, Study, length_label
-from imsm.experiment.report.grid import scale
 from imsm.experiment.report.tables import markdown_table
 from imsm.experiment.stats import student_t_critical
 
@@ -36,7 +35,7 @@ def _freedom(seeds: list[int]) -> str:
 def with_error(name: str, estimate: Estimate) -> list[str]:
     """'Δ ± SE' and '[low, high]' of a bootstrapped mean, in display scale."""
     low, high = estimate.interval
-    shown = f"{signed(name, estimate.mean)} ± {scale(name, estimate.standard_error):.2f}"
+    shown = f"{signed(name, estimate.mean)} ± {standard_error(name, estimate.standard_error)}"
     return [shown, f"[{signed(name, low)}, {signed(name, high)}]"]
 
 
