@@ -65,6 +65,11 @@ def write_config(workspace, tmp_path, **changes) -> str:
     return str(path)
 
 
+def first_table(report: str, grid: str) -> str:
+    """The first markdown table of a grid's section of the report."""
+    return next(block for block in report.split(f"## {grid}", 1)[1].split("\n\n") if block.startswith("|"))
+
+
 def test_cells_are_expanded_deduplicated_and_vanilla_ignores_gate_options(workspace, tmp_path):
     experiment = load_experiment(write_config(workspace, tmp_path))
     # main: 2 methods x 2 fusions x 2 seeds = 8; rank: gate rank 8 repeats main's IMSM-LoRA cells.
@@ -174,7 +179,7 @@ def test_run_writes_each_cell_and_a_second_run_skips_them(workspace, tmp_path, m
     assert "facts answer_chars" in report  # the length "contains" moves with, beside hit@5
     assert "question by question" in report and "| 4 × 2 |" in report  # 4 facts questions, 2 seeds
     # A grid with probes carries the paper's "Avg." over its columns, and tests it.
-    main_table = report.split("## main", 1)[1].split("\n\n")[1].splitlines()
+    main_table = first_table(report, "main").splitlines()
     assert main_table[0].endswith("| avg. |") and all(line.count("|") == 6 for line in main_table)
     assert "| IMSM-LoRA − LoRA | avg. | 2 |" in report
     assert "avg." not in report.split("## rank", 1)[1]  # target-only grid: no average
@@ -320,6 +325,25 @@ def test_a_shared_cell_is_missing_only_from_the_grid_that_still_owes_it_an_evalu
     assert "Missing (1 of 1 cells)" in section_b
 
 
+def test_an_axis_of_one_value_is_named_once_for_the_grid_not_in_every_row(workspace, tmp_path):
+    # A grid that overrides the file's rate for one method (as the (IA)3 arms of a study do).
+    grids = {
+        "ia3": {
+            "task": [str(workspace / "probe.yaml")],
+            "peft": "ia3",
+            "learning_rate": [0.003],
+            "fusion": ["none", "imsm"],
+        }
+    }
+    report = render_report(load_experiment(write_config(workspace, tmp_path, grids=grids, original=[])), None)
+    assert "Every row: peft=ia3, learning_rate=0.003." in report
+    assert "| (IA)3 |" in report and "| IMSM-(IA)3 |" in report
+    assert "[learning_rate" not in report
+    # An axis of two values still tells its rows apart.
+    report = render_report(load_experiment(write_config(workspace, tmp_path)), None)
+    assert "IMSM-LoRA [gate_rank=4]" in report and "Every row: peft=lora." in report
+
+
 def test_report_carries_its_commands_and_the_authors_discussion(workspace, tmp_path, capsys):
     grids = {"g": {"task": [str(workspace / "probe.yaml")], "peft": "lora", "fusion": ["none", "imsm"]}}
     path = write_config(workspace, tmp_path, grids=grids, original=[])
@@ -444,7 +468,7 @@ def test_per_task_options_do_not_split_a_methods_row(workspace, tmp_path):
     experiment = load_experiment(path)
     assert len({c.config.get("limit") for c in experiment.cells}) == 2  # the option took effect
     report = render_report(experiment, None)
-    table = report.split("## g", 1)[1].split("\n\n")[1]
+    table = first_table(report, "g")
     # One row per method and fusion, each with a column per training task.
     assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == ["| LoRA", "| IMSM-LoRA"]
 
@@ -463,7 +487,7 @@ def test_a_gate_option_axis_keeps_one_vanilla_row_paired_with_every_gated_row(wo
     experiment = load_experiment(write_config(workspace, tmp_path, grids=grids, original=[]))
     assert len(experiment.cells) == 3  # the vanilla cell has no gate, so the axis does not copy it
     report = render_report(experiment, None)
-    table = report.split("## g", 1)[1].split("\n\n")[1]
+    table = first_table(report, "g")
     labels = [line.split(" | ")[0] for line in table.splitlines()[2:]]
     assert labels == [
         "| LoRA",

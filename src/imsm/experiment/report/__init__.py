@@ -78,6 +78,8 @@ def render_report(
     for name in experiment.grids:
         view = GridView(experiment, name)
         lines += [f"## {name}", ""]
+        if view.shared:
+            lines += ["Every row: " + ", ".join(f"{k}={v}" for k, v in view.shared.items()) + ".", ""]
         lines += metric_table(view, primary_metric) + [""]
         side = side_score_table(view)
         if side:

@@ -84,6 +84,13 @@ class GridView:
         self.cells: list[Cell] = [c for c in experiment.cells if name in c.grids]
         # `evaluate` and `variants` are lists but no axis: they make no cells of their own.
         self.varying = [axis for axis, values in grid.items() if axis not in GRID_KEYS and isinstance(values, list)]
+        # An axis of one value splits no rows, so it goes in the grid's header, not in every row's label.
+        self.labelled = [axis for axis in self.varying if len(grid[axis]) > 1]
+        self.shared = {
+            axis: values[0] if isinstance(values, list) else values
+            for axis, values in grid.items()
+            if axis not in GRID_KEYS and axis not in ("seed", "task") and axis not in self.labelled
+        }
         self.train_tasks = list(dict.fromkeys(str(c.config["task"]) for c in self.cells))
         evaluate = grid.get("evaluate", [TARGET])
         evaluate = evaluate if isinstance(evaluate, list) else [evaluate]
@@ -188,7 +195,7 @@ class GridView:
         return {seed: sum(values[seed] for values in per_column) / len(per_column) for seed in sorted(seeds)}
 
     def label(self, row: str) -> str:
-        return row_label(self.rows[row][0].config, self.varying)
+        return row_label(self.rows[row][0].config, self.labelled)
 
     def missing(self) -> list[str]:
         """Cells without a result for every task this grid shows. A cell shared with another grid
