@@ -217,6 +217,22 @@ def test_a_slice_of_a_probe_is_held_out_of_the_pool_and_measured_against_base(st
     assert "held-out probe" not in render_frontier(collect_study(load_experiment(study_path)), None)
 
 
+def test_a_held_out_slice_an_arm_is_not_read_on_is_left_out_of_its_comparisons(tmp_path):
+    """A gated adapter's tuned branch read alone on the pooled probes only (as the GSM8K grid reads
+    it): its comparisons have no held-out rows, rather than rows of dashes."""
+    path = write_held_out_study(tmp_path)
+    config = json.loads(open(path).read())
+    config["grids"]["alone"] = {**config["grids"]["curves"], "fusion": ["imsm"], "variants": [{"fusion": "none"}]}
+    config["grids"]["alone"]["evaluate"] = ["target", "arc_easy", "sciq", "piqa"]
+    open(path, "w").write(json.dumps(config))
+    write_results(path)
+    between = tables(section(render_frontier(collect_study(load_experiment(path)), None), "Between arms"))[0]
+    alone = [r for r in between if "tuned branch alone" in r["comparison"]]
+    assert {r["score"] for r in alone} >= {"pooled accuracy", "pooled gold prob."}
+    assert not any(HELD_OUT in r["score"] for r in alone)
+    assert any(HELD_OUT in r["score"] for r in between if r["comparison"] == "IMSM-LoRA − LoRA")
+
+
 def test_each_probe_is_tested_against_base_pooled_or_not(study_path):
     report = render_frontier(collect_study(load_experiment(study_path)), None)
     probes = section(report, "Each probe against Base")

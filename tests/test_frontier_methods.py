@@ -223,3 +223,44 @@ def test_a_single_method_s_plot_keeps_its_one_line_as_before(study, tmp_path, mo
     monkeypatch.setattr(frontier_plot, "_draw_lambda_line", lambda *a: drawn.append(a[3]) or real(*a))
     frontier_plot.save_frontier_plot(study, tmp_path / "plot.png")
     assert drawn == ["vanilla scaled by λ (free)"]  # DoRA has no line, so LoRA's is the only one
+
+
+def plot_legend(study, tmp_path, monkeypatch) -> list[str]:
+    """The legend of `save_frontier_plot`'s figure: what it draws, by name."""
+    import matplotlib.pyplot as plt
+
+    from imsm.experiment.report import frontier_plot
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure the plot would close
+    assert frontier_plot.save_frontier_plot(study, tmp_path / "plot.png")
+    return figures[0].axes[0].get_legend_handles_labels()[1]
+
+
+def test_a_method_without_a_lambda_line_is_drawn_in_the_plot_all_the_same(study, tmp_path, monkeypatch):
+    """DoRA's arms are placed on no line, but the plot of learning against forgetting shows them,
+    beside LoRA's line and arms, with Base as their reference."""
+    legend = plot_legend(study, tmp_path, monkeypatch)
+    assert {"Base", "vanilla scaled by λ (free)", "DoRA, untrained mix", "LoRA, untrained mix"} <= set(legend)
+    assert "DoRA (10 → 40 steps)" in legend and "IMSM-DoRA (10 → 40 steps)" in legend
+    assert "LoRA (10 → 40 steps)" in legend
+
+
+def test_a_study_of_methods_without_a_lambda_line_shows_no_empty_line(tmp_path, monkeypatch):
+    """A DoRA-only study (the paper's Table 3) has no λ line at all: the report says so once, shows no
+    table of Base alone, and the plot draws Base and DoRA's arms with no line."""
+    path = methods_experiment(tmp_path, [MIX])
+    config = json.loads(open(path).read())
+    config["grids"] = {
+        "curves": {**grid("dora", ["none", "imsm"], [{}, {"step": 10}])},
+        "posthoc-dora": grid("dora", ["none"], [{"fusion": "mean"}]),
+    }
+    open(path, "w").write(json.dumps(config))
+    write_method_results(path)
+    study = collect_study(load_experiment(path))
+    frontier = section(render_frontier(study, None), "Against the λ frontier")
+    assert "DoRA's arms have no λ line" in frontier
+    assert "The λ line:" not in frontier and "Not computable yet" not in frontier and "|" not in frontier
+    legend = plot_legend(study, tmp_path, monkeypatch)
+    assert not any("scaled by λ" in label for label in legend)
+    assert {"Base", "DoRA (10 → 40 steps)", "IMSM-DoRA (10 → 40 steps)", "untrained mix"} <= set(legend)

@@ -231,6 +231,8 @@ def between_arms_section(study: Study) -> list[str]:
         for task, name in [(study.target, study.metric), *((None, n) for n in POOLED), *held_out]:
             score = score_of(study, task, name)
             by_question, by_seed = compare_arms(study, treated, control, task, name)
+            if (task, name) in held_out and not by_question.seeds and not by_seed.n:
+                continue  # a held-out slice one of the arms is not read on (a tuned branch alone)
             difference, t = difference_cells(by_question, name)
             rows.append(
                 [
@@ -267,7 +269,7 @@ def between_arms_section(study: Study) -> list[str]:
 def _line_rows(study: Study, digits: int) -> list[list[str]]:
     """The rows of the λ line of each vanilla adapter that has one (Base's row heads each), by λ."""
     rows = []
-    for vanilla in line_vanillas(study) or [None]:  # None: Base alone, until a vanilla adapter's results come
+    for vanilla in line_vanillas(study):  # none until a vanilla adapter's results come
         lines_by_score = {name: lambda_line(study, name, vanilla) for name in POOLED}
         for lam in sorted({lam for line in lines_by_score.values() for lam, _ in line}):
             entries = {name: dict(lines_by_score[name]).get(lam) for name in POOLED}
@@ -301,6 +303,9 @@ def frontier_section(study: Study) -> list[str]:
     rows_by_score = {name: frontier_rows(study, name) for name in POOLED}
     heading = ["## Against the λ frontier", "", *_unscaled_note(study)]
     if not line_rows:
+        trained = [arm for arm in study.arms() if arm.is_trained]
+        if trained and not any(study.has_lambda_line(arm) for arm in trained):
+            return heading  # every method's arms are compared under Between arms; the note says so
         return [
             *heading,
             "Not computable yet: it needs Base on the target and on pooled probes, and the vanilla arm's results.",

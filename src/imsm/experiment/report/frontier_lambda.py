@@ -123,19 +123,25 @@ def lambda_gaps(study: Study, name: str) -> list[str]:
     ]
 
 
-def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
-    """The groups set against the λ line: every trained arm at every length, the declared baselines
-    off the line (read with another fusion or with intruders reduced), and a gated adapter's tuned branch
-    read alone (an adapter like any other, which a user could deploy); of the methods that have a λ
-    line only (not DoRA: another method's line says nothing of an adapter that cannot be scaled)."""
+def _drawn_arms(study: Study, lined: bool) -> dict[tuple[Arm, int | None], dict[int, Point]]:
+    """The groups a learning-forgetting plot draws: every trained arm at every length, the declared
+    baselines off the λ line (read with another fusion or with intruders reduced), and a gated adapter's
+    tuned branch read alone (an adapter like any other, which a user could deploy); of the methods
+    that have a λ line (`lined`) or of those that have none (DoRA's)."""
 
-    def placed(arm: Arm) -> bool:
+    def drawn(arm: Arm) -> bool:
         # A declared baseline that is no point of the line: another fusion, or intruders reduced.
         off_the_line = study.is_baseline(arm) and (arm.mixed is not None or arm.intruders is not None)
         alone = arm.is_tuned_alone and arm.scale == 1.0 and arm.intruders is None
-        return study.has_lambda_line(arm) and (arm.is_trained or off_the_line or alone)
+        return study.has_lambda_line(arm) == lined and (arm.is_trained or off_the_line or alone)
 
-    return {(arm, length): points for (arm, length), points in study.groups().items() if placed(arm)}
+    return {(arm, length): points for (arm, length), points in study.groups().items() if drawn(arm)}
+
+
+def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
+    """The groups set against the λ line: `_drawn_arms` of the methods that have one only (not DoRA:
+    another method's line says nothing of an adapter that cannot be scaled)."""
+    return _drawn_arms(study, lined=True)
 
 
 def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[float, str] | None]]:
@@ -152,6 +158,13 @@ def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[fl
             at = frontier_at(lines[vanilla], point.target, point.forgetting) if vanilla is not None else None
             rows.append((point, at))
     return rows
+
+
+def unlined_points(study: Study, name: str) -> list[FrontierPoint]:
+    """The arms of the methods without a λ line (DoRA's), as seed means: drawn beside the lines, with
+    Base as their only reference, and set against nothing."""
+    points = (_frontier_point(study, arm, n, group, name) for (arm, n), group in _drawn_arms(study, False).items())
+    return [p for p in points if p is not None]
 
 
 # --- each seed against its own λ line --------------------------------------------------------------

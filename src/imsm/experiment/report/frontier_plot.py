@@ -14,6 +14,7 @@ from imsm.experiment.report.frontier_lambda import (
     frontier_rows,
     lambda_line,
     line_vanillas,
+    unlined_points,
 )
 from imsm.experiment.report.frontier_study import Study, length_label
 from imsm.experiment.report.grid import UNSCALED
@@ -46,15 +47,16 @@ def _draw_lambda_line(axis, line, colour: str, label: str) -> None:
 
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
     """Target score (its gain Base − arm where lower is better) against forgetting of the pooled
-    `name`: the λ line, each trained arm over its lengths (arrows in training order), the baselines
-    off the line, gated adapters' tuned branches read alone, Base; error bars = std over seeds.
-    False, and no file, where there is nothing to draw (no Base or no probe pool)."""
-    vanillas = line_vanillas(study)
+    `name`: the λ line of each method that has one, each trained arm over its lengths (arrows in
+    training order), of every method, the baselines off the line, gated adapters' tuned branches
+    read alone, Base; error bars = std over seeds. False, and no file, where there is nothing to
+    draw (no Base or no probe pool)."""
     # One λ line per method that has one (LoRA and (IA)3 in one study), each drawn; none without any.
-    lines = [(v, lambda_line(study, name, v)) for v in vanillas] or [(None, lambda_line(study, name))]
-    line = lines[0][1]
-    rows = frontier_rows(study, name)
-    if not line and not rows:
+    lines = [(v, lambda_line(study, name, v)) for v in line_vanillas(study)]
+    base = next((p for lam, p in lambda_line(study, name) if lam == 0.0), None)
+    # The arms of a method without a line (DoRA's) are drawn too, against Base alone.
+    points = [p for p, _ in frontier_rows(study, name)] + unlined_points(study, name)
+    if base is None and not points:
         return False
     # Imported here: the backend must be chosen before pyplot loads, and only plotting needs it.
     import matplotlib
@@ -67,7 +69,7 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
         named = f"{study.label(vanilla)} " if vanilla is not None and len(lines) > 1 else "vanilla "
         _draw_lambda_line(axis, each, colour, f"{named}scaled by λ (free)")
     arms: dict[str, list[FrontierPoint]] = {}
-    for point, _ in rows:
+    for point in points:
         arms.setdefault(point.label, []).append(point)
     for label, curve in arms.items():
         mix, alone = curve[0].kind == BASELINE, curve[0].kind == ALONE
@@ -94,7 +96,6 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
                 xytext=(before.forgetting, before.target),
                 arrowprops={"arrowstyle": "->", "color": color, "lw": 1.2},
             )
-    base = next((p for lam, p in line if lam == 0.0), None)
     if base is not None:
         axis.plot([0.0], [base.target], "k*", markersize=13, label="Base", zorder=5)
     axis.axvline(0.0, color="black", linewidth=0.6, linestyle=":")
