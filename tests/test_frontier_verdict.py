@@ -99,11 +99,11 @@ def test_the_lambda_cells_are_the_lambda_sections_tests(report):
 
 def test_the_gate_cells_are_the_gate_sections(report):
     verdict, gate = section(report, "Verdict"), section(report, "The gate")
-    learned = row(verdict, table=2, arm="IMSM-LoRA")
+    learned = row(verdict, table=3, arm="IMSM-LoRA")
     assert learned["gate on target"] == row(gate, arm="IMSM-LoRA", steps=STEP)["mrpc (target)"] == "0.200 (0.000)"
     # arc_easy and sciq (the pooled probes with weights) each 0.6 ± 0.1, so the pool too.
     assert learned["gate on pooled probes"] == "0.600 (0.100)"
-    assert row(verdict, table=2, arm="IMSM-mean")["gate on target"] == "0.5 fixed"
+    assert row(verdict, table=3, arm="IMSM-mean")["gate on target"] == "0.5 fixed"
 
 
 def test_the_pooled_gate_weighs_every_pooled_question_once(tmp_path):
@@ -116,7 +116,7 @@ def test_the_pooled_gate_weighs_every_pooled_question_once(tmp_path):
             result["questions"]["sciq"]["gate_frozen_weight"] = [0.9] * len(result["questions"]["sciq"]["index"])
         file.write_text(runner.result_text(result))
     verdict = section(render_frontier(collect_study(load_experiment(path)), None), "Verdict")
-    pooled = row(verdict, table=2, arm="IMSM-LoRA")["gate on pooled probes"]
+    pooled = row(verdict, table=3, arm="IMSM-LoRA")["gate on pooled probes"]
     assert pooled != "0.600 (0.100)" and pooled.startswith("0.7")  # arc_easy 0.6 and sciq 0.9, 40 questions each
 
 

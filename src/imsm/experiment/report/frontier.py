@@ -31,6 +31,7 @@ from imsm.experiment.report.frontier_compare import (
     score_of,
     seed_values,
 )
+from imsm.experiment.report.frontier_curve import curve_section
 from imsm.experiment.report.frontier_gate import gate_section
 from imsm.experiment.report.frontier_lambda import (
     frontier_rows,
@@ -382,6 +383,7 @@ def render_frontier(
             if save_frontier_plot(study, path, name):
                 shown = path if link_base is None else Path(_relative(path, link_base))
                 lines += [f"![{path.stem}]({shown.as_posix()})", ""]
+    lines += curve_section(study)
     lines += gate_section(study)
     if study.missing:
         shown = study.missing[:20]

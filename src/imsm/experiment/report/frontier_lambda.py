@@ -8,7 +8,7 @@ so that the line rises with learning and "the same gain" means the same drop in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +123,7 @@ def lambda_gaps(study: Study, name: str) -> list[str]:
     ]
 
 
-def _drawn_arms(study: Study, lined: bool) -> dict[tuple[Arm, int | None], dict[int, Point]]:
+def drawn_arms(study: Study, lined: bool) -> dict[tuple[Arm, int | None], dict[int, Point]]:
     """The groups a learning-forgetting plot draws: every trained arm at every length, the declared
     baselines off the λ line (read with another fusion or with intruders reduced), and a gated adapter's
     tuned branch read alone (an adapter like any other, which a user could deploy); of the methods
@@ -139,9 +139,9 @@ def _drawn_arms(study: Study, lined: bool) -> dict[tuple[Arm, int | None], dict[
 
 
 def _placed_arms(study: Study) -> dict[tuple[Arm, int | None], dict[int, Point]]:
-    """The groups set against the λ line: `_drawn_arms` of the methods that have one only (not DoRA:
+    """The groups set against the λ line: `drawn_arms` of the methods that have one only (not DoRA:
     another method's line says nothing of an adapter that cannot be scaled)."""
-    return _drawn_arms(study, lined=True)
+    return drawn_arms(study, lined=True)
 
 
 def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[float, str] | None]]:
@@ -163,7 +163,7 @@ def frontier_rows(study: Study, name: str) -> list[tuple[FrontierPoint, tuple[fl
 def unlined_points(study: Study, name: str) -> list[FrontierPoint]:
     """The arms of the methods without a λ line (DoRA's), as seed means: drawn beside the lines, with
     Base as their only reference, and set against nothing."""
-    points = (_frontier_point(study, arm, n, group, name) for (arm, n), group in _drawn_arms(study, False).items())
+    points = (_frontier_point(study, arm, n, group, name) for (arm, n), group in drawn_arms(study, False).items())
     return [p for p in points if p is not None]
 
 
@@ -184,7 +184,7 @@ class LineTest:
     unmatched: int  # seeds without per-question target scores, or without the vanilla adapter's on its line
 
 
-def _per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, float], dict[Any, float]] | None:
+def per_question(point: Point, study: Study, name: str) -> tuple[dict[Any, float], dict[Any, float]] | None:
     """(target score along the axis of learning, pooled `name`) per question of one point, or None
     where either is missing."""
     scores = values_by_question(point.questions.get(study.target) or {}, study.metric)
@@ -207,15 +207,13 @@ def _seed_line(study: Study, vanilla: Arm, seed: Any, name: str) -> SeedLine | N
     candidates.append((1.0, trained))
     candidates.sort(key=lambda entry: entry[0])  # λ above 1 goes past the adapter as trained
     kept = [
-        (point, values)
-        for _, point in candidates
-        if point is not None and (values := _per_question(point, study, name))
+        (point, values) for _, point in candidates if point is not None and (values := per_question(point, study, name))
     ]
     control = next((i for i, (point, _) in enumerate(kept) if point is trained), None)
     return None if control is None else ([values for _, values in kept], control)
 
 
-def _aligned(lines: Mapping[Any, SeedLine], arms: Mapping[Any, tuple[dict, dict]]) -> list[SeedPair]:
+def aligned(lines: Mapping[Any, SeedLine], arms: Mapping[Any, tuple[dict, dict]]) -> list[SeedPair]:
     """The seeds' lines and arms as arrays over the target and probe questions every one of them has."""
     everything = [entry for seed in arms for entry in [*lines[seed][0], arms[seed]]]
     targets = sorted(set.intersection(*(set(t) for t, _ in everything)), key=str)
@@ -241,19 +239,32 @@ def _aligned(lines: Mapping[Any, SeedLine], arms: Mapping[Any, tuple[dict, dict]
 def line_tests(study: Study, name: str) -> list[LineTest]:
     """Every arm `frontier_rows` places, against the λ line of each seed's own vanilla adapter:
     `frontier_line.compare_with_line` over the seeds it has, on the pooled score `name`."""
+    return seed_line_tests(study, name, _placed_arms(study), lambda arm: vanilla_arm(study, arm), _seed_line)
+
+
+def seed_line_tests(
+    study: Study,
+    name: str,
+    groups: Mapping[tuple[Arm, int | None], Mapping[Any, Point]],
+    vanilla_of: Callable[[Arm], Arm | None],
+    seed_line: Callable[[Study, Arm, Any, str], SeedLine | None],
+) -> list[LineTest]:
+    """Each group's arm, seed by seed, against the line `seed_line` draws through that seed's vanilla
+    adapter (`vanilla_of` the arm; an arm without one is skipped): `compare_with_line` over the seeds
+    that have both, on the pooled score `name`, and the seeds' Δ tested against 0."""
     tests = []
-    for (arm, length), points in _placed_arms(study).items():
-        vanilla = vanilla_arm(study, arm)
+    for (arm, length), points in groups.items():
+        vanilla = vanilla_of(arm)
         if vanilla is None:
             continue
         lines, arms, unmatched = {}, {}, 0
         for seed, point in points.items():
-            mine, line = _per_question(point, study, name), _seed_line(study, vanilla, seed, name)
+            mine, line = per_question(point, study, name), seed_line(study, vanilla, seed, name)
             if mine is None or line is None:
                 unmatched += 1
                 continue
             lines[seed], arms[seed] = line, mine
-        pairs = _aligned(lines, arms) if arms else []
+        pairs = aligned(lines, arms) if arms else []
         if not pairs:  # said in the report, not dropped from it
             tests.append(LineTest(arm, length, name, None, None, len(points)))
             continue

@@ -7,9 +7,12 @@ so that the two always agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from imsm.config import GATED_FUSIONS
 from imsm.experiment.report.frontier_cells import difference_cells, learning_label, seed_test_cells
 from imsm.experiment.report.frontier_compare import compare_arms, comparisons
+from imsm.experiment.report.frontier_curve import curve_tests, curve_vanilla
 from imsm.experiment.report.frontier_gate import gate_cell, pooled_gate_cell
 from imsm.experiment.report.frontier_lambda import LineTest, line_tests
 from imsm.experiment.report.frontier_line_section import with_error
@@ -18,6 +21,7 @@ from imsm.experiment.report.tables import markdown_table
 
 HEADING = "## Verdict, at the final length"
 NO_LINE = "no λ line"
+NO_CURVE = "no snapshots of vanilla"
 # Each pooled score as the verdict's tables name it, gold probability first: the headline score.
 SCORE_NAMES = {"gold_probability": "pooled gold prob.", "accuracy": "pooled accuracy"}
 
@@ -66,20 +70,42 @@ def _comparison_rows(study: Study, gated: list[tuple[Arm, int | None]]) -> tuple
 def _line_rows(study: Study, gated: list[tuple[Arm, int | None]]) -> list[list[str]]:
     """Each gated arm's Δ from its method's λ line (`line_tests`, as the λ section tests it), beside the
     vanilla adapter's own Δ (the control) and Δ − control; "no λ line" for a method without one."""
-    tests: dict[tuple[Arm, int | None, str], LineTest] = {}
-    if any(study.has_lambda_line(arm) for arm, _ in gated):
-        tests = {(t.arm, t.length, t.name): t for name in SCORE_NAMES for t in line_tests(study, name)}
+    has_line = [study.has_lambda_line(arm) for arm, _ in gated]
+    tests = (
+        {(t.arm, t.length, t.name): t for name in SCORE_NAMES for t in line_tests(study, name)} if any(has_line) else {}
+    )
+    return _test_rows(study, gated, tests, study.has_lambda_line, NO_LINE, "no vanilla adapter to scale")
+
+
+def _curve_rows(study: Study, gated: list[tuple[Arm, int | None]]) -> list[list[str]]:
+    """Each gated arm's Δ from its vanilla adapter's training curve (`curve_tests`, as its section tests
+    it), beside the vanilla adapter's own Δ and Δ − control; "no curve" where the vanilla adapter was read
+    at no snapshot."""
+    tests = {(t.arm, t.length, t.name): t for name in SCORE_NAMES for t in curve_tests(study, name)}
+    return _test_rows(study, gated, tests, lambda arm: curve_vanilla(study, arm) is not None, NO_CURVE, "")
+
+
+def _test_rows(
+    study: Study,
+    gated: list[tuple[Arm, int | None]],
+    tests: Mapping[tuple[Arm, int | None, str], LineTest],
+    has_line: Callable[[Arm], bool],
+    none: str,
+    untested: str,
+) -> list[list[str]]:
+    """Each gated arm's row per pooled score from its test against a line: Δ, the control's, Δ − control;
+    `none` for an arm whose method has no such line, with why where it has one but no seed matched."""
     rows = []
     for arm, length in gated:
         head = [study.label(arm), length_label(length)]
-        if not study.has_lambda_line(arm):
-            rows.append([*head, "–", "–", NO_LINE, "–", "–"])
+        if not has_line(arm):
+            rows.append([*head, "–", "–", none, "–", "–"])
             continue
         for name, shown in SCORE_NAMES.items():
             test = tests.get((arm, length, name))
             if test is None or test.comparison is None:
-                why = "no vanilla adapter to scale" if test is None else "no seed matched"
-                rows.append([*head, shown, "–", f"{NO_LINE} ({why})", "–", "–"])
+                why = untested if test is None else "no seed matched"
+                rows.append([*head, shown, "–", f"{none} ({why})" if why else none, "–", "–"])
                 continue
             comparison = test.comparison
             cells = [" ".join(with_error(name, e)) for e in (comparison.arm, comparison.control, comparison.difference)]
@@ -136,6 +162,14 @@ def verdict_section(study: Study) -> list[str]:
         "the vanilla adapter), beside the vanilla adapter's own Δ (the control):",
         "",
         *markdown_table([*headers, "Δ − control ± SE [95%]"], _line_rows(study, gated)),
+        "",
+        "Against vanilla's training curve: forgetting − the curve's at the same gain (negative = forgets less "
+        "than plain training stopped where it had learned as much), beside the vanilla adapter's own Δ:",
+        "",
+        *markdown_table(
+            [*headers[:4], "Δ from vanilla's curve ± SE [95%]", headers[5], "Δ − control ± SE [95%]"],
+            _curve_rows(study, gated),
+        ),
         "",
         "The gate's weight on the frozen branch, mean over seeds (in brackets its spread across questions):",
         "",
