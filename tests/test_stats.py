@@ -34,6 +34,15 @@ def test_too_few_pairs_or_no_difference_give_no_false_certainty():
         paired_t_test([1.0, 2.0], [1.0])
 
 
+def test_differences_of_rounding_alone_are_no_difference():
+    """The same answers scored twice differ by rounding (up to 2e-5 on the MRPC study's means): that is
+    no evidence of anything, however consistent its sign; one question in 800 answered otherwise is."""
+    rounding = paired_t_test([0.56 + 1.6e-5, 0.58 + 2e-5, 0.57 + 2e-6], [0.56, 0.58, 0.57])
+    assert math.isnan(rounding.t) and rounding.p == 1.0
+    real = paired_t_test([0.56 + 1 / 800, 0.58 + 1 / 800, 0.57 + 1 / 800], [0.56, 0.58, 0.57])
+    assert real.t > 0 and real.p < 0.05
+
+
 @pytest.mark.parametrize(("df", "t"), [(1, 12.706), (2, 4.303), (3, 3.182), (10, 2.228), (30, 2.042)])
 def test_critical_t_matches_the_t_table(df, t):
     assert student_t_critical(df) == pytest.approx(t, abs=1e-3)
