@@ -156,20 +156,20 @@ def verdict_section(study: Study) -> list[str]:
         headers += ["p (gold prob., by seed)"]
         lines += [*markdown_table(headers, rows), ""]
     lines += [*notes, ""] if notes else []
-    headers = ["arm", "steps", "score", "seeds", "Δ from the λ line ± SE [95%]", "control: vanilla's own Δ"]
+
+    def line_headers(delta: str) -> list[str]:
+        return ["arm", "steps", "score", "seeds", delta, "control: vanilla's own Δ", "Δ − control ± SE [95%]"]
+
     lines += [
         "Against the λ line: forgetting − the line's at the same gain (negative = forgets less than scaling "
         "the vanilla adapter), beside the vanilla adapter's own Δ (the control):",
         "",
-        *markdown_table([*headers, "Δ − control ± SE [95%]"], _line_rows(study, gated)),
+        *markdown_table(line_headers("Δ from the λ line ± SE [95%]"), _line_rows(study, gated)),
         "",
         "Against vanilla's training curve: forgetting − the curve's at the same gain (negative = forgets less "
         "than plain training stopped where it had learned as much), beside the vanilla adapter's own Δ:",
         "",
-        *markdown_table(
-            [*headers[:4], "Δ from vanilla's curve ± SE [95%]", headers[5], "Δ − control ± SE [95%]"],
-            _curve_rows(study, gated),
-        ),
+        *markdown_table(line_headers("Δ from vanilla's curve ± SE [95%]"), _curve_rows(study, gated)),
         "",
         "The gate's weight on the frozen branch, mean over seeds (in brackets its spread across questions):",
         "",
