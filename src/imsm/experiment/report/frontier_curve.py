@@ -54,9 +54,8 @@ def _curve_arms(study: Study) -> dict[tuple[Arm, int | None], Mapping[Any, Point
     """What the plots draw (`drawn_arms`) of every method, the vanilla adapters themselves aside (their
     snapshots are the curve): the gated arms at every length, the free baselines off the λ line, the
     tuned branches read alone."""
-    groups = {**drawn_arms(study, lined=True), **drawn_arms(study, lined=False)}
-    ordered = {key: groups[key] for key in study.groups() if key in groups}
-    return {(arm, n): points for (arm, n), points in ordered.items() if not (arm.is_trained and arm.fusion == "none")}
+    drawn = drawn_arms(study, lined=None)
+    return {(arm, n): points for (arm, n), points in drawn.items() if not (arm.is_trained and arm.fusion == "none")}
 
 
 def curve_tests(study: Study, name: str) -> list[LineTest]:

@@ -123,17 +123,18 @@ def lambda_gaps(study: Study, name: str) -> list[str]:
     ]
 
 
-def drawn_arms(study: Study, lined: bool) -> dict[tuple[Arm, int | None], dict[int, Point]]:
+def drawn_arms(study: Study, lined: bool | None) -> dict[tuple[Arm, int | None], dict[int, Point]]:
     """The groups a learning-forgetting plot draws: every trained arm at every length, the declared
     baselines off the λ line (read with another fusion or with intruders reduced), and a gated adapter's
     tuned branch read alone (an adapter like any other, which a user could deploy); of the methods
-    that have a λ line (`lined`) or of those that have none (DoRA's)."""
+    that have a λ line (`lined`), of those that have none (DoRA's), or of every method (None)."""
 
     def drawn(arm: Arm) -> bool:
         # A declared baseline that is no point of the line: another fusion, or intruders reduced.
         off_the_line = study.is_baseline(arm) and (arm.mixed is not None or arm.intruders is not None)
         alone = arm.is_tuned_alone and arm.scale == 1.0 and arm.intruders is None
-        return study.has_lambda_line(arm) == lined and (arm.is_trained or off_the_line or alone)
+        of_kind = lined is None or study.has_lambda_line(arm) == lined
+        return of_kind and (arm.is_trained or off_the_line or alone)
 
     return {(arm, length): points for (arm, length), points in study.groups().items() if drawn(arm)}
 
