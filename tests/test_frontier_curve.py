@@ -97,3 +97,17 @@ def test_without_snapshots_of_vanilla_there_is_no_curve(tmp_path):
     assert row(section(report, "Verdict"), table=2, arm="IMSM-LoRA")["Δ from vanilla's curve ± SE [95%]"] == (
         "no snapshots of vanilla"
     )
+
+
+def test_the_bootstrap_tests_are_computed_once_per_study_and_read_again(tmp_path):
+    """The verdict and the sections ask for the same tests: the second ask returns the first's result, which
+    a fresh study computes to the same numbers (the bootstrap is seeded)."""
+    from imsm.experiment.report.frontier_lambda import line_tests
+
+    path = write_experiment(tmp_path)
+    write_results(path)
+    first, again = collect_study(load_experiment(path)), collect_study(load_experiment(path))
+    for tests in (curve_tests, line_tests):
+        once = tests(first, "accuracy")
+        assert tests(first, "accuracy") is once
+        assert [t.comparison for t in tests(again, "accuracy")] == [t.comparison for t in once]

@@ -264,3 +264,29 @@ def test_a_study_of_methods_without_a_lambda_line_shows_no_empty_line(tmp_path, 
     legend = plot_legend(study, tmp_path, monkeypatch)
     assert not any("scaled by λ" in label for label in legend)
     assert {"Base", "DoRA (10 → 40 steps)", "IMSM-DoRA (10 → 40 steps)", "untrained mix"} <= set(legend)
+
+
+def test_each_trained_arm_read_at_several_lengths_is_joined_to_base_where_its_training_began(
+    study, tmp_path, monkeypatch
+):
+    """The training curve the report matches along starts at Base (step 0): the plot draws that first
+    segment, dotted, for every trained arm with snapshots, and none for a free baseline or a tuned branch."""
+    import matplotlib.pyplot as plt
+
+    from imsm.experiment.report import frontier_plot
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert frontier_plot.save_frontier_plot(study, tmp_path / "plot.png")
+    axis = figures[0].axes[0]
+    base = next(line for line in axis.get_lines() if line.get_label() == "Base")
+    dotted = [line for line in axis.get_lines() if line.get_gid() == frontier_plot.FROM_BASE]
+    starts = {(line.get_xdata()[0], line.get_ydata()[0]) for line in dotted}
+    assert starts == {(base.get_xdata()[0], base.get_ydata()[0])}
+    # LoRA, IMSM-LoRA, DoRA, IMSM-DoRA: each read after 10 and 40 steps, each with its own segment.
+    assert len(dotted) == 4
+    drawn = {label: line for line, label in zip(*axis.get_legend_handles_labels(), strict=True)}
+    firsts = {(line.get_xdata()[1], line.get_ydata()[1]) for line in dotted}
+    for label in ("LoRA (10 → 40 steps)", "DoRA (10 → 40 steps)"):
+        line = drawn[label].lines[0]
+        assert (line.get_xdata()[0], line.get_ydata()[0]) in firsts

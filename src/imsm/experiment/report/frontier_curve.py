@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from imsm.experiment.report.frontier_lambda import LineTest, SeedLine, drawn_arms, per_question, seed_line_tests
+from imsm.experiment.report.frontier_lambda import (
+    LineTest,
+    SeedLine,
+    drawn_arms,
+    once,
+    per_question,
+    seed_line_tests,
+)
 from imsm.experiment.report.frontier_line_section import tests_table
 from imsm.experiment.report.frontier_study import POOLED, Arm, Point, Study
 
@@ -61,7 +68,11 @@ def _curve_arms(study: Study) -> dict[tuple[Arm, int | None], Mapping[Any, Point
 def curve_tests(study: Study, name: str) -> list[LineTest]:
     """Each arm of `_curve_arms` against its vanilla adapter's training curve, seed by seed, on the
     pooled score `name`."""
-    return seed_line_tests(study, name, _curve_arms(study), lambda arm: curve_vanilla(study, arm), _seed_curve)
+    return once(
+        study,
+        ("training curve", name),
+        lambda: seed_line_tests(study, name, _curve_arms(study), lambda arm: curve_vanilla(study, arm), _seed_curve),
+    )
 
 
 def curve_section(study: Study) -> list[str]:

@@ -240,7 +240,19 @@ def aligned(lines: Mapping[Any, SeedLine], arms: Mapping[Any, tuple[dict, dict]]
 def line_tests(study: Study, name: str) -> list[LineTest]:
     """Every arm `frontier_rows` places, against the λ line of each seed's own vanilla adapter:
     `frontier_line.compare_with_line` over the seeds it has, on the pooled score `name`."""
-    return seed_line_tests(study, name, _placed_arms(study), lambda arm: vanilla_arm(study, arm), _seed_line)
+    return once(
+        study,
+        ("λ line", name),
+        lambda: seed_line_tests(study, name, _placed_arms(study), lambda arm: vanilla_arm(study, arm), _seed_line),
+    )
+
+
+def once(study: Study, key: Any, compute: Callable[[], Any]) -> Any:
+    """`compute()` the first time `key` is asked of the study, then its result again: the verdict and
+    the sections read the same bootstrap tests, which cost seconds each."""
+    if key not in study.memo:
+        study.memo[key] = compute()
+    return study.memo[key]
 
 
 def seed_line_tests(

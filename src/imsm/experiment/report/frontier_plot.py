@@ -10,6 +10,7 @@ from imsm.experiment.report.frontier_cells import learning_label
 from imsm.experiment.report.frontier_lambda import (
     ALONE,
     BASELINE,
+    TRAINED,
     FrontierPoint,
     frontier_rows,
     lambda_line,
@@ -27,6 +28,8 @@ PLOT_SUFFIXES = {"accuracy": "", "gold_probability": "-gold"}
 # The λ lines' colours: grays, so the trained arms (matplotlib's colour cycle) stand out from them.
 LINE_COLOURS = ("gray", "darkgray", "dimgray", "silver")
 
+FROM_BASE = "from Base"  # the id of the segment from Base to a trained arm's first length
+
 
 def _draw_lambda_line(axis, line, colour: str, label: str) -> None:
     """One method's λ line, dashed, each point marked with its λ."""
@@ -43,6 +46,37 @@ def _draw_lambda_line(axis, line, colour: str, label: str) -> None:
     )
     for lam, point in line:
         axis.annotate(f"λ={lam:g}", (point.forgetting, point.target), xytext=(5, -11), textcoords="offset points")
+
+
+def _draw_arm(axis, label: str, curve: list[FrontierPoint], base: FrontierPoint | None) -> None:
+    """One arm over its lengths, arrows in training order; a trained arm read at several lengths is joined
+    to Base by a dotted segment, where its training started (the training curve `frontier_curve` reads)."""
+    mix, alone = curve[0].kind == BASELINE, curve[0].kind == ALONE
+    drawn = axis.errorbar(
+        [p.forgetting for p in curve],
+        [p.target for p in curve],
+        xerr=[p.forgetting_std for p in curve],
+        yerr=[p.target_std for p in curve],
+        fmt="s" if mix else "v" if alone else "-o",
+        capsize=2,
+        markersize=7 if mix or alone else 5,
+        label=label + ("" if len(curve) == 1 else f" ({' → '.join(length_label(p.length) for p in curve)} steps)"),
+    )
+    color = drawn.lines[0].get_color()
+    if base is not None and len(curve) > 1 and curve[0].kind == TRAINED:
+        first = curve[0]
+        segment = ([base.forgetting, first.forgetting], [base.target, first.target])
+        axis.plot(*segment, ":", color=color, lw=1.2, gid=FROM_BASE)
+    for point in curve if len(curve) > 1 else []:  # each length's step count beside its point
+        offset = {"xytext": (-4, 6), "textcoords": "offset points", "ha": "right"}
+        axis.annotate(length_label(point.length), (point.forgetting, point.target), fontsize=7, color=color, **offset)
+    for before, after in zip(curve, curve[1:], strict=False):  # training order
+        axis.annotate(
+            "",
+            xy=(after.forgetting, after.target),
+            xytext=(before.forgetting, before.target),
+            arrowprops={"arrowstyle": "->", "color": color, "lw": 1.2},
+        )
 
 
 def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool:
@@ -72,30 +106,7 @@ def save_frontier_plot(study: Study, path: Path, name: str = "accuracy") -> bool
     for point in points:
         arms.setdefault(point.label, []).append(point)
     for label, curve in arms.items():
-        mix, alone = curve[0].kind == BASELINE, curve[0].kind == ALONE
-        drawn = axis.errorbar(
-            [p.forgetting for p in curve],
-            [p.target for p in curve],
-            xerr=[p.forgetting_std for p in curve],
-            yerr=[p.target_std for p in curve],
-            fmt="s" if mix else "v" if alone else "-o",
-            capsize=2,
-            markersize=7 if mix or alone else 5,
-            label=label + ("" if len(curve) == 1 else f" ({' → '.join(length_label(p.length) for p in curve)} steps)"),
-        )
-        color = drawn.lines[0].get_color()
-        for point in curve if len(curve) > 1 else []:  # each length's step count beside its point
-            offset = {"xytext": (-4, 6), "textcoords": "offset points", "ha": "right"}
-            axis.annotate(
-                length_label(point.length), (point.forgetting, point.target), fontsize=7, color=color, **offset
-            )
-        for before, after in zip(curve, curve[1:], strict=False):  # training order
-            axis.annotate(
-                "",
-                xy=(after.forgetting, after.target),
-                xytext=(before.forgetting, before.target),
-                arrowprops={"arrowstyle": "->", "color": color, "lw": 1.2},
-            )
+        _draw_arm(axis, label, curve, base)
     if base is not None:
         axis.plot([0.0], [base.target], "k*", markersize=13, label="Base", zorder=5)
     axis.axvline(0.0, color="black", linewidth=0.6, linestyle=":")

@@ -179,6 +179,7 @@ class Study:
     missing: list[str] = field(default_factory=list)
     unscaled: set[tuple[str, str]] = field(default_factory=set)  # (method, setting) adapter_scale cannot scale
     _scores: dict[int, dict[Score, float]] = field(default_factory=dict, repr=False)  # id(point) -> scores
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)  # computed once: `once`
 
     @property
     def pooled_tasks(self) -> list[str]:
