@@ -192,8 +192,9 @@ def test_every_option_of_every_command_is_a_documented_field():
         dests = {a.dest for a in parser._actions} - {"help", "config"}
         assert dests == {f.name for f in dataclasses.fields(options)}, name
         assert all(f.metadata.get("help") for f in dataclasses.fields(options)), name
-    # generate, chat, eval, train, demo, inspect-gate, 4 bench modes, experiment, pack-for-device, report, frontier
-    assert seen == 14
+    # generate, chat, eval, train, demo, inspect-gate, 4 bench modes, experiment, pack-for-device, report, frontier,
+    # verdicts
+    assert seen == 15
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""`imsm experiment`, `imsm report` and `imsm frontier`: the command-line side of experiment grids."""
+"""`imsm experiment`, `imsm report`, `imsm frontier` and `imsm verdicts`: the command-line side of experiment
+grids."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from imsm.experiment.device.pack import PackOptions, pack_for_device
 from imsm.experiment.frontier_settings import target_metric_problem
 from imsm.experiment.gates import inspect_gates
 from imsm.experiment.report import render_report
+from imsm.experiment.report.across_targets import render_verdicts
 from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_study import collect_study
 from imsm.experiment.runner import cell_state, evaluations_left, run_experiment
@@ -84,6 +86,21 @@ class FrontierOptions:
             raise IMSMError(f"--metric: {problem}")
 
 
+@dataclass
+class VerdictsOptions:
+    """`imsm verdicts`: several studies' gated arms against their vanilla adapters, in one table."""
+
+    study: list[str] = option(
+        default_factory=list, repeat=True, help="an experiment YAML file whose results to judge (one per study)"
+    )
+    output: Path = option(Path("verdicts.md"), help="markdown file to write")
+
+    def __post_init__(self) -> None:
+        if not self.study:
+            raise IMSMError("imsm verdicts: name at least one study, e.g. --study configs/forgetting.yaml")
+        self.output = Path(self.output)
+
+
 def add_experiment_parsers(commands) -> None:
     # The experiment file is the configuration, so these two take no --config file.
     add_command(
@@ -127,6 +144,18 @@ def add_experiment_parsers(commands) -> None:
         description="Curves over training length, post-hoc variants, question-level tests against the base "
         "model and between arms, and each arm's forgetting against the λ line at the same target score. "
         "Works on partial results and lists what is missing.",
+    )
+    add_command(
+        commands,
+        "verdicts",
+        cmd_verdicts,
+        VerdictsOptions,
+        config_file=False,
+        help="one table of several studies' verdicts: each gated arm against its vanilla adapter, signed + = IMSM",
+        description="Each gated arm of each study at its final length against the vanilla adapter of its "
+        "peft method: Δ target, and what it kept at the same length, at the same gain (the λ line, vanilla's "
+        "training curve), against the untrained 50/50 mix, and its gate; as `imsm frontier` computes them. "
+        "Works on partial results and says how many cells each study lacks.",
     )
 
 
@@ -222,4 +251,15 @@ def cmd_frontier(options: FrontierOptions) -> int:
     text = render_frontier(study, plots, link_base=output.parent, commands=commands, plot_name=output.stem)
     write_atomically(output, text)
     print(f"frontier: {output}; plots in {plots}")
+    return 0
+
+
+def cmd_verdicts(options: VerdictsOptions) -> int:
+    experiments = [load_experiment(Path(file)) for file in options.study]
+    studies = [collect_study(experiment) for experiment in experiments]
+    command = "imsm verdicts " + " ".join(f"--study {file}" for file in options.study) + f" --output {options.output}"
+    commands = [*(f"imsm experiment {file}" for file in options.study), command]
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(options.output, render_verdicts(studies, commands))
+    print(f"verdicts: {options.output}")
     return 0
