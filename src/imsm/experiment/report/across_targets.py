@@ -18,12 +18,11 @@ from imsm.config import GATED_FUSIONS
 from imsm.experiment.report.frontier_cells import difference_cells, learning_label, seed_test_cells
 from imsm.experiment.report.frontier_compare import compare_arms
 from imsm.experiment.report.frontier_curve import curve_tests, curve_vanilla
-from imsm.experiment.report.frontier_gate import gate_cell, pooled_gate_cell
 from imsm.experiment.report.frontier_lambda import LineTest, line_tests
 from imsm.experiment.report.frontier_line import Estimate
 from imsm.experiment.report.frontier_line_section import with_error
 from imsm.experiment.report.frontier_study import Arm, Study, length_label
-from imsm.experiment.report.frontier_verdict import gated_arms
+from imsm.experiment.report.frontier_verdict import gate_cells, gated_arms
 from imsm.experiment.report.tables import markdown_table
 
 GOLD = "gold_probability"  # the pooled score every column of kept knowledge reads
@@ -58,10 +57,9 @@ def _line_cell(tests: Mapping[tuple[Arm, int | None], LineTest], arm: Arm, lengt
 
 
 def _gate(study: Study, arm: Arm) -> str:
-    points = study.final(arm)
-    if arm.fusion in GATED_FUSIONS:
-        return f"{gate_cell(points, study.target)} / {pooled_gate_cell(points, study.pooled_tasks)}"
-    return "0.5 fixed" if arm.fusion == "mean" else "–"
+    """The verdict's two gate cells in one: "target / probes", or a mean fusion's "0.5 fixed" once."""
+    target, probes = gate_cells(study, arm)
+    return f"{target} / {probes}" if arm.fusion in GATED_FUSIONS else target
 
 
 def study_rows(study: Study) -> list[list[str]]:

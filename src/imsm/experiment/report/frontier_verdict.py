@@ -116,15 +116,16 @@ def _test_rows(
 def _gate_rows(study: Study, gated: list[tuple[Arm, int | None]]) -> list[list[str]]:
     """Each gated arm's weight on the frozen branch on the target and on the pooled probes (`gate_cell`,
     as The gate reads it); a mean fusion's fixed 0.5; "–" where there are no weights."""
-    rows = []
-    for arm, length in gated:
-        points = study.final(arm)
-        if arm.fusion in GATED_FUSIONS:
-            cells = [gate_cell(points, study.target), pooled_gate_cell(points, study.pooled_tasks)]
-        else:
-            cells = ["0.5 fixed" if arm.fusion == "mean" else "–"] * 2
-        rows.append([study.label(arm), length_label(length), str(len(points)), *cells])
-    return rows
+    return [[study.label(a), length_label(n), str(len(study.final(a))), *gate_cells(study, a)] for a, n in gated]
+
+
+def gate_cells(study: Study, arm: Arm) -> list[str]:
+    """A gated arm's weight on the frozen branch at its final length, on the target and over the pooled
+    probes (`gate_cell`, as The gate reads it); a mean fusion's fixed 0.5; "–" where there are no weights."""
+    points = study.final(arm)
+    if arm.fusion in GATED_FUSIONS:
+        return [gate_cell(points, study.target), pooled_gate_cell(points, study.pooled_tasks)]
+    return ["0.5 fixed" if arm.fusion == "mean" else "–"] * 2
 
 
 def verdict_section(study: Study) -> list[str]:
