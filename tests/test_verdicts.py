@@ -5,9 +5,12 @@ test_frontier.py (one method, IMSM-LoRA's gate weights; a held-out slice) and te
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from imsm.cli import main
+from imsm.experiment import runner
 from imsm.experiment.report.across_targets import HEADERS, render_verdicts, study_rows
 from imsm.experiment.report.frontier import render_frontier
 from imsm.experiment.report.frontier_study import collect_study
@@ -99,3 +102,16 @@ def test_the_command_writes_the_table_with_the_commands_that_made_it(tmp_path, c
     assert main(["verdicts", "--study", str(tmp_path / "missing.yaml")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "--study" in errors[0] and "missing.yaml" in errors[1]
+
+
+def test_what_a_study_still_owes_counts_cells_not_run_apart_from_readings_of_cells_under_way(tmp_path):
+    path = write_mechanism_study(tmp_path)
+    experiment = load_experiment(path)
+    gated = [c for c in experiment.cells if c.config["fusion"] == "imsm"]
+    runner.cell_result_path(experiment, gated[0]).unlink()
+    file = runner.cell_result_path(experiment, gated[1])
+    result = json.loads(file.read_text())
+    del result["variants"]["fusion=none"]  # its tuned branch alone, still to be read on 3 tasks
+    file.write_text(runner.result_text(result))
+    text = render_verdicts([collect_study(load_experiment(path))], [])
+    assert text.rstrip().endswith(": 1 cells not run, 1 readings owed by cells under way.")

@@ -124,5 +124,15 @@ def render_verdicts(studies: list[Study], commands: list[str]) -> str:
     ]
     for study in studies:
         if study.missing:
-            lines.append(f"- {study.experiment.name}: {len(study.missing)} cells without results yet.")
+            lines.append(f"- {study.experiment.name}: {_owed(study.missing)}.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _owed(missing: list[str]) -> str:
+    """What a study still owes, from `StudyData.missing`: a cell never run is one entry ("…: not run"),
+    a partly read cell one entry per unread variant, so the two are counted apart."""
+    not_run = sum(entry.endswith(": not run") for entry in missing)
+    parts = [f"{not_run} cells not run"] if not_run else []
+    if len(missing) > not_run:
+        parts.append(f"{len(missing) - not_run} readings owed by cells under way")
+    return ", ".join(parts)
