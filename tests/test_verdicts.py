@@ -114,4 +114,4 @@ def test_what_a_study_still_owes_counts_cells_not_run_apart_from_readings_of_cel
     del result["variants"]["fusion=none"]  # its tuned branch alone, still to be read on 3 tasks
     file.write_text(runner.result_text(result))
     text = render_verdicts([collect_study(load_experiment(path))], [])
-    assert text.rstrip().endswith(": 1 cells not run, 1 readings owed by cells under way.")
+    assert text.rstrip().endswith(": 1 cell not run, 1 reading owed by cells under way.")

@@ -129,10 +129,11 @@ def render_verdicts(studies: list[Study], commands: list[str]) -> str:
 
 
 def _owed(missing: list[str]) -> str:
-    """What a study still owes, from `StudyData.missing`: a cell never run is one entry ("…: not run"),
-    a partly read cell one entry per unread variant, so the two are counted apart."""
+    """What a study still owes, from `Study.missing`: a cell never run is one entry ("…: not run"), a
+    partly read cell one entry per unread reading (as trained or a variant), so the two are counted apart."""
     not_run = sum(entry.endswith(": not run") for entry in missing)
-    parts = [f"{not_run} cells not run"] if not_run else []
-    if len(missing) > not_run:
-        parts.append(f"{len(missing) - not_run} readings owed by cells under way")
+    readings = len(missing) - not_run
+    parts = [f"{not_run} {'cell' if not_run == 1 else 'cells'} not run"] if not_run else []
+    if readings:
+        parts.append(f"{readings} {'reading' if readings == 1 else 'readings'} owed by cells under way")
     return ", ".join(parts)
