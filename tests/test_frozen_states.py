@@ -143,6 +143,27 @@ def test_an_evaluation_reusing_a_store_equals_one_without(tmp_path, fusion, kind
         assert first.metrics[name] == pytest.approx(value, abs=1e-5, nan_ok=True), name
 
 
+def test_a_cell_of_another_peft_method_reads_the_states_of_the_same_base_model(tmp_path):
+    from peft import IA3Config
+
+    from conftest import perturb_adapter, tiny_model
+    from imsm import IMSMConfig, get_imsm_model
+
+    task = _mc_task(tmp_path)
+    store = FrozenStateStore(tmp_path / "states")
+    evaluate(adapted("imsm"), task, store)  # an IMSM-LoRA cell builds the store
+    # (IA)3 on its own layers (peft's defaults for Llama), which peft wraps where LoRA does not.
+    targets = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+    ia3 = get_imsm_model(tiny_model("llama"), targets, IMSMConfig(fusion="imsm"))
+    perturb_adapter(ia3)
+    reference = evaluate(ia3.eval(), task)
+    calls = count_frozen_runs(ia3)
+    reused = evaluate(ia3, task, store)
+    assert FROZEN not in calls and "split" not in calls  # IMSM-(IA)3 never ran the frozen model
+    assert len(store_files(tmp_path)) == 1
+    assert numbers(reused) == pytest.approx(numbers(reference), abs=1e-5)
+
+
 def test_fusion_none_never_builds_states_and_its_drift_reads_them(tmp_path):
     store = FrozenStateStore(tmp_path / "states")
     evaluate(adapted("none"), _mc_task(tmp_path), store)

@@ -447,6 +447,40 @@ def test_the_fingerprint_sees_one_changed_weight_and_a_changed_setting_but_not_t
     assert fingerprint() != before
 
 
+@pytest.mark.parametrize("method", ["ia3", "dora", "vera"])
+def test_every_peft_method_over_one_base_model_shares_its_memories(method):
+    # The frozen branch runs on the base weights alone, however peft wraps them (LoRA wraps
+    # q_proj as `q_proj.base_layer`, (IA)3 others), so the memories of one are the memories of all.
+    from conftest import peft_config, tiny_model
+    from imsm import get_imsm_model
+    from imsm.train.examples import TokenizedSet, TrainExample
+    from imsm.train.frozen_cache import cache_fingerprint
+
+    data = TokenizedSet([TrainExample([3, 4, 5, 6], 2)], truncated=0, dropped=0)
+
+    def fingerprint(model):
+        return cache_fingerprint(model, data, pad_id=0, batch_size=8, device="cpu")
+
+    from peft import LoraConfig
+
+    # LoRA on q_proj and v_proj, as the studies train it; the others on every attention and MLP output layer.
+    lora = get_imsm_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    other = get_imsm_model(tiny_model("llama"), peft_config(method, "llama"))
+    assert fingerprint(other) == fingerprint(lora)
+    with torch.no_grad():  # but not over another base model
+        other.causal_lm.model.layers[1].mlp.down_proj.base_layer.weight[0, 0] += 1e-3
+    assert fingerprint(other) != fingerprint(lora)
+
+
+def test_a_base_weight_is_named_as_the_base_model_names_it():
+    from imsm.train.frozen_cache import base_weight_name
+
+    plain = "model.layers.0.self_attn.q_proj.weight"
+    assert base_weight_name("peft_model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight") == plain
+    assert base_weight_name("peft_model.model.layers.0.self_attn.q_proj.weight") == plain  # no adapter
+    assert base_weight_name("peft_model.base_model.model.lm_head.original_module.weight") == "lm_head.weight"
+
+
 def test_memories_of_other_examples_or_another_base_model_are_not_read(workspace, tmp_path):
     shared = str(tmp_path / "memories")
     train(config(workspace, tmp_path / "a", frozen_cache_dir=shared), progress=False)

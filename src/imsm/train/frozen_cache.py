@@ -33,6 +33,10 @@ from imsm.train.examples import TokenizedSet, collate
 CACHE_FORMAT = 2  # 2: q_M is kept in fp32 (it was rounded to a bf16 model's dtype)
 _SAMPLED_VALUES = 4096  # per weight tensor, for the fingerprint of the frozen weights
 _CHECKSUM_CHUNK = 1 << 22
+# How peft names a base weight it wraps: the PeftModel's prefix (none without an adapter), and the
+# segments a tuner layer (`base_layer`) or a modules-to-save copy (`original_module`) inserts.
+_WRAPPER_PREFIXES = ("peft_model.base_model.model.", "peft_model.")
+_WRAPPER_SEGMENTS = {"base_layer", "original_module"}
 
 
 @dataclass
@@ -71,16 +75,28 @@ def build_frozen_cache(
 
 
 @torch.no_grad()
+def base_weight_name(name: str) -> str:
+    """A base weight's name as the base model has it, whichever peft method wraps it: without the
+    wrapper's prefix and its `base_layer` / `original_module` segments. So the frozen branch of
+    IMSM-LoRA and of IMSM-(IA)3 over one model, which runs on the same weights, has one digest."""
+    for prefix in _WRAPPER_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
+
+
 def frozen_weights_digest(model: IMSMModel) -> str:
     """A digest of the weights the frozen branch runs on (the base group, by name: the adapter and
-    the gate are left out whatever their state): every weight's name, shape and dtype, three
-    checksums over all its values, computed where it lives (a few rows changed anywhere change
-    them), and an evenly strided sample of its values. Hashing every byte of an 8B model on the
-    CPU would take a minute; this reads each weight once on its device."""
+    the gate are left out whatever their state): every weight's name (as the base model has it),
+    shape and dtype, three checksums over all its values, computed where it lives (a few rows
+    changed anywhere change them), and an evenly strided sample of its values. Hashing every byte
+    of an 8B model on the CPU would take a minute; this reads each weight once on its device."""
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
         if model.parameter_group(name) != "base":
             continue
+        name = base_weight_name(name)
         flat = parameter.detach().reshape(-1)
         checksums = torch.zeros(3, dtype=torch.float64, device=flat.device)
         # In chunks: an fp64 copy of a whole embedding matrix need not fit beside the model.
