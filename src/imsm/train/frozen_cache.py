@@ -74,7 +74,6 @@ def build_frozen_cache(
     return FrozenCache(query, hidden)
 
 
-@torch.no_grad()
 def base_weight_name(name: str) -> str:
     """A base weight's name as the base model has it, whichever peft method wraps it: without the
     wrapper's prefix and its `base_layer` / `original_module` segments. So the frozen branch of
@@ -86,6 +85,7 @@ def base_weight_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
 
 
+@torch.no_grad()
 def frozen_weights_digest(model: IMSMModel) -> str:
     """A digest of the weights the frozen branch runs on (the base group, by name: the adapter and
     the gate are left out whatever their state): every weight's name (as the base model has it),
