@@ -447,6 +447,39 @@ def test_the_fingerprint_sees_one_changed_weight_and_a_changed_setting_but_not_t
     assert fingerprint() != before
 
 
+def test_the_weight_checksums_do_not_depend_on_how_many_threads_sum_them():
+    # A weight large enough for the reduction to be split across threads: float sums changed in
+    # their last bits with the thread count, and the same model got another cache key.
+    from imsm.train.frozen_cache import weight_checksums
+
+    weight = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        readings = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            readings.append(weight_checksums(weight))
+    finally:
+        torch.set_num_threads(threads)
+    assert readings[0] == readings[1] == readings[2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int8])
+def test_the_weight_checksums_see_one_flipped_bit_and_two_swapped_values(dtype):
+    from imsm.train.frozen_cache import weight_checksums
+
+    weight = (torch.randn(10_000, generator=torch.Generator().manual_seed(1)) * 50).to(dtype)
+    before = weight_checksums(weight)
+    assert weight_checksums(weight.clone()) == before
+    flipped = weight.clone()
+    words = flipped.view(torch.uint8)
+    words[5_001] ^= 1  # the lowest bit of one byte, far from any sampled value
+    assert weight_checksums(flipped) != before
+    swapped = weight.clone()
+    swapped[[10, 20]] = weight[[20, 10]]  # same values, other places
+    assert weight[10] != weight[20] and weight_checksums(swapped) != before
+
+
 @pytest.mark.parametrize("method", ["ia3", "dora", "vera"])
 def test_every_peft_method_over_one_base_model_shares_its_memories(method):
     # The frozen branch runs on the base weights alone, however peft wraps them (LoRA wraps

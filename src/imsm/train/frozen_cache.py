@@ -32,7 +32,7 @@ from imsm.train.examples import TokenizedSet, collate
 # Bumped when what a cache file holds changes meaning, so older files are never read.
 CACHE_FORMAT = 2  # 2: q_M is kept in fp32 (it was rounded to a bf16 model's dtype)
 _SAMPLED_VALUES = 4096  # per weight tensor, for the fingerprint of the frozen weights
-_CHECKSUM_CHUNK = 1 << 22
+_CHECKSUM_CHUNK = 1 << 22  # 16-bit words (or bytes) per chunk of a weight's checksums
 # How peft names a base weight it wraps: the PeftModel's prefix (none without an adapter), and the
 # segments a tuner layer (`base_layer`) or a modules-to-save copy (`original_module`) inserts.
 _WRAPPER_PREFIXES = ("peft_model.base_model.model.", "peft_model.")
@@ -85,28 +85,44 @@ def base_weight_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
 
 
+def weight_checksums(flat: torch.Tensor) -> bytes:
+    """Three checksums over every bit of a flat tensor, computed where it lives: the sum of its
+    16-bit words, of their squares, and of each word times its position (so moved values count).
+    They are integer sums, exact in any order: the same weights give the same bytes whatever the
+    thread count or device splits the reduction into (float sums did not)."""
+    # int8 / fp8 / bool weights are read byte by byte; every wider dtype is a whole number of words.
+    words = flat.contiguous().view(torch.uint8 if flat.element_size() == 1 else torch.int16)
+    positions = torch.arange(1, min(words.numel(), _CHECKSUM_CHUNK) + 1, device=flat.device, dtype=torch.int64)
+    per_chunk = []
+    # In chunks, so that an int64 copy of a whole embedding matrix need not fit beside the model
+    # and no chunk's sums can overflow (|word| < 2**15, position <= 2**22: each sum < 2**60).
+    for start in range(0, words.numel(), _CHECKSUM_CHUNK):
+        chunk = words[start : start + _CHECKSUM_CHUNK].to(torch.int64)
+        weighted = (chunk * positions[: chunk.numel()]).sum()
+        per_chunk.append(torch.stack([chunk.sum(), (chunk * chunk).sum(), weighted]))
+    rows = torch.stack(per_chunk).tolist() if per_chunk else []  # one transfer per weight
+    total, squares, moments = 0, 0, 0  # Python integers: exact, whatever the size
+    for index, (chunk_sum, chunk_squares, chunk_moment) in enumerate(rows):
+        total, squares = total + chunk_sum, squares + chunk_squares
+        moments += chunk_moment + index * _CHECKSUM_CHUNK * chunk_sum  # positions counted from the tensor's start
+    return f"{total},{squares},{moments}".encode()
+
+
 @torch.no_grad()
 def frozen_weights_digest(model: IMSMModel) -> str:
     """A digest of the weights the frozen branch runs on (the base group, by name: the adapter and
     the gate are left out whatever their state): every weight's name (as the base model has it),
-    shape and dtype, three checksums over all its values, computed where it lives (a few rows
-    changed anywhere change them), and an evenly strided sample of its values. Hashing every byte
-    of an 8B model on the CPU would take a minute; this reads each weight once on its device."""
+    shape and dtype, integer checksums over all its bits (`weight_checksums`: one changed bit
+    anywhere changes them), and an evenly strided sample of its values. Hashing every byte of an
+    8B model on the CPU would take a minute; this reads each weight once on its device."""
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
         if model.parameter_group(name) != "base":
             continue
-        name = base_weight_name(name)
         flat = parameter.detach().reshape(-1)
-        checksums = torch.zeros(3, dtype=torch.float64, device=flat.device)
-        # In chunks: an fp64 copy of a whole embedding matrix need not fit beside the model.
-        for start in range(0, flat.numel(), _CHECKSUM_CHUNK):
-            values = flat[start : start + _CHECKSUM_CHUNK].double()
-            positions = torch.arange(start + 1, start + 1 + values.numel(), device=flat.device, dtype=torch.float64)
-            checksums += torch.stack([values.sum(), (values * values).sum(), (values * positions).sum()])
         sample = flat[:: max(1, flat.numel() // _SAMPLED_VALUES)].float().cpu()
-        digest.update(f"{name}|{tuple(parameter.shape)}|{parameter.dtype}|".encode())
-        digest.update(checksums.cpu().numpy().tobytes() + sample.numpy().tobytes())
+        digest.update(f"{base_weight_name(name)}|{tuple(parameter.shape)}|{parameter.dtype}|".encode())
+        digest.update(weight_checksums(flat) + sample.numpy().tobytes())
     return digest.hexdigest()
 
 
