@@ -473,7 +473,7 @@ def test_the_weight_checksums_see_one_flipped_bit_and_two_swapped_values(dtype):
     assert weight_checksums(weight.clone()) == before
     flipped = weight.clone()
     words = flipped.view(torch.uint8)
-    words[5_001] ^= 1  # the lowest bit of one byte, far from any sampled value
+    words[5_001] ^= 1  # the lowest bit of one byte: a change no float checksum need see
     assert weight_checksums(flipped) != before
     swapped = weight.clone()
     swapped[[10, 20]] = weight[[20, 10]]  # same values, other places
@@ -484,6 +484,8 @@ def test_the_weight_checksums_see_one_flipped_bit_and_two_swapped_values(dtype):
 def test_every_peft_method_over_one_base_model_shares_its_memories(method):
     # The frozen branch runs on the base weights alone, however peft wraps them (LoRA wraps
     # q_proj as `q_proj.base_layer`, (IA)3 others), so the memories of one are the memories of all.
+    from peft import LoraConfig
+
     from conftest import peft_config, tiny_model
     from imsm import get_imsm_model
     from imsm.train.examples import TokenizedSet, TrainExample
@@ -493,8 +495,6 @@ def test_every_peft_method_over_one_base_model_shares_its_memories(method):
 
     def fingerprint(model):
         return cache_fingerprint(model, data, pad_id=0, batch_size=8, device="cpu")
-
-    from peft import LoraConfig
 
     # LoRA on q_proj and v_proj, as the studies train it; the others on every attention and MLP output layer.
     lora = get_imsm_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
